@@ -1,0 +1,210 @@
+"""The ``cnnviz`` command: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+
+_WEIGHTS_HELP = ("DEFAULT or a torchvision weights name (IMAGENET1K_V2...), a local state_dict "
+                 "file, or 'none' for random weights (default: DEFAULT)")
+
+
+def _add_model_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument("--model", required=default is None, default=default,
+                   help="torchvision model name (resnet50, squeezenet1_1...) or efficientnet_lite0"
+                   + (f" (default: {default})" if default else ""))
+    p.add_argument("--weights", default="DEFAULT", help=_WEIGHTS_HELP)
+
+
+def _load(args):
+    from .models import load_model
+
+    return load_model(args.model, args.weights, device=getattr(args, "device", "cpu"))
+
+
+def cmd_models(args) -> int:
+    from .models import available_models
+
+    print("\n".join(available_models()))
+    return 0
+
+
+def cmd_layers(args) -> int:
+    from .taps import default_layers, list_layers
+
+    model = _load(args)
+    defaults = {t.name for t in default_layers(model)}
+    print(f"{model.name} ({model.weights_origin}), input {model.input_size[0]}x{model.input_size[1]}")
+    print(f"{'layer':<34s} {'type':<22s} {'channels':>8s} {'map':>9s} {'stride':>7s} "
+          f"{'rf size':>9s} {'rf offset':>10s}  note")
+    for tap in list_layers(model).values():
+        if not args.all and tap.name not in defaults:
+            continue
+        rf = tap.rf
+        note = "default" if tap.name in defaults else ""
+        if not tap.tappable:
+            note = f"runs {tap.calls}x: not tappable"
+        elif rf is None:
+            note = note or "no receptive field"
+        stride = f"{rf.stride[0]}" if rf else "-"
+        size = f"{rf.size[0]}x{rf.size[1]}" if rf else "-"
+        offset = f"{rf.offset[0]},{rf.offset[1]}" if rf else "-"
+        print(f"{tap.name:<34s} {tap.type:<22s} {tap.channels:>8d} "
+              f"{tap.shape[1]:>4d}x{tap.shape[2]:<4d} {stride:>7s} {size:>9s} {offset:>10s}  {note}")
+    if not args.all:
+        print("\n(the default scan layers; --all lists every module with a 4-D output)")
+    return 0
+
+
+def cmd_classify(args) -> int:
+    from .preprocessing import load_rgb
+
+    model = _load(args)
+    images = [load_rgb(p) for p in args.images]
+    for path, top in zip(args.images, model.classify(images, top=args.top), strict=True):
+        print(path)
+        for rank, (index, name, prob) in enumerate(top, 1):
+            print(f"   {rank}. {name:<28s} {prob:6.1%}  (class {index})")
+    return 0
+
+
+def cmd_featuremaps(args) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from .featuremaps import feature_map_grid, layer_activation, parse_channels
+    from .preprocessing import load_rgb
+
+    model = _load(args)
+    act = layer_activation(model, load_rgb(args.image), args.layer)
+    channels = parse_channels(args.channels, act.shape[0])
+    fig = feature_map_grid(act, channels, columns=args.columns, shared_scale=args.shared_scale,
+                           title=f"{Path(args.image).name} — {model.name} {args.layer} "
+                                 f"({act.shape[1]}x{act.shape[2]})")
+    fig.savefig(args.out, dpi=args.dpi)
+    print(f"wrote {args.out} ({len(channels)} channels of {args.layer})")
+    return 0
+
+
+def cmd_scan(args) -> int:
+    from .scan import scan
+
+    model = _load(args)
+    path = scan(
+        args.library, model, args.out, layers=args.layers, top_k=args.top_k,
+        batch_size=args.batch_size, workers=args.workers, device=args.device, resume=args.resume,
+        overwrite=args.overwrite, maxima_dtype=args.maxima_dtype, patch_size=args.patch_size,
+        checkpoint_seconds=args.checkpoint_seconds, checkpoint_images=args.checkpoint_images,
+        amp=args.amp, progress=not args.no_progress,
+    )
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        n, failed = int(f.attrs["n_images"]), int(f.attrs["n_failed"])
+    print(f"wrote {path}: {n} images, {failed} unreadable"
+          + (" (see /failures in the file)" if failed else ""))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, model_name=args.model, weights=args.weights, progress=not args.no_progress)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnnviz", description="What do the channels of a convolutional network respond to?")
+    parser.add_argument("--version", action="version", version=f"cnnviz {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="offline demo on bundled photos with a real ImageNet model")
+    p.add_argument("--out", default="cnnviz-demo", help="output folder (default: cnnviz-demo)")
+    _add_model_args(p, default="efficientnet_lite0")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("models", help="list the model names --model accepts")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("layers", help="list a model's tappable layers with receptive fields")
+    _add_model_args(p)
+    p.add_argument("--all", action="store_true", help="every module with a 4-D output, not "
+                   "only the default scan layers")
+    p.set_defaults(func=cmd_layers)
+
+    p = sub.add_parser("classify", help="top classes of images")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    _add_model_args(p)
+    p.add_argument("--top", type=int, default=5, help="classes per image (default: 5)")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("featuremaps", help="grid of one layer's channel maps for one image")
+    p.add_argument("image", metavar="IMAGE")
+    _add_model_args(p)
+    p.add_argument("--layer", required=True, help="tap name, e.g. layer2.0.conv3")
+    p.add_argument("--channels", default=None, help="e.g. 0-63 or 3,7,10-20 (default: first 64)")
+    p.add_argument("--columns", type=int, default=8, help="tiles per row (default: 8)")
+    p.add_argument("--shared-scale", action="store_true",
+                   help="one colour scale for all tiles (default: one per tile)")
+    p.add_argument("--dpi", type=int, default=100)
+    p.add_argument("--out", required=True, help="image file to write (.png, .svg, .pdf)")
+    p.set_defaults(func=cmd_featuremaps)
+
+    p = sub.add_parser("scan", help="top-k receptive-field patches per channel over an image "
+                       "library, to an HDF5 run file (resumable)")
+    p.add_argument("library", metavar="LIBRARY",
+                   help="image folder (recursive; labels from class/ subfolders) or a text/CSV "
+                        "file of paths with an optional label column")
+    _add_model_args(p)
+    p.add_argument("--layers", default=None,
+                   help="comma-separated tap names (default: the block outputs, see `cnnviz layers`)")
+    p.add_argument("--top-k", type=int, default=16, help="images kept per channel (default: 16)")
+    p.add_argument("--batch-size", type=int, default=32, help="(default: 32)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="image-decoding processes (default: CPU count - 1, at most 8)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1... (default: cpu)")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed-precision forward pass (reductions stay float32)")
+    p.add_argument("--out", required=True, help="run file to write (HDF5)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted scan of the same --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out and discard an interrupted scan")
+    p.add_argument("--maxima-dtype", default="float32", choices=["float32", "float16"],
+                   help="dtype of the stored images x channels maxima (default: float32)")
+    p.add_argument("--patch-size", type=int, default=64,
+                   help="largest stored patch side; larger fields are downsampled (default: 64)")
+    p.add_argument("--checkpoint-seconds", type=float, default=60.0,
+                   help="checkpoint at most this often (default: 60)")
+    p.add_argument("--checkpoint-images", type=int, default=None,
+                   help="also checkpoint after this many images")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_scan)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .models import WeightsUnavailableError
+    from .runfile import RunFileError
+    from .scan import ScanError, ScanInterrupted
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ScanInterrupted as exc:
+        print(f"\ncnnviz: {exc}", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, FileNotFoundError, ImportError, ScanError,
+            WeightsUnavailableError, RunFileError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"cnnviz {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

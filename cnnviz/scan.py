@@ -1,0 +1,304 @@
+"""The dataset scan: stream an image library through a network and keep, per channel, what
+fires it most.
+
+For every image and tapped channel the scan keeps the spatial maximum and its position; per
+channel an exact top-k over images and summary statistics. It checkpoints to a work folder
+(:mod:`cnnviz.checkpoint`) so that ``resume=True`` continues after a crash with identical
+results, and writes one HDF5 run file at the end (:mod:`cnnviz.runfile`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from . import __version__
+from .checkpoint import WorkDir
+from .library import ImageLibrary, LibraryDataset, batch_ranges, collate
+from .reducers import ChannelStats, TopK, spatial_max
+from .runfile import assemble_run
+from .taps import LayerTap, resolve_layers
+
+__all__ = ["scan", "ScanError", "ScanInterrupted"]
+
+
+class ScanError(RuntimeError):
+    """A scan cannot start (existing output, mismatching resume...)."""
+
+
+class ScanInterrupted(RuntimeError):
+    """Ctrl-C during a scan; everything up to the last batch is checkpointed."""
+
+
+class _StopForward(Exception):
+    """Raised by the last tap's hook: the rest of the network is not needed."""
+
+
+@dataclass
+class _LayerState:
+    tap: LayerTap
+    topk: TopK
+    stats: ChannelStats
+    maxima: list[np.ndarray] = field(default_factory=list)
+    argmax: list[np.ndarray] = field(default_factory=list)
+
+
+def _position_dtype(tap: LayerTap):
+    return np.uint16 if tap.shape[1] * tap.shape[2] <= np.iinfo(np.uint16).max else np.uint32
+
+
+def _default_workers() -> int:
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+def scan(
+    library: str | Path | ImageLibrary,
+    model,
+    out: str | Path,
+    layers: Sequence[str] | str | None = None,
+    top_k: int = 16,
+    batch_size: int = 32,
+    workers: int | None = None,
+    device: str | torch.device = "cpu",
+    resume: bool = False,
+    overwrite: bool = False,
+    maxima_dtype: str = "float32",
+    patch_size: int = 64,
+    checkpoint_seconds: float = 60.0,
+    checkpoint_images: int | None = None,
+    amp: bool = False,
+    progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
+    finalize: bool = True,
+) -> Path:
+    """Scan a library and write the run file ``out``.
+
+    Args:
+        library: a directory, a list file, or an :class:`~cnnviz.library.ImageLibrary`.
+        model: a :class:`~cnnviz.models.LoadedModel`.
+        out: the HDF5 run file to write.
+        layers: tap names (list or comma-separated); default: the model's block outputs.
+        top_k: images kept per channel.
+        batch_size: images per forward pass.
+        workers: decoding processes (default: CPU count - 1, at most 8; 0 decodes inline).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        resume: continue from ``out``'s work folder after an interruption.
+        overwrite: replace an existing ``out`` / discard an existing work folder.
+        maxima_dtype: dtype of the stored images x channels maxima (``float32`` or ``float16``).
+        patch_size: largest side of a stored patch; larger receptive fields are downsampled.
+        checkpoint_seconds: checkpoint at most this often (and at the end).
+        checkpoint_images: also checkpoint after this many images (``None``: time only).
+        amp: run the forward pass in float16 (CUDA) / bfloat16 (CPU) autocast; maxima and top-k
+            are still computed in float32 from the activations the network produced.
+        progress: show a tqdm progress bar.
+        shard: ``(rank, world_size)``: scan only this rank's images (distributed scans).
+        finalize: write ``out`` at the end (``False`` leaves only the work folder; used by
+            distributed scans, which merge shards).
+
+    Returns:
+        The path of the run file (or of the work folder when ``finalize`` is False).
+
+    Example:
+        >>> from cnnviz import load_model, scan                      # doctest: +SKIP
+        >>> scan("photos/", load_model("resnet50"), "run.h5")        # doctest: +SKIP
+    """
+    out = Path(out)
+    lib = library if isinstance(library, ImageLibrary) else ImageLibrary.open(library)
+    taps = resolve_layers(model, layers)
+    if not taps:
+        raise ScanError("no layers to scan: pass --layers (see `cnnviz layers --model ...`)")
+    if maxima_dtype not in ("float32", "float16"):
+        raise ScanError(f"--maxima-dtype {maxima_dtype!r}: choose float32 or float16")
+    if top_k < 1 or batch_size < 1:
+        raise ScanError("--top-k and --batch-size must be at least 1")
+    rank, world = shard
+    work = WorkDir(out.with_name(out.name + ".work"))
+    meta = {
+        "format": "cnnviz-scan-work", "cnnviz_version": __version__, "model": model.name,
+        "weights_origin": model.weights_origin, "preprocessing": model.preprocessing.to_dict(),
+        "layers": [t.name for t in taps], "top_k": top_k, "batch_size": batch_size,
+        "library_source": str(Path(lib.source).resolve()), "library_root": str(Path(lib.root).resolve()),
+        "library_fingerprint": lib.fingerprint(), "n_images": len(lib), "maxima_dtype": maxima_dtype,
+        "patch_size": patch_size, "shard": [rank, world], "amp": bool(amp),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    state = _prepare_output(out, work, meta, resume, overwrite, finalize)
+    device = torch.device(device)
+    module = model.module.to(device)
+    layer_states = {t.name: _LayerState(t, TopK(t.channels, top_k, device), ChannelStats.zeros(t.channels))
+                    for t in taps}
+    failures: list[tuple[int, str]] = []
+    next_batch = 0
+    if state is not None:
+        next_batch = int(state["next_batch"])
+        failures = list(zip(state["failure_ids"].tolist(), state["failure_reasons"].tolist(), strict=True))
+        for i, ls in enumerate(layer_states.values()):
+            ls.topk.load({k: state[f"l{i}_{k}"] for k in ("values", "ids", "index")})
+            ls.stats = ChannelStats.from_state({k: state[f"l{i}_stat_{k}"] for k in ChannelStats.__dataclass_fields__})
+
+    all_batches = batch_ranges(len(lib), batch_size)
+    my_batches = [(b, ids) for b, ids in enumerate(all_batches) if b % world == rank]
+    todo = [(b, ids) for b, ids in my_batches if b >= next_batch]
+    done_images = sum(len(ids) for b, ids in my_batches if b < next_batch)
+    total_images = sum(len(ids) for _, ids in my_batches)
+
+    workers = _default_workers() if workers is None else workers
+    loader = DataLoader(
+        LibraryDataset(lib, model.preprocessing), batch_sampler=[ids for _, ids in todo],
+        collate_fn=collate, num_workers=workers, pin_memory=device.type == "cuda",
+        persistent_workers=False, prefetch_factor=4 if workers else None,
+    )
+    seg_first = todo[0][1][0] if todo else None
+    seg_ids: list[np.ndarray] = []
+    seg_geoms: list[np.ndarray] = []
+    last_ckpt = time.monotonic()
+    since_ckpt = 0
+
+    def checkpoint(batch_index_done: int) -> None:
+        nonlocal seg_first, seg_ids, seg_geoms, last_ckpt, since_ckpt
+        if seg_ids:
+            ids_arr = np.concatenate(seg_ids)
+            arrays = {"ids": ids_arr, "geometry": np.concatenate(seg_geoms)}
+            for i, ls in enumerate(layer_states.values()):
+                arrays[f"l{i}_max"] = np.concatenate(ls.maxima)
+                arrays[f"l{i}_pos"] = np.concatenate(ls.argmax)
+                ls.maxima.clear()
+                ls.argmax.clear()
+            work.save_segment(int(ids_arr[0]), int(ids_arr[-1]) + 1, **arrays)
+        st = {"next_batch": np.int64(batch_index_done + 1),
+              "failure_ids": np.array([f[0] for f in failures], dtype=np.int64),
+              "failure_reasons": np.array([f[1] for f in failures], dtype=str)}
+        for i, ls in enumerate(layer_states.values()):
+            for k, v in ls.topk.state().items():
+                st[f"l{i}_{k}"] = v
+            for k, v in ls.stats.state().items():
+                st[f"l{i}_stat_{k}"] = v
+        work.save_state(**st)
+        seg_ids, seg_geoms = [], []
+        seg_first = None
+        last_ckpt = time.monotonic()
+        since_ckpt = 0
+
+    names = list(layer_states)
+    captured: dict[str, tuple] = {}
+
+    def make_hook(name):
+        def hook(mod, inputs, output):
+            captured[name] = spatial_max(output.detach())
+            if len(captured) == len(names):
+                raise _StopForward
+        return hook
+
+    handles = [module.get_submodule(n).register_forward_hook(make_hook(n)) for n in names]
+    bar = _progress_bar(progress, total_images, done_images, out)
+    last_b = next_batch - 1
+    autocast = _autocast(device, amp)
+    try:
+        for (b, _), (ids, crops, geoms, errors) in zip(todo, loader, strict=True):
+            ok = np.array([e == "" for e in errors])
+            for i, e in zip(ids.tolist(), errors, strict=True):
+                if e:
+                    failures.append((i, e))
+            n = len(errors)
+            ok_ids = ids[torch.from_numpy(ok)]
+            results = {}
+            if ok.any():
+                x = model.preprocessing.normalize(crops[torch.from_numpy(ok)].to(device, non_blocking=True))
+                if device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                captured.clear()
+                with torch.no_grad(), autocast:
+                    try:
+                        module(x)
+                    except _StopForward:
+                        pass
+                results = captured
+            for name, ls in layer_states.items():
+                c = ls.tap.channels
+                maxima = np.full((n, c), np.nan, dtype=np.float32)
+                pos = np.zeros((n, c), dtype=_position_dtype(ls.tap))
+                if results:
+                    v, idx, mean = results[name]
+                    ls.topk.update(v, idx, ok_ids.to(device))
+                    v_np = v.cpu().numpy()
+                    ls.stats.update(v_np, mean.cpu().numpy())
+                    maxima[ok] = v_np
+                    pos[ok] = idx.cpu().numpy()
+                ls.maxima.append(maxima.astype(maxima_dtype))
+                ls.argmax.append(pos)
+            seg_ids.append(ids.numpy())
+            seg_geoms.append(geoms.numpy())
+            since_ckpt += n
+            last_b = b
+            bar.update(n)
+            if failures and errors and any(errors):
+                bar.set_postfix(unreadable=len(failures))
+            if (time.monotonic() - last_ckpt >= checkpoint_seconds
+                    or (checkpoint_images and since_ckpt >= checkpoint_images)):
+                checkpoint(b)
+    except KeyboardInterrupt:
+        checkpoint(last_b)
+        bar.close()
+        raise ScanInterrupted(
+            f"scan interrupted after {bar.n} of {total_images} images; checkpoint "
+            f"saved in {work.path}. Continue with the same command plus --resume."
+        ) from None
+    finally:
+        for h in handles:
+            h.remove()
+    checkpoint(last_b if todo else next_batch - 1)
+    bar.close()
+    if not finalize:
+        return work.path
+    return assemble_run([work], out, lib, model)
+
+
+def _prepare_output(out: Path, work: WorkDir, meta: dict, resume: bool, overwrite: bool,
+                    finalize: bool):
+    """Check the output and the work folder; returns the checkpoint to resume from, if any."""
+    if out.exists() and finalize:
+        if not overwrite:
+            raise ScanError(f"--out {out} exists; pass --overwrite to replace it, or choose "
+                            "another file (a finished run is never overwritten silently)")
+    if work.exists() and not overwrite:
+        if not resume:
+            raise ScanError(
+                f"{work.path} holds an interrupted scan of {out.name}; pass --resume to continue "
+                "it, or --overwrite to start again from scratch"
+            )
+        old = work.read_meta()
+        keys = [k for k in meta if k not in ("started", "cnnviz_version") and old.get(k) != meta[k]]
+        if keys:
+            diff = "; ".join(f"{k}: was {old.get(k)!r}, now {meta[k]!r}" for k in keys)
+            raise ScanError(f"--resume: this is not the same scan as the one in {work.path} ({diff})")
+        return work.load_state()
+    if resume and not work.exists():
+        print(f"note: --resume given but {work.path} does not exist; starting a new scan",
+              file=sys.stderr)
+    parent = out.parent
+    if not parent.exists():
+        raise ScanError(f"--out {out}: folder {parent} does not exist")
+    work.create(meta)
+    return None
+
+
+def _progress_bar(enabled: bool, total: int, initial: int, out: Path):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="img", desc=f"scan {out.name}",
+                disable=not enabled, dynamic_ncols=True, smoothing=0.05)
+
+
+def _autocast(device: torch.device, amp: bool):
+    if not amp:
+        return torch.autocast(device.type, enabled=False)
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype)

@@ -1,0 +1,158 @@
+"""pandas views of a run file: top patches, per-image maxima, per-channel statistics.
+
+Columns hold only numbers and strings (no Python objects), so every table goes to CSV or
+parquet as it is.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .runfile import open_run
+
+__all__ = ["top_patches", "channel_maxima", "channel_stats", "run_layers", "read_patches"]
+
+
+def _layer_names(f, layer: str | None) -> list[str]:
+    names = json.loads(f.attrs["layers"])
+    if layer is None:
+        return names
+    if layer not in names:
+        raise KeyError(f"--layer {layer!r} is not in this run; its layers are: {', '.join(names)}")
+    return [layer]
+
+
+def _strings(ds) -> np.ndarray:
+    return np.array([v.decode() if isinstance(v, bytes) else v for v in ds[()]], dtype=object)
+
+
+def run_layers(run: str | Path) -> list[str]:
+    """Names of the layers a run scanned, in order."""
+    with open_run(run) as f:
+        return json.loads(f.attrs["layers"])
+
+
+def top_patches(run: str | Path, layer: str | None = None, channel: int | None = None) -> pd.DataFrame:
+    """One row per (layer, channel, rank) of the top-k.
+
+    Columns: ``layer, channel, rank, activation, image_id, image_path, label, y, x`` (unit
+    position in the layer's map), ``rf_y0, rf_x0, rf_y1, rf_x1`` (receptive field, network-input
+    pixels, half-open), ``patch_y0 ... patch_x1`` (the stored patch's box) and ``orig_y0 ...
+    orig_x1`` (the patch box inside the image, in original-photo pixels). Empty slots (fewer
+    readable images than k) are left out. ``label`` is empty when the library has no labels.
+
+    Example:
+        >>> df = top_patches("run.h5", layer="layer3.1")           # doctest: +SKIP
+        >>> df[df.channel == 12].head()                            # doctest: +SKIP
+    """
+    frames = []
+    with open_run(run) as f:
+        paths = _strings(f["images/path"])
+        labels = _strings(f["images/label"]) if "images/label" in f else None
+        for name in _layer_names(f, layer):
+            t = f[f"layers/{name}/topk"]
+            ids = t["image_id"][()]
+            c_n, k = ids.shape
+            chan = np.repeat(np.arange(c_n), k)
+            rank = np.tile(np.arange(k), c_n)
+            flat_ids = ids.reshape(-1)
+            cols = {
+                "layer": np.full(c_n * k, name, dtype=object), "channel": chan, "rank": rank,
+                "activation": t["activation"][()].reshape(-1), "image_id": flat_ids,
+                "image_path": np.where(flat_ids >= 0, paths[np.maximum(flat_ids, 0)], ""),
+                "label": (np.where(flat_ids >= 0, labels[np.maximum(flat_ids, 0)], "")
+                          if labels is not None else np.full(c_n * k, "", dtype=object)),
+                "y": t["y"][()].reshape(-1), "x": t["x"][()].reshape(-1),
+            }
+            for prefix, key in (("rf", "rf_box"), ("patch", "patch_box"), ("orig", "orig_box")):
+                box = t[key][()].reshape(-1, 4)
+                for j, side in enumerate(("y0", "x0", "y1", "x1")):
+                    cols[f"{prefix}_{side}"] = box[:, j]
+            df = pd.DataFrame(cols)
+            df = df[df.image_id >= 0]
+            if channel is not None:
+                df = df[df.channel == channel]
+            frames.append(df)
+    out = pd.concat(frames, ignore_index=True)
+    out["layer"] = out["layer"].astype(str)
+    out["image_path"] = out["image_path"].astype(str)
+    out["label"] = out["label"].astype(str)
+    return out
+
+
+def channel_maxima(run: str | Path, layer: str, positions: bool = False) -> pd.DataFrame:
+    """The images x channels matrix of spatial maxima of ``layer``, indexed by image path.
+
+    Unreadable images are rows of NaN. With ``positions=True`` returns instead the ``y*W + x``
+    position of each maximum.
+    """
+    with open_run(run) as f:
+        _layer_names(f, layer)
+        g = f[f"layers/{layer}"]
+        data = g["position" if positions else "maxima"][()]
+        index = pd.Index(_strings(f["images/path"]).astype(str), name="image_path")
+    return pd.DataFrame(data, index=index, columns=pd.RangeIndex(data.shape[1], name="channel"))
+
+
+def channel_stats(run: str | Path, layer: str | None = None) -> pd.DataFrame:
+    """Per-channel statistics: one row per (layer, channel).
+
+    Columns: ``count`` (images read), ``mean_max``, ``std_max``, ``max_max`` (of the per-image
+    maxima), ``fire_rate`` (fraction of images whose maximum is > 0; 1 - sparsity),
+    ``mean_activation`` (mean over images of the spatial mean), ``top1`` (best activation),
+    and where labels are known ``top_label``/``top_label_share`` (most frequent label among the
+    top-k and its share) and ``selectivity`` (class-selectivity index (mu_max - mu_rest) /
+    (mu_max + mu_rest) of the per-label mean of maxima, Morcos et al. 2018).
+    """
+    frames = []
+    with open_run(run) as f:
+        labels = _strings(f["images/label"]) if "images/label" in f else None
+        for name in _layer_names(f, layer):
+            g = f[f"layers/{name}"]
+            cols = {k: g[f"stats/{k}"][()] for k in g["stats"]}
+            df = pd.DataFrame(cols)
+            df.insert(0, "channel", np.arange(len(df)))
+            df.insert(0, "layer", name)
+            df["top1"] = g["topk/activation"][:, 0]
+            if labels is not None:
+                _label_columns(df, labels, g["topk/image_id"][()], g["maxima"][()])
+            frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _label_columns(df: pd.DataFrame, labels: np.ndarray, topk_ids: np.ndarray, maxima: np.ndarray):
+    top_label, share = [], []
+    for row in topk_ids:
+        row = row[row >= 0]
+        if len(row) == 0:
+            top_label.append("")
+            share.append(np.nan)
+            continue
+        values, counts = np.unique(labels[row].astype(str), return_counts=True)
+        top_label.append(str(values[counts.argmax()]))
+        share.append(counts.max() / len(row))
+    df["top_label"] = top_label
+    df["top_label_share"] = share
+    codes, uniques = pd.factorize(pd.Series(labels.astype(str)))
+    m = maxima.astype(np.float64)
+    ok = ~np.isnan(m).any(axis=1)
+    if len(uniques) < 2 or not ok.any():
+        df["selectivity"] = np.nan
+        return
+    per_class = pd.DataFrame(m[ok]).groupby(codes[ok]).mean().to_numpy()  # (classes, C)
+    best = per_class.max(axis=0)
+    n_cls = per_class.shape[0]
+    rest = (per_class.sum(axis=0) - best) / max(1, n_cls - 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        df["selectivity"] = (best - rest) / (best + rest)
+
+
+def read_patches(run: str | Path, layer: str, channel: int) -> np.ndarray:
+    """The stored top-k patches of one channel: uint8 ``(k, h, w, 3)`` (empty slots are black)."""
+    with open_run(run) as f:
+        _layer_names(f, layer)
+        return f[f"layers/{layer}/topk/patches"][channel]
