@@ -126,7 +126,8 @@ class LibraryDataset(Dataset):
             return image_id, torch.from_numpy(crop), g, ""
         except Exception as exc:  # noqa: BLE001 - any decoding failure is recorded, not raised
             reason = f"{type(exc).__name__}: {exc}".strip()
-            return image_id, torch.zeros((h, w, 3), dtype=torch.uint8), torch.zeros(6, dtype=torch.int64), reason
+            blank = torch.zeros((h, w, 3), dtype=torch.uint8)
+            return image_id, blank, torch.zeros(6, dtype=torch.int64), reason
 
 
 def collate(items):

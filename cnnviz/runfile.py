@@ -80,10 +80,9 @@ def _merge_states(works: list[WorkDir], n_layers: int, top_k: int):
         ids = np.concatenate([s[f"l{i}_ids"] for s in states], axis=1)
         idx = np.concatenate([s[f"l{i}_index"] for s in states], axis=1)
         v, d, x = merge_topk(vals, ids, top_k, idx)
-        stats = ChannelStats.from_state({k: states[0][f"l{i}_stat_{k}"] for k in ChannelStats.__dataclass_fields__})
+        stats = ChannelStats.from_state(states[0], f"l{i}_stat_")
         for s in states[1:]:
-            stats = stats.merged(ChannelStats.from_state(
-                {k: s[f"l{i}_stat_{k}"] for k in ChannelStats.__dataclass_fields__}))
+            stats = stats.merged(ChannelStats.from_state(s, f"l{i}_stat_"))
         layers.append((v, d, x, stats))
     fids = np.concatenate([s["failure_ids"] for s in states]).astype(np.int64)
     freasons = np.concatenate([s["failure_reasons"].astype(str) for s in states])
@@ -101,7 +100,6 @@ def assemble_run(works: list[WorkDir], out: Path, lib: ImageLibrary, model,
     _check_shards_match(metas, works)
     taps = resolve_layers(model, meta["layers"])
     merged, fail_ids, fail_reasons = _merge_states(works, len(taps), meta["top_k"])
-    n = len(lib)
     tmp = out.with_name(out.name + ".tmp")
     with h5py.File(tmp, "w") as f:
         _write_header(f, meta, model, lib, n_failed=len(fail_ids), world=len(works))

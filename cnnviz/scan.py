@@ -9,8 +9,11 @@ results, and writes one HDF5 run file at the end (:mod:`cnnviz.runfile`).
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -130,6 +133,7 @@ def scan(
         "patch_size": patch_size, "shard": [rank, world], "amp": bool(amp),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    meta = json.loads(json.dumps(meta))  # tuples -> lists, as read back from meta.json
     state = _prepare_output(out, work, meta, resume, overwrite, finalize)
     device = torch.device(device)
     module = model.module.to(device)
@@ -142,7 +146,7 @@ def scan(
         failures = list(zip(state["failure_ids"].tolist(), state["failure_reasons"].tolist(), strict=True))
         for i, ls in enumerate(layer_states.values()):
             ls.topk.load({k: state[f"l{i}_{k}"] for k in ("values", "ids", "index")})
-            ls.stats = ChannelStats.from_state({k: state[f"l{i}_stat_{k}"] for k in ChannelStats.__dataclass_fields__})
+            ls.stats = ChannelStats.from_state(state, f"l{i}_stat_")
 
     all_batches = batch_ranges(len(lib), batch_size)
     my_batches = [(b, ids) for b, ids in enumerate(all_batches) if b % world == rank]
@@ -179,8 +183,7 @@ def scan(
         for i, ls in enumerate(layer_states.values()):
             for k, v in ls.topk.state().items():
                 st[f"l{i}_{k}"] = v
-            for k, v in ls.stats.state().items():
-                st[f"l{i}_stat_{k}"] = v
+            st.update(ls.stats.state(f"l{i}_stat_"))
         work.save_state(**st)
         seg_ids, seg_geoms = [], []
         seg_first = None
@@ -201,6 +204,8 @@ def scan(
     bar = _progress_bar(progress, total_images, done_images, out)
     last_b = next_batch - 1
     autocast = _autocast(device, amp)
+    interrupt = _InterruptFlag()
+    interrupt.install()
     try:
         for (b, _), (ids, crops, geoms, errors) in zip(todo, loader, strict=True):
             ok = np.array([e == "" for e in errors])
@@ -239,26 +244,64 @@ def scan(
             since_ckpt += n
             last_b = b
             bar.update(n)
-            if failures and errors and any(errors):
+            if any(errors):
                 bar.set_postfix(unreadable=len(failures))
             if (time.monotonic() - last_ckpt >= checkpoint_seconds
                     or (checkpoint_images and since_ckpt >= checkpoint_images)):
                 checkpoint(b)
+            if interrupt.requested:
+                checkpoint(b)
+                raise ScanInterrupted(
+                    f"scan interrupted after {bar.n} of {total_images} images; checkpoint saved "
+                    f"in {work.path}. Continue with the same command plus --resume."
+                )
     except KeyboardInterrupt:
-        checkpoint(last_b)
-        bar.close()
+        # a second Ctrl-C, or one while waiting for data: keep the last checkpoint as it is
         raise ScanInterrupted(
-            f"scan interrupted after {bar.n} of {total_images} images; checkpoint "
-            f"saved in {work.path}. Continue with the same command plus --resume."
+            f"scan stopped; the last checkpoint in {work.path} is kept. Continue with the "
+            "same command plus --resume."
         ) from None
     finally:
+        interrupt.restore()
+        bar.close()
         for h in handles:
             h.remove()
     checkpoint(last_b if todo else next_batch - 1)
-    bar.close()
     if not finalize:
         return work.path
-    return assemble_run([work], out, lib, model)
+    try:
+        return assemble_run([work], out, lib, model)
+    except KeyboardInterrupt:
+        out.with_name(out.name + ".tmp").unlink(missing_ok=True)
+        raise ScanInterrupted(
+            f"interrupted while writing {out}; every image is scanned and checkpointed in "
+            f"{work.path}. Rerun the same command with --resume to write the run file."
+        ) from None
+
+
+class _InterruptFlag:
+    """Ctrl-C during a scan: the first one is noted and honoured after the current batch (so
+    the checkpoint never holds half a batch); a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ninterrupt: finishing this batch and saving a checkpoint (Ctrl-C again to stop "
+              "now)", file=sys.stderr)
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 def _prepare_output(out: Path, work: WorkDir, meta: dict, resume: bool, overwrite: bool,

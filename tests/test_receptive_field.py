@@ -4,8 +4,8 @@ Construction that rules out accidental zeros: every convolution averages its inp
 1/fan_in, no bias), batch norms are identities, max pools become average pools of the same
 geometry (a max pool's gradient reaches one input only), and global pools feeding
 squeeze-and-excitation gates are detached (the documented convention: channel gates carry no
-spatial information). With a small constant positive input every activation is then positive and well below ReLU6's ceiling,
-so the gradient of a unit is positive exactly on the pixels it depends on.
+spatial information). With a small constant positive input every activation is then positive
+and well below ReLU6's ceiling, so the gradient of a unit is positive exactly on the pixels it depends on.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ MODELS = ["resnet50", "vgg16", "squeezenet1_1", "mobilenet_v2", "densenet121", "
 
 
 def _averaging(model: nn.Module) -> nn.Module:
-    for name, m in list(model.named_modules()):
+    for m in list(model.modules()):
         if isinstance(m, nn.Conv2d):
             nn.init.constant_(m.weight, 1.0 / m.weight[0].numel())
             if m.bias is not None:

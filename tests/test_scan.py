@@ -1,0 +1,304 @@
+"""The dataset scan against brute force, its run file, and its overnight-job behaviour."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import cnnviz
+from cnnviz import ImageLibrary, load_model, scan
+from cnnviz.preprocessing import load_rgb
+from cnnviz.scan import ScanError
+from cnnviz.taps import ActivationRecorder
+
+LAYERS = ["layer1.0", "layer2.1", "layer3.0.conv2", "layer4.1"]
+K = 5
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    return load_model("resnet18", weights=None, seed=0)
+
+
+@pytest.fixture(scope="module")
+def run_file(photo_dir, resnet18, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run.h5"
+    return scan(photo_dir, resnet18, out, layers=LAYERS, top_k=K, batch_size=4, workers=1,
+                progress=False, patch_size=512)
+
+
+def brute_force(library: ImageLibrary, model, layers):
+    """Each image alone through the network; maxima with numpy; top-k by a full sort."""
+    maxima = {n: [] for n in layers}
+    where = {n: [] for n in layers}
+    ok = []
+    for i in range(len(library)):
+        try:
+            img = load_rgb(library.path(i))
+        except Exception:  # noqa: BLE001
+            ok.append(False)
+            for n in layers:
+                maxima[n].append(None)
+                where[n].append(None)
+            continue
+        ok.append(True)
+        with ActivationRecorder(model.module, layers) as rec, torch.no_grad():
+            model.module(model.preprocessing(img))
+        for n in layers:
+            a = rec.outputs[n][0].numpy()
+            flat = a.reshape(a.shape[0], -1)
+            maxima[n].append(flat.max(axis=1))
+            where[n].append(flat.argmax(axis=1))
+    return ok, maxima, where
+
+
+def test_scan_equals_brute_force(photo_dir, resnet18, run_file):
+    lib = ImageLibrary.open(photo_dir)
+    ok, maxima, where = brute_force(lib, resnet18, LAYERS)
+    assert ok.count(False) == 1  # corrupt.jpg
+    readable = [i for i, o in enumerate(ok) if o]
+    with h5py.File(run_file, "r") as f:
+        assert [p.decode() for p in f["images/path"][()]] == lib.relpaths
+        assert f["images/ok"][()].tolist() == ok
+        for n in LAYERS:
+            g = f[f"layers/{n}"]
+            bf_max = np.stack([maxima[n][i] for i in readable])
+            bf_pos = np.stack([where[n][i] for i in readable])
+            np.testing.assert_allclose(g["maxima"][()][readable], bf_max, rtol=1e-4, atol=1e-5)
+            assert np.isnan(g["maxima"][()][~np.array(ok)]).all()
+            np.testing.assert_array_equal(g["position"][()][readable], bf_pos)
+            width = g.attrs["width"]
+            for c in range(bf_max.shape[1]):
+                order = sorted(range(len(readable)), key=lambda j: (-bf_max[j, c], readable[j]))[:K]
+                ids = [readable[j] for j in order]
+                assert g["topk/image_id"][c].tolist() == ids, (n, c)
+                np.testing.assert_allclose(g["topk/activation"][c], bf_max[order, c], rtol=1e-4, atol=1e-5)
+                assert g["topk/y"][c].tolist() == (bf_pos[order, c] // width).tolist()
+                assert g["topk/x"][c].tolist() == (bf_pos[order, c] % width).tolist()
+            stats = cnnviz.channel_stats(run_file, n)
+            np.testing.assert_allclose(stats["mean_max"], bf_max.mean(0), rtol=1e-4)
+            np.testing.assert_allclose(stats["fire_rate"], (bf_max > 0).mean(0))
+            assert (stats["count"] == len(readable)).all()
+
+
+def test_patches_are_the_receptive_field_cut_pixel_by_pixel(photo_dir, resnet18, run_file):
+    lib = ImageLibrary.open(photo_dir)
+    df = cnnviz.top_patches(run_file)
+    assert set(df.columns) >= {"layer", "channel", "rank", "activation", "image_path", "y", "x",
+                               "rf_y0", "rf_x1", "patch_y0", "orig_y0", "orig_x1", "label"}
+    assert len(df) == sum(cnnviz.resolve_layer(resnet18, n).channels for n in LAYERS) * K
+    rng = np.random.default_rng(0)
+    with h5py.File(run_file, "r") as f:
+        for n in LAYERS:
+            tap = cnnviz.resolve_layer(resnet18, n)
+            rows = df[df.layer == n]
+            for _, row in rows.iloc[rng.choice(len(rows), 6, replace=False)].iterrows():
+                crop, geom = resnet18.preprocessing.crop_uint8(load_rgb(lib.path(row.image_id)))
+                y0, x0, y1, x1 = tap.rf.box(row.y, row.x)
+                assert (row.rf_y0, row.rf_x0, row.rf_y1, row.rf_x1) == (y0, x0, y1, x1)
+                if tap.rf.size[0] <= 224:
+                    assert (row.patch_y0, row.patch_x1) == (y0, x1)
+                else:  # bigger than the input: input-sized, centred on the field's centre
+                    assert row.patch_y1 - row.patch_y0 == 224
+                    assert abs((row.patch_y0 + row.patch_y1) - (y0 + y1)) <= 1
+                expected = np.zeros((row.patch_y1 - row.patch_y0, row.patch_x1 - row.patch_x0, 3), np.uint8)
+                for yy in range(row.patch_y0, row.patch_y1):
+                    for xx in range(row.patch_x0, row.patch_x1):
+                        if 0 <= yy < 224 and 0 <= xx < 224:
+                            expected[yy - row.patch_y0, xx - row.patch_x0] = crop[yy, xx]
+                patch = f[f"layers/{n}/topk/patches"][row.channel, row["rank"]]
+                np.testing.assert_array_equal(patch, expected)
+                oy0, ox0, oy1, ox1 = geom.to_original((max(row.patch_y0, 0), max(row.patch_x0, 0),
+                                                       min(row.patch_y1, 224), min(row.patch_x1, 224)))
+                assert row.orig_y0 == pytest.approx(oy0) and row.orig_x1 == pytest.approx(ox1)
+                assert 0 <= row.orig_x0 <= row.orig_x1 <= geom.orig_width + 1e-3
+
+
+def test_tables_and_failures(photo_dir, run_file):
+    with h5py.File(run_file, "r") as f:
+        reasons = [r.decode() for r in f["failures/reason"][()]]
+        paths = [p.decode() for p in f["failures/path"][()]]
+        assert paths == ["things/corrupt.jpg"] and reasons[0].startswith("OSError")
+        assert f.attrs["n_failed"] == 1 and f.attrs["format_version"] == 1
+        assert f.attrs["weights_origin"] == "random (seed 0)"
+    m = cnnviz.channel_maxima(run_file, "layer2.1")
+    assert m.shape == (len(ImageLibrary.open(photo_dir)), 128)
+    assert m.loc["things/corrupt.jpg"].isna().all()
+    df = cnnviz.top_patches(run_file, layer="layer4.1")
+    assert set(df.label) <= {"animals", "things"}
+    assert not any(isinstance(v, (list, dict, np.ndarray)) for v in df.iloc[0].tolist())
+    back = pd.read_csv(io.StringIO(df.to_csv(index=False)), keep_default_na=False)
+    assert back.shape == df.shape and (back.image_path == df.image_path).all()
+    stats = cnnviz.channel_stats(run_file, "layer4.1")
+    assert {"top_label", "top_label_share", "selectivity"} <= set(stats.columns)
+    with pytest.raises(KeyError, match="layers are: layer1.0"):
+        cnnviz.top_patches(run_file, layer="nope")
+
+
+def _contents(path: Path) -> dict:
+    out = {}
+    with h5py.File(path, "r") as f:
+        def keep(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                out[name] = obj[()]
+
+        f.visititems(keep)
+        for k, v in f.attrs.items():
+            if k not in ("created", "finished"):
+                out[f"@{k}"] = v
+    return out
+
+
+def assert_same_file(a: Path, b: Path) -> None:
+    ca, cb = _contents(a), _contents(b)
+    assert sorted(ca) == sorted(cb)
+    for k in ca:
+        x, y = np.asarray(ca[k]), np.asarray(cb[k])
+        assert x.shape == y.shape and x.dtype == y.dtype, k
+        if x.dtype.kind == "f":
+            np.testing.assert_array_equal(x, y, err_msg=k)  # NaNs compare equal here
+        else:
+            assert (x == y).all(), k
+
+
+def test_same_inputs_and_seed_give_the_same_file(photo_dir, tmp_path):
+    """Determinism: two scans (different worker counts) write identical contents."""
+    a = scan(photo_dir, load_model("resnet18", None, seed=1), tmp_path / "a.h5", layers="layer2.0",
+             top_k=3, batch_size=4, workers=0, progress=False)
+    b = scan(photo_dir, load_model("resnet18", None, seed=1), tmp_path / "b.h5", layers="layer2.0",
+             top_k=3, batch_size=4, workers=2, progress=False)
+    assert_same_file(a, b)
+
+
+def test_ties_go_to_the_smaller_image_id(photo_dir, tmp_path):
+    """A network whose output is constant: every image ties; the top-k is the k smallest ids
+    of readable images, at position (0, 0)."""
+    from cnnviz import Preprocessing, from_module
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3))
+    torch.nn.init.zeros_(net[0].weight)
+    torch.nn.init.constant_(net[0].bias, 0.5)
+    model = from_module(net, Preprocessing(resize=40, crop=(32, 32)))
+    run = scan(photo_dir, model, tmp_path / "t.h5", layers="0", top_k=4, batch_size=3, workers=0,
+               progress=False)
+    lib = ImageLibrary.open(photo_dir)
+    readable = [i for i, p in enumerate(lib.relpaths) if not p.endswith("corrupt.jpg")]
+    with h5py.File(run, "r") as f:
+        assert f["layers/0/topk/image_id"][()].tolist() == [readable[:4]] * 2
+        assert (f["layers/0/topk/y"][()] == 0).all() and (f["layers/0/topk/x"][()] == 0).all()
+
+
+def test_existing_output_is_never_overwritten_silently(photo_dir, tiny_model, tmp_path):
+    out = tmp_path / "run.h5"
+    scan(photo_dir, tiny_model, out, top_k=2, workers=0, progress=False)
+    before = out.stat().st_mtime_ns
+    with pytest.raises(ScanError, match="--overwrite"):
+        scan(photo_dir, tiny_model, out, top_k=2, workers=0, progress=False)
+    assert out.stat().st_mtime_ns == before
+    scan(photo_dir, tiny_model, out, top_k=3, workers=0, progress=False, overwrite=True)
+    with h5py.File(out, "r") as f:
+        assert f.attrs["top_k"] == 3
+
+
+def test_float16_maxima_and_list_file_library(photo_dir, tiny_model, tmp_path):
+    lst = tmp_path / "list.csv"
+    rows = ["path,label"] + [f"{photo_dir}/animals/chelsea.png,cat",
+                             f"{photo_dir}/things/coffee.png,cup",
+                             f"{photo_dir}/things/missing.png,ghost"]
+    lst.write_text("\n".join(rows) + "\n")
+    lib = ImageLibrary.open(lst)
+    assert len(lib) == 3 and lib.labels == ["cat", "cup", "ghost"]
+    run = scan(lst, tiny_model, tmp_path / "r.h5", top_k=2, workers=0, progress=False,
+               maxima_dtype="float16")
+    with h5py.File(run, "r") as f:
+        assert f["layers/3/maxima"].dtype == np.float16
+        assert "FileNotFoundError" in f["failures/reason"][0].decode()
+    df = cnnviz.top_patches(run, layer="3")
+    assert set(df.label) <= {"cat", "cup"}
+
+
+def _cli(*args, **kw):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "cnnviz", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def _big_library(photo_dir: Path, root: Path, copies: int = 4) -> Path:
+    lib = root / "lib"
+    for c in range(copies):
+        for p in sorted(photo_dir.rglob("*")):
+            if p.is_file():
+                dst = lib / f"copy{c}" / p.relative_to(photo_dir)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.write_bytes(p.read_bytes())
+    return lib
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_the_uninterrupted_file(photo_dir, tmp_path):
+    lib = _big_library(photo_dir, tmp_path)
+    common = ["--model", "resnet18", "--weights", "none", "--layers", "layer1.1,layer3.0",
+              "--top-k", "4", "--batch-size", "2", "--workers", "0", "--no-progress"]
+    ref = _cli("scan", str(lib), *common, "--out", str(tmp_path / "ref.h5"))
+    assert ref.wait(timeout=600) == 0, ref.stdout.read()
+
+    out = tmp_path / "run.h5"
+    state = tmp_path / "run.h5.work" / "state.npz"
+    proc = _cli("scan", str(lib), *common, "--out", str(out), "--checkpoint-images", "2")
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if state.exists():
+            with np.load(state) as z:
+                if int(z["next_batch"]) >= 5:
+                    break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not out.exists(), "the scan finished before it could be killed"
+
+    again = _cli("scan", str(lib), *common, "--out", str(out))
+    assert again.wait(timeout=120) == 2  # refuses: an interrupted scan is there
+    assert "--resume" in again.stdout.read()
+    resumed = _cli("scan", str(lib), *common, "--out", str(out), "--resume")
+    assert resumed.wait(timeout=600) == 0, resumed.stdout.read()
+    assert not (tmp_path / "run.h5.work").exists()
+    assert_same_file(tmp_path / "ref.h5", out)
+
+
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_and_resumes(photo_dir, tmp_path):
+    lib = _big_library(photo_dir, tmp_path)
+    common = ["--model", "resnet18", "--weights", "none", "--layers", "layer2.0", "--top-k", "3",
+              "--batch-size", "2", "--workers", "0", "--no-progress"]
+    out = tmp_path / "run.h5"
+    proc = _cli("scan", str(lib), *common, "--out", str(out), "--checkpoint-images", "4")
+    work = tmp_path / "run.h5.work"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if (work / "state.npz").exists():
+            with np.load(work / "state.npz") as z:
+                if int(z["next_batch"]) >= 4:
+                    break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    text = proc.stdout.read()
+    assert proc.wait() == 130, text
+    assert "--resume" in text and "Traceback" not in text
+    with np.load(work / "state.npz") as z:
+        assert 4 <= int(z["next_batch"]) < 30  # checkpointed at the interrupt, not at the end
+    resumed = _cli("scan", str(lib), *common, "--out", str(out), "--resume", "--checkpoint-images", "4")
+    assert resumed.wait(timeout=600) == 0, resumed.stdout.read()
+    ref = scan(lib, load_model("resnet18", None), tmp_path / "ref.h5", layers="layer2.0", top_k=3,
+               batch_size=2, workers=0, progress=False)
+    assert_same_file(ref, out)
