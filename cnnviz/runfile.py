@@ -19,7 +19,7 @@ import numpy as np
 from . import __version__
 from .checkpoint import WorkDir
 from .library import ImageLibrary
-from .patches import cut_patch, patch_box, patch_shape
+from .patches import downsample, patch_box, patch_factor, patch_shape
 from .preprocessing import Geometry, load_rgb
 from .reducers import ChannelStats, merge_topk
 
@@ -87,7 +87,8 @@ def _merge_states(works: list[WorkDir], n_layers: int, top_k: int):
     fids = np.concatenate([s["failure_ids"] for s in states]).astype(np.int64)
     freasons = np.concatenate([s["failure_reasons"].astype(str) for s in states])
     order = np.argsort(fids, kind="stable")
-    return layers, fids[order], freasons[order]
+    scan_seconds = max(float(s["elapsed_seconds"]) for s in states)
+    return layers, fids[order], freasons[order], scan_seconds
 
 
 def assemble_run(works: list[WorkDir], out: Path, lib: ImageLibrary, model,
@@ -99,7 +100,8 @@ def assemble_run(works: list[WorkDir], out: Path, lib: ImageLibrary, model,
     meta = metas[0]
     _check_shards_match(metas, works)
     taps = resolve_layers(model, meta["layers"])
-    merged, fail_ids, fail_reasons = _merge_states(works, len(taps), meta["top_k"])
+    started = time.monotonic()
+    merged, fail_ids, fail_reasons, scan_seconds = _merge_states(works, len(taps), meta["top_k"])
     tmp = out.with_name(out.name + ".tmp")
     with h5py.File(tmp, "w") as f:
         _write_header(f, meta, model, lib, n_failed=len(fail_ids), world=len(works))
@@ -111,6 +113,8 @@ def assemble_run(works: list[WorkDir], out: Path, lib: ImageLibrary, model,
                 g.create_dataset(f"stats/{k}", data=v)
         _write_patches(f, taps, lib, model.preprocessing, meta["patch_size"])
         f.attrs["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        f.attrs["scan_seconds"] = scan_seconds
+        f.attrs["assemble_seconds"] = time.monotonic() - started
     os.replace(tmp, out)
     if not keep_work:
         for w in works:
@@ -205,7 +209,7 @@ def _write_topk(g, tap, vals, ids, index, input_size, patch_size, geometry):
     o_box = np.full(vals.shape + (4,), np.nan, dtype=np.float32)
     for c, r in zip(*np.nonzero(valid), strict=True):
         rf_box[c, r] = tap.rf.box(int(y[c, r]), int(x[c, r]))
-        pb = patch_box(tap.rf, int(y[c, r]), int(x[c, r]), input_size)
+        pb = patch_box(tap.rf, int(y[c, r]), int(x[c, r]), input_size, patch_size)
         p_box[c, r] = pb
         clipped = (max(pb[0], 0), max(pb[1], 0), min(pb[2], input_size[0]), min(pb[3], input_size[1]))
         o_box[c, r] = Geometry(*geometry[ids[c, r]]).to_original(clipped)
@@ -222,6 +226,7 @@ def _write_topk(g, tap, vals, ids, index, input_size, patch_size, geometry):
         "type": tap.type, "channels": tap.channels, "height": tap.shape[1], "width": tap.shape[2],
         "rf_size": list(rf.size), "rf_stride": list(rf.stride), "rf_offset": list(rf.offset),
         "patch_shape": list(patch_shape(rf, input_size, patch_size)),
+        "patch_factor": patch_factor(rf, input_size, patch_size),
     })
 
 
@@ -243,26 +248,34 @@ class _CropCache:
         return crop
 
 
-def _write_patches(f, taps, lib, preprocessing, patch_size, channel_block: int = 256) -> None:
-    """Cut every top-k patch; one pass per layer and block of channels, images decoded once
-    per block at most (and usually once overall, thanks to the cache)."""
+def _write_patches(f, taps, lib, preprocessing, patch_size, block_bytes: int = 128 << 20) -> None:
+    """Cut every top-k patch: per layer and block of channels, entries grouped by image (one
+    padded copy per image), then all downsampled at once."""
     cache = _CropCache(lib, preprocessing)
     for tap in taps:
         g = f[f"layers/{tap.name}"]
         ids = g["topk/image_id"][()]
         boxes = g["topk/patch_box"][()]
-        ph, pw = g.attrs["patch_shape"]
+        ph, pw = (int(v) for v in g.attrs["patch_shape"])
+        factor = int(g.attrs["patch_factor"])
+        eh, ew = ph * factor, pw * factor
         c_total, k = ids.shape
         ds = g.create_dataset("topk/patches", shape=(c_total, k, ph, pw, 3), dtype=np.uint8,
                               chunks=(1, k, ph, pw, 3))
+        channel_block = max(1, block_bytes // (k * eh * ew * 3))
         for c0 in range(0, c_total, channel_block):
             c1 = min(c_total, c0 + channel_block)
-            block = np.zeros((c1 - c0, k, ph, pw, 3), dtype=np.uint8)
-            order = np.argsort(ids[c0:c1], axis=None, kind="stable")
-            for flat in order:
-                c, r = divmod(int(flat), k)
-                image_id = int(ids[c0 + c, r])
+            block_ids = ids[c0:c1].reshape(-1)
+            block_boxes = boxes[c0:c1].reshape(-1, 4)
+            raw = np.zeros((len(block_ids), eh, ew, 3), dtype=np.uint8)
+            current, padded = None, None
+            for j in np.argsort(block_ids, kind="stable"):
+                image_id = int(block_ids[j])
                 if image_id < 0:
                     continue
-                block[c, r] = cut_patch(cache.get(image_id), boxes[c0 + c, r], (ph, pw))
-            ds[c0:c1] = block
+                if image_id != current:
+                    current = image_id
+                    padded = np.pad(cache.get(image_id), ((eh, eh), (ew, ew), (0, 0)))
+                y0, x0 = int(block_boxes[j, 0]) + eh, int(block_boxes[j, 1]) + ew
+                raw[j] = padded[y0: y0 + eh, x0: x0 + ew]
+            ds[c0:c1] = downsample(raw, factor).reshape(c1 - c0, k, ph, pw, 3)

@@ -98,7 +98,8 @@ def scan(
         maxima_dtype: dtype of the stored images x channels maxima (``float32`` or ``float16``).
         patch_size: largest side of a stored patch; larger receptive fields are downsampled.
         checkpoint_seconds: checkpoint at most this often (and at the end).
-        checkpoint_images: also checkpoint after this many images (``None``: time only).
+        checkpoint_images: also checkpoint after this many images (default: when the buffered
+            per-image maxima reach 64 MB, so memory does not depend on the library size).
         amp: run the forward pass in float16 (CUDA) / bfloat16 (CPU) autocast; maxima and top-k
             are still computed in float32 from the activations the network produced.
         progress: show a tqdm progress bar.
@@ -141,8 +142,10 @@ def scan(
                     for t in taps}
     failures: list[tuple[int, str]] = []
     next_batch = 0
+    elapsed_before = 0.0
     if state is not None:
         next_batch = int(state["next_batch"])
+        elapsed_before = float(state["elapsed_seconds"])
         failures = list(zip(state["failure_ids"].tolist(), state["failure_reasons"].tolist(), strict=True))
         for i, ls in enumerate(layer_states.values()):
             ls.topk.load({k: state[f"l{i}_{k}"] for k in ("values", "ids", "index")})
@@ -154,6 +157,9 @@ def scan(
     done_images = sum(len(ids) for b, ids in my_batches if b < next_batch)
     total_images = sum(len(ids) for _, ids in my_batches)
 
+    if checkpoint_images is None:
+        bytes_per_image = sum(t.channels for t in taps) * (np.dtype(maxima_dtype).itemsize + 4)
+        checkpoint_images = max(batch_size, (64 << 20) // bytes_per_image)
     workers = _default_workers() if workers is None else workers
     loader = DataLoader(
         LibraryDataset(lib, model.preprocessing), batch_sampler=[ids for _, ids in todo],
@@ -163,7 +169,7 @@ def scan(
     seg_first = todo[0][1][0] if todo else None
     seg_ids: list[np.ndarray] = []
     seg_geoms: list[np.ndarray] = []
-    last_ckpt = time.monotonic()
+    last_ckpt = session_start = time.monotonic()
     since_ckpt = 0
 
     def checkpoint(batch_index_done: int) -> None:
@@ -178,6 +184,7 @@ def scan(
                 ls.argmax.clear()
             work.save_segment(int(ids_arr[0]), int(ids_arr[-1]) + 1, **arrays)
         st = {"next_batch": np.int64(batch_index_done + 1),
+              "elapsed_seconds": np.float64(elapsed_before + time.monotonic() - session_start),
               "failure_ids": np.array([f[0] for f in failures], dtype=np.int64),
               "failure_reasons": np.array([f[1] for f in failures], dtype=str)}
         for i, ls in enumerate(layer_states.values()):
@@ -246,8 +253,7 @@ def scan(
             bar.update(n)
             if any(errors):
                 bar.set_postfix(unreadable=len(failures))
-            if (time.monotonic() - last_ckpt >= checkpoint_seconds
-                    or (checkpoint_images and since_ckpt >= checkpoint_images)):
+            if time.monotonic() - last_ckpt >= checkpoint_seconds or since_ckpt >= checkpoint_images:
                 checkpoint(b)
             if interrupt.requested:
                 checkpoint(b)

@@ -155,7 +155,7 @@ def _contents(path: Path) -> dict:
 
         f.visititems(keep)
         for k, v in f.attrs.items():
-            if k not in ("created", "finished"):
+            if k not in ("created", "finished", "scan_seconds", "assemble_seconds"):
                 out[f"@{k}"] = v
     return out
 
@@ -302,3 +302,28 @@ def test_ctrl_c_checkpoints_and_resumes(photo_dir, tmp_path):
     ref = scan(lib, load_model("resnet18", None), tmp_path / "ref.h5", layers="layer2.0", top_k=3,
                batch_size=2, workers=0, progress=False)
     assert_same_file(ref, out)
+
+
+def test_downsampled_patches_are_block_means_of_the_grown_box(photo_dir, resnet18, tmp_path):
+    """patch_size 40: resnet18's layer2.1 field (99 px) is cut at 3 x 33 = 99 px and averaged in
+    3x3 blocks; layer4.1's (435 px) at the input's 224 -> 6 x 38 = 228 px. Checked against a
+    float mean."""
+    run = scan(photo_dir, resnet18, tmp_path / "small.h5", layers="layer2.1,layer4.1", top_k=2,
+               batch_size=8, workers=0, progress=False, patch_size=40)
+    lib = ImageLibrary.open(photo_dir)
+    df = cnnviz.top_patches(run)
+    with h5py.File(run, "r") as f:
+        for layer, factor, side in (("layer2.1", 3, 33), ("layer4.1", 6, 38)):
+            g = f[f"layers/{layer}"]
+            assert g.attrs["patch_factor"] == factor and tuple(g.attrs["patch_shape"]) == (side, side)
+            for _, row in df[df.layer == layer].head(12).iterrows():
+                crop, _ = resnet18.preprocessing.crop_uint8(load_rgb(lib.path(row.image_id)))
+                box = (row.patch_y0, row.patch_x0, row.patch_y1, row.patch_x1)
+                assert box[2] - box[0] == factor * side
+                centre_rf = (row.rf_y0 + row.rf_y1) / 2
+                assert abs((box[0] + box[2]) / 2 - centre_rf) <= 0.5
+                padded = np.pad(crop.astype(np.float64), ((300, 300), (300, 300), (0, 0)))
+                cut = padded[box[0] + 300: box[2] + 300, box[1] + 300: box[3] + 300]
+                means = cut.reshape(side, factor, side, factor, 3).mean(axis=(1, 3))
+                expected = np.floor(means + 0.5).astype(np.uint8)
+                np.testing.assert_array_equal(g["topk/patches"][row.channel, row["rank"]], expected)

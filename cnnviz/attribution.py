@@ -1,0 +1,116 @@
+"""Why a unit fires: neuron attributions of the top-k entries, cut to their patches.
+
+For each top-k entry ``(image, y, x)`` of a channel, Captum's ``NeuronGuidedBackprop`` (or
+``NeuronDeconvolution``, Zeiler & Fergus' projection) attributes the unit ``(channel, y, x)`` of
+the layer to the input pixels; the attribution is then cut with the same box as the stored
+patch, so it lies beside it pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+from captum.attr import NeuronDeconvolution, NeuronGuidedBackprop
+from torch import nn
+
+from .patches import cut_patch
+from .preprocessing import load_rgb
+from .runfile import open_run
+from .tables import _strings
+
+__all__ = ["neuron_attributions", "attribution_image", "model_of_run", "METHODS"]
+
+METHODS = {"guided_backprop": NeuronGuidedBackprop, "deconvolution": NeuronDeconvolution}
+
+
+def _without_inplace(module: nn.Module) -> nn.Module:
+    """A copy whose activations are not in-place: Captum's backward hooks on ReLUs cannot
+    wrap in-place ones (ResNet's shared ``relu``). The arithmetic is unchanged."""
+    module = copy.deepcopy(module)
+    for m in module.modules():
+        if hasattr(m, "inplace") and isinstance(m.inplace, bool):
+            m.inplace = False
+    return module
+
+
+def neuron_attributions(model, run: str | Path, layer: str, channel: int,
+                        method: str = "guided_backprop", library_root: str | Path | None = None,
+                        batch_size: int = 8) -> np.ndarray:
+    """Attributions of a channel's top-k units, cut to the patch boxes.
+
+    Args:
+        model: the :class:`~cnnviz.models.LoadedModel` the run was made with.
+        run: the run file.
+        layer, channel: which channel.
+        method: ``"guided_backprop"`` or ``"deconvolution"``.
+        library_root: where the images are now, if the library moved since the scan.
+
+    Returns:
+        float32 ``(k, h, w, 3)``: the raw attribution (input-gradient-like, signed) in each
+        patch box, at the stored patch size; zeros for empty slots.
+    """
+    if method not in METHODS:
+        raise ValueError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    with open_run(run) as f:
+        g = f[f"layers/{layer}"]
+        ids = g["topk/image_id"][channel]
+        ys, xs = g["topk/y"][channel], g["topk/x"][channel]
+        boxes = g["topk/patch_box"][channel]
+        ph, pw = (int(v) for v in g.attrs["patch_shape"])
+        factor = int(g.attrs["patch_factor"])
+        paths = _strings(f["images/path"])
+        root = Path(library_root or f.attrs["library_root"])
+    module = _without_inplace(model.module)
+    target = module.get_submodule(layer)
+    attributor = METHODS[method](module, target)
+    out = np.zeros((len(ids), ph, pw, 3), dtype=np.float32)
+    valid = [r for r in range(len(ids)) if ids[r] >= 0]
+    device = model.device
+    for start in range(0, len(valid), batch_size):
+        ranks = valid[start: start + batch_size]
+        x = torch.cat([model.preprocessing(load_rgb(root / str(paths[ids[r]]))) for r in ranks]).to(device)
+        pos_y = torch.tensor([int(ys[r]) for r in ranks], device=device)
+        pos_x = torch.tensor([int(xs[r]) for r in ranks], device=device)
+        rows = torch.arange(len(ranks), device=device)
+
+        def select(layer_out, rows=rows, pos_y=pos_y, pos_x=pos_x):
+            return layer_out[rows, channel, pos_y, pos_x]
+
+        attr = attributor.attribute(x.requires_grad_(), neuron_selector=select)
+        attr = attr.detach().permute(0, 2, 3, 1).cpu().numpy()
+        for j, r in enumerate(ranks):
+            out[r] = cut_patch(attr[j], boxes[r], factor)
+    return out
+
+
+def attribution_image(attr: np.ndarray) -> np.ndarray:
+    """Signed attributions -> displayable RGB in [0, 1] (grey = 0), one scale per patch."""
+    out = np.empty_like(attr)
+    for i, a in enumerate(attr):
+        scale = np.abs(a).max()
+        out[i] = 0.5 + 0.5 * a / scale if scale > 0 else 0.5
+    return np.clip(out, 0, 1)
+
+
+def model_of_run(run: str | Path, device: str = "cpu"):
+    """Reload the model a run was made with, from its ``model`` and ``weights_origin``."""
+    import re
+
+    from .models import load_model
+
+    with open_run(run) as f:
+        name, origin = str(f.attrs["model"]), str(f.attrs["weights_origin"])
+    if origin.startswith("file:"):
+        return load_model(name, origin[5:], device=device)
+    if origin.startswith("torchvision:"):
+        return load_model(name, origin.rsplit(".", 1)[-1], device=device)
+    if origin.startswith("pypi:"):
+        return load_model(name, "DEFAULT", device=device)
+    seed = re.fullmatch(r"random \(seed (\d+)\)", origin)
+    if seed:
+        return load_model(name, None, seed=int(seed.group(1)), device=device)
+    raise ValueError(f"{run} was made with a model cnnviz cannot reload ({name}, {origin}); "
+                     "pass --model and --weights")

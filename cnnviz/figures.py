@@ -1,0 +1,146 @@
+"""Pictures of a run: patch montages, layer overview sheets, distributions of maxima.
+
+Every function returns a matplotlib ``Figure``; the CLI and the HTML report save them.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .runfile import open_run
+from .tables import _strings
+
+__all__ = ["patch_montage", "layer_overview", "maxima_distribution", "save_figure"]
+
+
+def _plt():
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+        try:
+            matplotlib.use("Agg")
+        except Exception:  # noqa: BLE001 - keep an interactive backend the user chose
+            pass
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def patch_montage(run: str | Path, layer: str, channel: int, columns: int | None = None,
+                  extra: np.ndarray | None = None, extra_label: str = "attribution",
+                  tile_inches: float = 1.35):
+    """The top-k patches of one channel, best first, with activation and image under each.
+
+    Args:
+        run: the run file.
+        layer, channel: which channel.
+        columns: tiles per row (default: up to 8).
+        extra: optional ``(k, h, w, 3)`` float images (e.g. attributions) shown in a second row
+            under each patch.
+
+    Returns:
+        A ``Figure`` whose axes are the tiles in rank order (titles ``#rank``).
+    """
+    plt = _plt()
+    with open_run(run) as f:
+        g = f[f"layers/{layer}"]
+        patches = g["topk/patches"][channel]
+        acts = g["topk/activation"][channel]
+        ids = g["topk/image_id"][channel]
+        paths = _strings(f["images/path"])
+    valid = ids >= 0
+    k = int(valid.sum())
+    cols = columns or min(8, max(1, k))
+    rows_per = 2 if extra is not None else 1
+    rows = math.ceil(max(k, 1) / cols) * rows_per
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * tile_inches, rows * (tile_inches + 0.35) + 0.4),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for r in range(k):
+        row, col = divmod(r, cols)
+        ax = axes[row * rows_per, col]
+        ax.imshow(patches[r], interpolation="nearest")
+        ax.set_title(f"#{r + 1}", fontsize=7, pad=2)
+        name = Path(str(paths[ids[r]])).name
+        ax.text(0.5, -0.04, f"{acts[r]:.3g}\n{name[:22]}", transform=ax.transAxes, ha="center",
+                va="top", fontsize=5.5)
+        if extra is not None:
+            axes[row * rows_per + 1, col].imshow(extra[r], interpolation="nearest")
+            axes[row * rows_per + 1, col].set_title(extra_label, fontsize=5.5, pad=1)
+    fig.suptitle(f"{layer} channel {channel}: top {k}", fontsize=9)
+    fig.tight_layout(pad=0.4, h_pad=1.6, rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
+    return fig
+
+
+def montage_tiles(fig) -> list[int]:
+    """Ranks shown by a montage, in axes order (read back from the tile titles)."""
+    return [int(ax.get_title()[1:]) for ax in fig.axes if ax.get_title().startswith("#")]
+
+
+def layer_overview(run: str | Path, layer: str, channels=None, per_channel: int = 4,
+                   columns: int = 8, tile_inches: float = 1.1):
+    """An overview sheet: for each channel (default: all, at most 64) a 2x2 mosaic of its best
+    patches, titled with the channel index."""
+    plt = _plt()
+    with open_run(run) as f:
+        g = f[f"layers/{layer}"]
+        n_ch = g.attrs["channels"]
+        channels = list(range(min(64, n_ch))) if channels is None else list(channels)
+        patches = g["topk/patches"]
+        mosaics = [_mosaic(patches[c][:per_channel]) for c in channels]
+    cols = min(columns, len(channels))
+    rows = math.ceil(len(channels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * tile_inches, rows * tile_inches + 0.4),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, c, m in zip(axes.flat, channels, mosaics, strict=False):
+        ax.imshow(m, interpolation="nearest")
+        ax.set_title(str(c), fontsize=7, pad=2)
+    fig.suptitle(f"{layer}: best {per_channel} patches of {len(channels)} channels", fontsize=9)
+    fig.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
+    return fig
+
+
+def _mosaic(patches: np.ndarray) -> np.ndarray:
+    n = len(patches)
+    side = math.ceil(math.sqrt(n))
+    h, w = patches.shape[1:3]
+    out = np.full((side * h + side - 1, side * w + side - 1, 3), 255, dtype=np.uint8)
+    for i, p in enumerate(patches):
+        r, c = divmod(i, side)
+        out[r * (h + 1): r * (h + 1) + h, c * (w + 1): c * (w + 1) + w] = p
+    return out
+
+
+def maxima_distribution(run: str | Path, layer: str, channel: int, bins: int = 50):
+    """Histogram of a channel's per-image maxima with the top-k marked."""
+    plt = _plt()
+    with open_run(run) as f:
+        g = f[f"layers/{layer}"]
+        values = g["maxima"][:, channel].astype(np.float64)
+        top = g["topk/activation"][channel]
+    values = values[~np.isnan(values)]
+    fig, ax = plt.subplots(figsize=(5, 2.6))
+    ax.hist(values, bins=bins, color="#7aa6c2")
+    for v in top[~np.isnan(top)]:
+        ax.axvline(v, color="#c0392b", lw=0.8, alpha=0.8)
+    ax.set_xlabel("spatial maximum per image")
+    ax.set_ylabel("images")
+    ax.set_title(f"{layer} channel {channel}: {len(values)} images, top-{len(top)} in red", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Save and close a figure (format from the suffix: .png, .svg, .pdf)."""
+    plt = _plt()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
