@@ -41,6 +41,31 @@ def neuron_attributions(model, run: str | Path, layer: str, channel: int,
                         batch_size: int = 8) -> np.ndarray:
     """Attributions of a channel's top-k units, cut to the patch boxes.
 
+    See :func:`neuron_attribution_maps` for the arguments.
+
+    Returns:
+        float32 ``(k, h, w, 3)``: the raw attribution (input-gradient-like, signed) in each
+        patch box, at the stored patch size; zeros for empty slots.
+    """
+    maps = neuron_attribution_maps(model, run, layer, channel, method, library_root, batch_size)
+    with open_run(run) as f:
+        g = f[f"layers/{layer}"]
+        boxes = g["topk/patch_box"][channel]
+        ph, pw = (int(v) for v in g.attrs["patch_shape"])
+        factor = int(g.attrs["patch_factor"])
+    out = np.zeros((len(maps), ph, pw, 3), dtype=np.float32)
+    for r, m in enumerate(maps):
+        if m is not None:
+            out[r] = cut_patch(m, boxes[r], factor)
+    return out
+
+
+def neuron_attribution_maps(model, run: str | Path, layer: str, channel: int,
+                            method: str = "guided_backprop", library_root: str | Path | None = None,
+                            batch_size: int = 8) -> list[np.ndarray | None]:
+    """Whole-input attribution maps ``(H, W, 3)`` of a channel's top-k units (``None`` for
+    empty slots).
+
     Args:
         model: the :class:`~cnnviz.models.LoadedModel` the run was made with.
         run: the run file.
@@ -48,9 +73,6 @@ def neuron_attributions(model, run: str | Path, layer: str, channel: int,
         method: ``"guided_backprop"`` or ``"deconvolution"``.
         library_root: where the images are now, if the library moved since the scan.
 
-    Returns:
-        float32 ``(k, h, w, 3)``: the raw attribution (input-gradient-like, signed) in each
-        patch box, at the stored patch size; zeros for empty slots.
     """
     if method not in METHODS:
         raise ValueError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
@@ -58,15 +80,12 @@ def neuron_attributions(model, run: str | Path, layer: str, channel: int,
         g = f[f"layers/{layer}"]
         ids = g["topk/image_id"][channel]
         ys, xs = g["topk/y"][channel], g["topk/x"][channel]
-        boxes = g["topk/patch_box"][channel]
-        ph, pw = (int(v) for v in g.attrs["patch_shape"])
-        factor = int(g.attrs["patch_factor"])
         paths = _strings(f["images/path"])
         root = Path(library_root or f.attrs["library_root"])
     module = _without_inplace(model.module)
     target = module.get_submodule(layer)
     attributor = METHODS[method](module, target)
-    out = np.zeros((len(ids), ph, pw, 3), dtype=np.float32)
+    out: list[np.ndarray | None] = [None] * len(ids)
     valid = [r for r in range(len(ids)) if ids[r] >= 0]
     device = model.device
     for start in range(0, len(valid), batch_size):
@@ -82,7 +101,7 @@ def neuron_attributions(model, run: str | Path, layer: str, channel: int,
         attr = attributor.attribute(x.requires_grad_(), neuron_selector=select)
         attr = attr.detach().permute(0, 2, 3, 1).cpu().numpy()
         for j, r in enumerate(ranks):
-            out[r] = cut_patch(attr[j], boxes[r], factor)
+            out[r] = attr[j]
     return out
 
 

@@ -112,8 +112,6 @@ def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=Non
     """
     from tqdm.auto import tqdm
 
-    from .attribution import attribution_image, neuron_attributions
-
     run = Path(run)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -148,38 +146,13 @@ def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=Non
             thumbs = []
             bar = tqdm(chosen, desc=f"report {layer}", disable=not progress, leave=False)
             for pos, c in enumerate(bar):
-                patches = g["topk/patches"][c]
-                ids = g["topk/image_id"][c]
-                acts = g["topk/activation"][c]
-                k = int((ids >= 0).sum())
-                _strip(patches[:k], scale).save(folder / f"c{c}.png", optimize=False)
-                attr_html = ""
+                neighbours = (chosen[pos - 1] if pos else None,
+                              chosen[pos + 1] if pos + 1 < len(chosen) else None)
+                page = _ChannelPage(g, layer, c, folder, scale, (ph, pw), paths, labels)
+                extra = page.optimized_html()
                 if c in attributions.get(layer, []):
-                    attr = attribution_image(neuron_attributions(model, run, layer, c))[:k]
-                    _strip((attr * 255).round().astype(np.uint8), scale).save(folder / f"c{c}-attr.png")
-                    attr_html = ("<h2>Why it fires: guided backpropagation of each unit, same box</h2>"
-                                 '<div class="grid">' + "".join(
-                                     f'<span class="card">{_tile(f"c{c}-attr.png", r, pw, ph)}<br>#{r + 1}</span>'
-                                     for r in range(k)) + "</div>")
-                cards = "".join(
-                    f'<span class="card">{_tile(f"c{c}.png", r, pw, ph)}<br>#{r + 1} · {acts[r]:.3g}<br>'
-                    f'{html.escape(Path(str(paths[ids[r]])).name)}'
-                    + (f"<br><i>{html.escape(str(labels[ids[r]]))}</i>" if labels is not None else "")
-                    + "</span>" for r in range(k))
-                prev_link = f'<a href="c{chosen[pos - 1]}.html">&larr; channel {chosen[pos - 1]}</a>' if pos else ""
-                next_link = (f'<a href="c{chosen[pos + 1]}.html">channel {chosen[pos + 1]} &rarr;</a>'
-                             if pos + 1 < len(chosen) else "")
-                st = stats.loc[c]
-                rows = "".join(f"<tr><th>{html.escape(str(key))}</th><td>{_fmt(st[key])}</td></tr>"
-                               for key in st.index if key != "layer")
-                body = (f'<nav><a href="../index.html">all layers</a><a href="index.html">{html.escape(layer)}</a>'
-                        f"{prev_link}{next_link}</nav>"
-                        f"<h1>{html.escape(layer)} · channel {c}</h1>{header}"
-                        f'<h2>Top {k} receptive-field patches</h2><div class="grid">{cards}</div>'
-                        f"{attr_html}"
-                        f'<h2>Statistics</h2><table class="stats">{rows}</table>'
-                        f"<h2>Distribution of the per-image maxima (top-k in red)</h2>"
-                        f"{_histogram_svg(g['maxima'][:, c].astype(np.float64), acts)}")
+                    extra += page.attribution_html(model, run)
+                body = page.body(header, stats.loc[c], neighbours, extra)
                 (folder / f"c{c}.html").write_text(_page(f"{layer} channel {c}", body, "../style.css"),
                                                    encoding="utf-8")
                 thumbs.append(f'<a class="thumb" href="{_safe(layer)}/c{c}.html" title="channel {c}">'
@@ -196,6 +169,65 @@ def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=Non
     index = out / "index.html"
     index.write_text(_page(f"cnnviz — {run.name}", "\n".join(index_parts), "style.css"), encoding="utf-8")
     return index
+
+
+class _ChannelPage:
+    """The page of one channel: writes its images and returns HTML fragments."""
+
+    def __init__(self, g, layer, channel, folder, scale, tile, paths, labels):
+        self.g, self.layer, self.c, self.folder = g, layer, channel, folder
+        self.scale, (self.ph, self.pw) = scale, tile
+        self.ids = g["topk/image_id"][channel]
+        self.acts = g["topk/activation"][channel]
+        self.k = int((self.ids >= 0).sum())
+        self.paths, self.labels = paths, labels
+        _strip(g["topk/patches"][channel][: self.k], scale).save(folder / f"c{channel}.png")
+
+    def _card(self, src: str, r: int, caption: str) -> str:
+        return f'<span class="card">{_tile(src, r, self.pw, self.ph)}<br>{caption}</span>'
+
+    def optimized_html(self) -> str:
+        g, c = self.g, self.c
+        if "optimized/done" not in g or not g["optimized/done"][c]:
+            return ""
+        Image.fromarray(g["optimized/images"][c]).save(self.folder / f"c{c}-optimized.png")
+        recipe = html.escape(str(g["optimized"].attrs["recipe"]))
+        return (f"<h2>Optimized image ({recipe} recipe)</h2>"
+                f'<img src="c{c}-optimized.png" alt="optimized image of channel {c}" width="224">')
+
+    def attribution_html(self, model, run) -> str:
+        from .attribution import attribution_image, neuron_attributions
+
+        c, k = self.c, self.k
+        attr = attribution_image(neuron_attributions(model, run, self.layer, c))[:k]
+        _strip((attr * 255).round().astype(np.uint8), self.scale).save(self.folder / f"c{c}-attr.png")
+        cards = "".join(self._card(f"c{c}-attr.png", r, f"#{r + 1}") for r in range(k))
+        return ("<h2>Why it fires: guided backpropagation of each unit, in the same box</h2>"
+                f'<div class="grid">{cards}</div>')
+
+    def body(self, header: str, stats, neighbours, extra: str) -> str:
+        c, k, layer = self.c, self.k, self.layer
+        cards = []
+        for r in range(k):
+            image_id = self.ids[r]
+            caption = f"#{r + 1} · {self.acts[r]:.3g}<br>{html.escape(Path(str(self.paths[image_id])).name)}"
+            if self.labels is not None:
+                caption += f"<br><i>{html.escape(str(self.labels[image_id]))}</i>"
+            cards.append(self._card(f"c{c}.png", r, caption))
+        prev_c, next_c = neighbours
+        nav = (f'<nav><a href="../index.html">all layers</a><a href="index.html">{html.escape(layer)}</a>'
+               + (f'<a href="c{prev_c}.html">&larr; channel {prev_c}</a>' if prev_c is not None else "")
+               + (f'<a href="c{next_c}.html">channel {next_c} &rarr;</a>' if next_c is not None else "")
+               + "</nav>")
+        rows = "".join(f"<tr><th>{html.escape(str(key))}</th><td>{_fmt(stats[key])}</td></tr>"
+                       for key in stats.index if key != "layer")
+        maxima = self.g["maxima"][:, c].astype(np.float64)
+        return (f"{nav}<h1>{html.escape(layer)} · channel {c}</h1>{header}"
+                f'<h2>Top {k} receptive-field patches</h2><div class="grid">{"".join(cards)}</div>'
+                f"{extra}"
+                f'<h2>Statistics</h2><table class="stats">{rows}</table>'
+                f"<h2>Distribution of the per-image maxima (top-k in red)</h2>"
+                f"{_histogram_svg(maxima, self.acts)}")
 
 
 def _fmt(v) -> str:

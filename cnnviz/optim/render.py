@@ -1,0 +1,262 @@
+"""The render loop: optimize an image parameterization so that an objective is maximal.
+
+Two recipes share the taps of :mod:`cnnviz.taps` and the objectives of
+:mod:`cnnviz.optim.objectives`:
+
+* :func:`render` — the modern recipe (Olah et al., Distill 2017): Fourier parameterization with
+  decorrelated colour and a sigmoid, transformation robustness, Adam (lr 0.05, Lucid's default);
+* :func:`cs231n_class_visualization` — Stanford cs231n's class visualization, faithfully:
+  ``randn`` start in normalized pixel space, gradient of ``score - l2_reg * ||I||^2`` (the class
+  score's gradient from Captum's ``Saliency``), step ``lr * g / ||g||``, jitter up to 16 px
+  before each step and undone after, clamp to valid pixels, Gaussian blur (sigma 0.5) every 10
+  steps.
+
+Both are deterministic: the same seed on the same device gives the same image. No global device
+or state: everything comes from the arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from captum.attr import Saliency
+
+from ..taps import resolve_layer
+from .objectives import Objective, class_logits
+from .param import FourierImage, PixelImage
+from .transforms import standard_transforms
+
+__all__ = ["RenderResult", "render", "cs231n_class_visualization", "to_uint8", "save_png",
+           "class_probabilities", "store_in_run"]
+
+
+@dataclass
+class RenderResult:
+    """Optimized images (RGB in [0, 1], ``(batch, 3, H, W)``), snapshots ``[(step, images)]``
+    and the objective's value per image at each step ``(steps, batch)``."""
+
+    images: torch.Tensor
+    snapshots: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    history: np.ndarray | None = None
+
+
+class _StopForward(Exception):
+    pass
+
+
+def _forward(model, objective: Objective, x: torch.Tensor):
+    """Forward pass capturing the objective's layers (clones keep autograd intact through
+    in-place ops); stops after the last needed layer unless the logits are needed."""
+    module = model.module
+    acts: dict[str, torch.Tensor] = {}
+    names = [resolve_layer(model, n).name for n in objective.layers]
+    handles = []
+
+    def hook_for(name):
+        def hook(mod, inp, out):
+            acts[name] = out.clone()
+            if not objective.needs_logits and len(acts) == len(names):
+                raise _StopForward
+        return hook
+
+    for n in names:
+        handles.append(module.get_submodule(n).register_forward_hook(hook_for(n)))
+    logits = None
+    try:
+        logits = module(x)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return acts, logits
+
+
+def _generator(seed: int, device) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
+
+
+def render(model, objective: Objective, batch: int = 1, steps: int = 256, lr: float = 0.05,
+           size: tuple[int, int] | None = None, transforms="standard", seed: int = 0,
+           snapshot_every: int | None = None, progress: bool = True, device=None) -> RenderResult:
+    """The modern recipe.
+
+    Args:
+        model: a :class:`~cnnviz.models.LoadedModel`.
+        objective: what to maximize (per image of the batch).
+        batch: images optimized together (a batched objective gives each its own target).
+        steps, lr: Adam steps and learning rate.
+        size: image size (default: the model's input size).
+        transforms: ``"standard"`` (pad, jitter, scale, rotate, jitter), ``None``, or a callable
+            ``(img, generator) -> img``.
+        seed: seeds the initialization and every random transform.
+        snapshot_every: keep the images every N steps.
+
+    Example:
+        >>> from cnnviz.optim import objectives as obj          # doctest: +SKIP
+        >>> res = render(model, obj.channels("layer3.1", range(64)), batch=64)  # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(device) if device is not None else model.device
+    size = tuple(size or model.input_size)
+    gen = _generator(seed, device)
+    param = FourierImage(batch, size, device, gen)
+    tf = standard_transforms() if transforms == "standard" else transforms
+    opt = torch.optim.Adam(param.parameters(), lr=lr)
+    result = RenderResult(images=param.image().detach())
+    history = []
+    for step in tqdm(range(1, steps + 1), desc=objective.name, disable=not progress, leave=False):
+        opt.zero_grad(set_to_none=True)
+        img = param.image()
+        seen = tf(img, gen) if tf is not None else img
+        x = _normalize(model, seen)
+        acts, logits = _forward(model, objective, x)
+        values = objective(acts, logits, x)
+        (-values.sum()).backward()
+        opt.step()
+        history.append(values.detach().cpu().numpy())
+        if snapshot_every and step % snapshot_every == 0:
+            result.snapshots.append((step, param.image().detach().cpu()))
+    result.images = param.image().detach()
+    result.history = np.stack(history) if history else None
+    return result
+
+
+def _normalize(model, img01: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(model.preprocessing.mean, dtype=img01.dtype, device=img01.device).view(1, 3, 1, 1)
+    std = torch.tensor(model.preprocessing.std, dtype=img01.dtype, device=img01.device).view(1, 3, 1, 1)
+    return (img01 - mean) / std
+
+
+def _jitter(x: torch.Tensor, ox: int, oy: int) -> torch.Tensor:
+    """cs231n's jitter: a circular shift by ``ox`` columns and ``oy`` rows."""
+    return torch.roll(x, shifts=(oy, ox), dims=(2, 3))
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """scipy.ndimage.gaussian_filter1d along rows then columns (truncate 4, mode 'reflect')."""
+    radius = int(4.0 * sigma + 0.5)
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    for dim in (2, 3):
+        first = x.narrow(dim, 0, radius).flip(dim)
+        last = x.narrow(dim, x.shape[dim] - radius, radius).flip(dim)
+        xp = torch.cat([first, x, last], dim=dim)
+        weight = k.view(1, 1, -1, 1) if dim == 2 else k.view(1, 1, 1, -1)
+        x = F.conv2d(xp, weight.expand(c, 1, *weight.shape[2:]), groups=c)
+    return x
+
+
+def cs231n_class_visualization(model, targets: int | Sequence[int], l2_reg: float = 1e-3,
+                               lr: float = 25.0, steps: int = 100, blur_every: int = 10,
+                               max_jitter: int = 16, sigma: float = 0.5, seed: int = 0,
+                               snapshot_every: int | None = 25, progress: bool = True,
+                               device=None) -> RenderResult:
+    """Stanford cs231n's class visualization (defaults are the assignment's).
+
+    Args:
+        model: a :class:`~cnnviz.models.LoadedModel`.
+        targets: one class index, or one per image (a batch optimized together).
+        l2_reg, lr, steps, blur_every, max_jitter, sigma: the recipe's parameters.
+        seed: seeds the ``randn`` start and the jitter.
+
+    Returns:
+        :class:`RenderResult` with RGB images in [0, 1] and ``history`` holding the class score
+        per step.
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(device) if device is not None else model.device
+    targets = [targets] if isinstance(targets, int) else list(targets)
+    gen = _generator(seed, device)
+    param = PixelImage(model.preprocessing, len(targets), tuple(model.input_size), device, gen)
+    img = param.tensor
+    saliency = Saliency(model.module)
+    score = class_logits(targets)
+    result = RenderResult(images=param.image().detach())
+    history = []
+    for t in tqdm(range(steps), desc=f"class {targets[0]}", disable=not progress, leave=False):
+        ox, oy = (int(v) for v in torch.randint(0, max_jitter + 1, (2,), generator=gen, device=device))
+        with torch.no_grad():
+            img.copy_(_jitter(img, ox, oy))
+        # d(score)/dI from Captum; the L2 penalty's gradient is 2 * l2_reg * I.
+        grad = saliency.attribute(img, target=targets, abs=False).detach()
+        with torch.no_grad():
+            grad -= 2.0 * l2_reg * img
+            norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            img += lr * grad / norms
+            img.copy_(_jitter(img, -ox, -oy))
+        param.clamp_()
+        if t % blur_every == 0:
+            with torch.no_grad():
+                img.copy_(_gaussian_blur(img, sigma))
+        with torch.no_grad():
+            logits = model.module(img)
+            history.append(score({}, logits, img).cpu().numpy())
+        if snapshot_every and (t + 1) % snapshot_every == 0:
+            result.snapshots.append((t + 1, param.image().detach().cpu()))
+    result.images = param.image().detach()
+    result.history = np.stack(history) if history else None
+    return result
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """RGB in [0, 1], ``(batch, 3, H, W)`` -> uint8 ``(batch, H, W, 3)``."""
+    return (images.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def save_png(images: torch.Tensor, paths: Sequence[str | Path]) -> list[Path]:
+    """Write each image of the batch as an 8-bit PNG."""
+    from PIL import Image
+
+    out = []
+    for arr, p in zip(to_uint8(images), paths, strict=True):
+        p = Path(p)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(p)
+        out.append(p)
+    return out
+
+
+@torch.no_grad()
+def class_probabilities(model, images_uint8: np.ndarray) -> torch.Tensor:
+    """Softmax of the model for uint8 ``(batch, H, W, 3)`` images fed as they are (no resize)."""
+    x = model.preprocessing.normalize(torch.from_numpy(images_uint8).to(model.device))
+    return model.module(x).softmax(dim=1)
+
+
+def store_in_run(run: str | Path, layer: str, channels: Sequence[int], images: torch.Tensor,
+                 recipe: str) -> None:
+    """Add optimized images of some channels to a run file (``layers/<layer>/optimized``), so
+    the report shows each beside its dataset examples."""
+    import h5py
+
+    from ..runfile import open_run
+
+    open_run(run).close()  # format and version check
+    arr = to_uint8(images)
+    with h5py.File(run, "r+") as f:
+        if f"layers/{layer}" not in f:
+            raise KeyError(f"--run {run} has no layer {layer!r}")
+        g = f[f"layers/{layer}"]
+        n_ch = int(g.attrs["channels"])
+        if "optimized/images" in g and g["optimized/images"].shape[1:] != arr.shape[1:]:
+            del g["optimized"]
+        if "optimized/images" not in g:
+            g.create_dataset("optimized/images", shape=(n_ch, *arr.shape[1:]), dtype=np.uint8,
+                             chunks=(1, *arr.shape[1:]))
+            g.create_dataset("optimized/done", shape=(n_ch,), dtype=bool)
+        for c, a in zip(channels, arr, strict=True):
+            g["optimized/images"][c] = a
+            g["optimized/done"][c] = True
+        g["optimized"].attrs["recipe"] = recipe

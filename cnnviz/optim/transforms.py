@@ -1,0 +1,78 @@
+"""Random transforms for transformation robustness, seeded by a ``torch.Generator``.
+
+Each transform maps ``(batch, 3, H, W)`` to an image of (nearly) the same size, differently for
+each step; the same generator state gives the same sequence. :func:`standard_transforms` is
+Lucid's ``transforms.standard_transforms``: pad 12, jitter 8, scale 0.9-1.1, rotate -10..10
+degrees, jitter 4.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["pad", "jitter", "random_scale", "random_rotate", "compose", "standard_transforms"]
+
+Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def _choice(values: Sequence, gen: torch.Generator):
+    return values[int(torch.randint(len(values), (1,), generator=gen))]
+
+
+def pad(width: int, value: float = 0.5) -> Transform:
+    """Constant padding (grey by default), so jitter does not show the border."""
+    return lambda img, gen: F.pad(img, (width,) * 4, value=value)
+
+
+def jitter(d: int) -> Transform:
+    """Random crop shifted by up to ``d - 1`` pixels (the image shrinks by ``d - 1``)."""
+
+    def fn(img, gen):
+        dy, dx = (int(v) for v in torch.randint(d, (2,), generator=gen))
+        h, w = img.shape[-2:]
+        return img[..., dy: h - (d - 1) + dy, dx: w - (d - 1) + dx]
+
+    return fn
+
+
+def random_scale(scales: Sequence[float]) -> Transform:
+    """Bilinear resize by a factor drawn from ``scales``."""
+
+    def fn(img, gen):
+        s = _choice(scales, gen)
+        h, w = img.shape[-2:]
+        return F.interpolate(img, size=(max(1, round(h * s)), max(1, round(w * s))),
+                             mode="bilinear", align_corners=False)
+
+    return fn
+
+
+def random_rotate(degrees: Sequence[float]) -> Transform:
+    """Rotation about the centre by an angle drawn from ``degrees`` (bilinear, border copied)."""
+
+    def fn(img, gen):
+        a = math.radians(_choice(degrees, gen))
+        theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]],
+                             dtype=img.dtype, device=img.device).expand(img.shape[0], 2, 3)
+        grid = F.affine_grid(theta, list(img.shape), align_corners=False)
+        return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    return fn
+
+
+def compose(transforms: Sequence[Transform]) -> Transform:
+    def fn(img, gen):
+        for t in transforms:
+            img = t(img, gen)
+        return img
+
+    return fn
+
+
+def standard_transforms() -> Transform:
+    return compose([pad(12), jitter(8), random_scale([1 + (i - 5) / 50 for i in range(11)]),
+                    random_rotate(list(range(-10, 11))), jitter(4)])

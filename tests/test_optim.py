@@ -1,0 +1,118 @@
+"""Feature visualization by optimization, on tiny networks with constructed weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cnnviz import Preprocessing, from_module
+from cnnviz.optim import (
+    class_probabilities,
+    cs231n_class_visualization,
+    objectives,
+    render,
+    store_in_run,
+    to_uint8,
+)
+from cnnviz.optim.render import _gaussian_blur, _jitter
+
+PRE = Preprocessing(resize=None, crop=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+def colour_net():
+    """conv '0' channel 0 fires on red, channel 1 on blue (1x1 weights on normalized pixels),
+    then a global pool and a linear layer whose class 0 is 'red', class 1 'blue'."""
+    conv = nn.Conv2d(3, 2, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[1.0, -1.0, -1.0], [-1.0, -1.0, 1.0]]).view(2, 3, 1, 1))
+        conv.bias.zero_()
+    fc = nn.Linear(2, 2)
+    with torch.no_grad():
+        fc.weight.copy_(torch.eye(2))
+        fc.bias.zero_()
+    net = nn.Sequential(conv, nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
+    return from_module(net, PRE, class_names=["red", "blue"], name="colour")
+
+
+def test_channel_vis_finds_the_colour_each_channel_detects():
+    model = colour_net()
+    res = render(model, objectives.channels("0", [0, 1]), batch=2, steps=150, lr=0.2, progress=False)
+    img = res.images
+    red, blue = img[0].mean(dim=(1, 2)), img[1].mean(dim=(1, 2))
+    assert red[0] > 0.6 and red[1] < 0.15 and red[2] < 0.15
+    assert blue[2] > 0.6 and blue[0] < 0.15 and blue[1] < 0.15
+    assert res.history.shape == (150, 2)
+    assert (res.history[-1] > res.history[0]).all()
+
+
+def test_same_seed_same_image_other_seed_other_image():
+    model = colour_net()
+    obj = objectives.channel("0", 0) + 0.5 * objectives.layer_energy("0")
+    a = render(model, obj, steps=5, seed=3, progress=False).images
+    b = render(model, obj, steps=5, seed=3, progress=False).images
+    c = render(model, obj, steps=5, seed=4, progress=False).images
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    x = cs231n_class_visualization(model, 1, steps=5, seed=1, progress=False).images
+    y = cs231n_class_visualization(model, 1, steps=5, seed=1, progress=False).images
+    assert torch.equal(x, y)
+
+
+def test_cs231n_recipe_reaches_the_class_and_keeps_pixels_valid():
+    model = colour_net()
+    # the recipe's defaults, but a weaker L2 decay: this net's logits top out at 6, which the
+    # default penalty (1e-3 * ||I||^2, about 12 for a saturated 32x32 image) would outweigh
+    res = cs231n_class_visualization(model, [0, 1], l2_reg=1e-4, progress=False)
+    assert res.images.min() >= 0 and res.images.max() <= 1
+    probs = class_probabilities(model, to_uint8(res.images))
+    assert probs[0, 0] > 0.95 and probs[1, 1] > 0.95
+    assert res.history[-1, 0] > res.history[0, 0]
+    assert [s for s, _ in res.snapshots] == [25, 50, 75, 100]
+
+
+def test_blur_matches_scipy_and_jitter_is_undone():
+    scipy_ndimage = pytest.importorskip("scipy.ndimage")
+    x = torch.rand(1, 3, 17, 23, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ours = _gaussian_blur(x, 0.5).numpy()
+    ref = scipy_ndimage.gaussian_filter1d(x.numpy(), 0.5, axis=2)
+    ref = scipy_ndimage.gaussian_filter1d(ref, 0.5, axis=3)
+    np.testing.assert_allclose(ours, ref, atol=1e-12)
+    assert torch.equal(_jitter(_jitter(x, 5, 3), -5, -3), x)
+
+
+def test_objective_arithmetic_on_known_activations():
+    acts = {"a": torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).view(2, 3, 2, 2)}
+    logits = torch.tensor([[1.0, 5.0], [7.0, 2.0]])
+    image = torch.ones(2, 3, 2, 2)
+    ch = objectives.channel("a", 1)(acts, logits, image)
+    assert torch.equal(ch, torch.tensor([5.5, 17.5]))
+    obj = objectives.channel("a", 1) + 2 * objectives.neuron("a", 2, 0, 1) - objectives.l2()
+    assert torch.equal(obj(acts, logits, image), ch + 2 * torch.tensor([9.0, 21.0]) - 12)
+    assert torch.equal(objectives.channels("a", [2, 0])(acts, logits, image), torch.tensor([9.5, 13.5]))
+    assert torch.equal(objectives.class_logits([1, 0])(acts, logits, image), torch.tensor([5.0, 7.0]))
+    d = objectives.direction("a", [1.0, 0.0, -1.0])(acts, logits, image)
+    assert torch.allclose(d, torch.tensor([-8.0, -8.0]))
+    div = objectives.diversity("a")
+    same = {"a": acts["a"][:1].expand(2, 3, 2, 2)}
+    assert torch.allclose(div(same, logits, image), torch.tensor([-1.0, -1.0]))
+    assert obj.layers == ("a",)
+
+
+def test_store_in_run_and_report(photo_dir, tmp_path):
+    from cnnviz import scan
+    from cnnviz.report import write_report
+
+    model = colour_net()
+    run = scan(photo_dir, model, tmp_path / "run.h5", layers="0", top_k=2, workers=0, progress=False)
+    res = render(model, objectives.channels("0", [1]), batch=1, steps=3, progress=False)
+    store_in_run(run, "0", [1], res.images, "modern")
+    import h5py
+
+    with h5py.File(run, "r") as f:
+        assert f["layers/0/optimized/done"][()].tolist() == [False, True]
+        np.testing.assert_array_equal(f["layers/0/optimized/images"][1], to_uint8(res.images)[0])
+    write_report(run, tmp_path / "site", progress=False)
+    page = (tmp_path / "site" / "0" / "c1.html").read_text()
+    assert 'src="c1-optimized.png"' in page
+    assert "optimized" not in (tmp_path / "site" / "0" / "c0.html").read_text()

@@ -1,0 +1,171 @@
+"""Figures, attributions and the HTML report of a run."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+import cnnviz
+from cnnviz import figures, load_model, scan
+from cnnviz.attribution import neuron_attribution_maps, neuron_attributions
+from cnnviz.report import write_report
+
+LAYERS = "layer1.1,layer3.0"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("resnet18", None, seed=2)
+
+
+@pytest.fixture(scope="module")
+def run(photo_dir, model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rep") / "run.h5"
+    return scan(photo_dir, model, out, layers=LAYERS, top_k=4, batch_size=8, workers=0,
+                progress=False)
+
+
+def test_montage_tiles_show_the_stored_patches_in_rank_order(run):
+    fig = figures.patch_montage(run, "layer3.0", 5)
+    assert figures.montage_tiles(fig) == [1, 2, 3, 4]
+    with h5py.File(run, "r") as f:
+        patches = f["layers/layer3.0/topk/patches"][5]
+        names = [Path(f["images/path"][i].decode()).name for i in f["layers/layer3.0/topk/image_id"][5]]
+    tiles = [ax for ax in fig.axes if ax.get_title().startswith("#")]
+    for ax, patch, name in zip(tiles, patches, names, strict=True):
+        np.testing.assert_array_equal(ax.images[0].get_array(), patch)
+        assert name[:22] in ax.texts[0].get_text()
+    sheet = figures.layer_overview(run, "layer1.1", channels=[3, 1, 2])
+    assert [ax.get_title() for ax in sheet.axes if ax.images] == ["3", "1", "2"]
+    dist = figures.maxima_distribution(run, "layer1.1", 0)
+    assert len(dist.axes[0].lines) == 4  # one mark per top-k entry
+
+
+def test_attribution_lies_inside_the_receptive_field(run, model):
+    df = cnnviz.top_patches(run, layer="layer3.0", channel=7)
+    maps = neuron_attribution_maps(model, run, "layer3.0", 7)
+    for (_, row), m in zip(df.iterrows(), maps, strict=True):
+        support = np.abs(m).sum(-1) > 0
+        assert support.any()
+        ys, xs = np.nonzero(support)
+        assert ys.min() >= max(row.rf_y0, 0) and ys.max() < row.rf_y1
+        assert xs.min() >= max(row.rf_x0, 0) and xs.max() < row.rf_x1
+    crops = neuron_attributions(model, run, "layer3.0", 7, method="deconvolution")
+    with h5py.File(run, "r") as f:
+        assert crops.shape == f["layers/layer3.0/topk/patches"].shape[1:]
+    with pytest.raises(ValueError, match="--method"):
+        neuron_attributions(model, run, "layer3.0", 7, method="lrp")
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+# A harness page loads the page under test in an iframe (same origin: both are files), records
+# its script errors, and checks that every <img> and every CSS background image decoded.
+_HARNESS = """<!DOCTYPE html><html><body><pre id="result">PENDING</pre>
+<iframe id="f" width="1200" height="900"></iframe>
+<script>
+const errors = [];
+const f = document.getElementById("f");
+f.addEventListener("load", async () => {
+  const w = f.contentWindow, d = f.contentDocument;
+  w.addEventListener("error", e => errors.push("error: " + e.message));
+  const broken = [];
+  for (const img of d.images) {
+    if (!img.complete || img.naturalWidth === 0) broken.push(img.getAttribute("src"));
+  }
+  const urls = new Set();
+  for (const el of d.querySelectorAll("*")) {
+    const m = w.getComputedStyle(el).backgroundImage.match(/url\\("?(.*?)"?\\)/);
+    if (m) urls.add(m[1]);
+  }
+  await Promise.all([...urls].map(u => new Promise(res => {
+    const i = new Image(); i.onload = () => res(); i.onerror = () => { broken.push(u); res(); };
+    i.src = u; })));
+  document.getElementById("result").textContent =
+    "RESULT " + JSON.stringify({broken, errors, images: d.images.length, backgrounds: urls.size});
+});
+f.src = PAGE;
+</script></body></html>"""
+
+
+def _check_in_chromium(page: Path, screenshot: Path, profile: Path) -> dict:
+    """Open a page from the file system in headless Chromium: take a screenshot of it, and
+    return what the harness found (broken images, script errors) and Chromium's own log."""
+    common = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+              "--no-first-run", "--disable-background-networking", "--disable-component-update",
+              "--disable-sync", f"--user-data-dir={profile}", "--allow-file-access-from-files",
+              "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000"]
+    shot = subprocess.run(common + ["--window-size=1200,900", f"--screenshot={screenshot}",
+                                    page.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    harness = page.parent / "_harness.html"
+    harness.write_text(_HARNESS.replace("PAGE", json.dumps(page.name)))
+    res = subprocess.run(common + ["--dump-dom", harness.resolve().as_uri()], capture_output=True,
+                         text=True, timeout=120)
+    harness.unlink()
+    found = re.search(r"RESULT (\{.*?\})</pre>", res.stdout)
+    assert found, res.stdout[-2000:] + res.stderr[-2000:]
+    result = json.loads(html.unescape(found.group(1)))
+    result["log_errors"] = [line for line in (shot.stderr + res.stderr).splitlines()
+                            if re.search(r"Uncaught|CONSOLE.*[Ee]rror", line)]
+    return result
+
+
+def _problems(result: dict) -> list[str]:
+    return result["broken"] + result["errors"] + result["log_errors"]
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (apt-get install chromium)")
+def test_report_opens_in_headless_chromium_without_errors(run, model, tmp_path):
+    index = write_report(run, tmp_path / "site", channels=6, attributions={"layer3.0": [0]},
+                         model=model, progress=False)
+    site = index.parent
+    # every file a page refers to exists (relative links only, nothing from the network)
+    for page in site.rglob("*.html"):
+        text = page.read_text()
+        assert "http://" not in text and "https://" not in text
+        for ref in re.findall(r'(?:href|src)="([^"#]+)"|url\(\'([^\']+)\'\)', text):
+            target = ref[0] or ref[1]
+            assert (page.parent / target).exists(), (page, target)
+    assert (site / "layer3.0" / "c0-attr.png").exists()
+    # negative control: the detector sees a broken image
+    broken = site / "broken.html"
+    broken.write_text('<!DOCTYPE html><html><body><img src="missing.png"></body></html>')
+    assert _problems(_check_in_chromium(broken, tmp_path / "b.png", tmp_path / "p0")) == ["missing.png"]
+    # the index: 6 thumbnails of 2 layers; a channel page: its patch strip and attribution strip
+    for page, shot, sprites in ((index, "index.png", 12), (site / "layer3.0" / "c0.html", "channel.png", 2)):
+        result = _check_in_chromium(page, tmp_path / shot, tmp_path / f"profile-{shot}")
+        assert not _problems(result), result
+        assert result["backgrounds"] == sprites
+        img = np.asarray(Image.open(tmp_path / shot).convert("RGB"))
+        assert img.shape[0] > 100 and img.std() > 5  # something was drawn
+        shutil.copy(tmp_path / shot, site / shot)
+
+
+def test_cli_top_and_report(run, tmp_path, capsys):
+    from cnnviz.cli import main
+
+    assert main(["top", str(run), "--layer", "layer3.0", "--channel", "2"]) == 0
+    out = capsys.readouterr().out
+    df = cnnviz.top_patches(run, layer="layer3.0", channel=2)
+    for path in df.image_path:
+        assert path in out
+    assert main(["top", str(run), "--layer", "nope"]) == 2
+    assert "layers are: layer1.1, layer3.0" in capsys.readouterr().err
+    assert main(["report", str(run), "--out", str(tmp_path / "r"), "--channels", "2",
+                 "--no-progress"]) == 0
+    assert (tmp_path / "r" / "layer1.1" / "c1.html").exists()
+    assert not (tmp_path / "r" / "layer1.1" / "c2.html").exists()
+    assert main(["plot", "montage", str(run), "--layer", "layer1.1", "--channel", "1",
+                 "--out", str(tmp_path / "m.png")]) == 0
+    assert Image.open(tmp_path / "m.png").size[0] > 100
