@@ -116,20 +116,7 @@ def attribution_image(attr: np.ndarray) -> np.ndarray:
 
 def model_of_run(run: str | Path, device: str = "cpu"):
     """Reload the model a run was made with, from its ``model`` and ``weights_origin``."""
-    import re
-
-    from .models import load_model
+    from .models import reload_model
 
     with open_run(run) as f:
-        name, origin = str(f.attrs["model"]), str(f.attrs["weights_origin"])
-    if origin.startswith("file:"):
-        return load_model(name, origin[5:], device=device)
-    if origin.startswith("torchvision:"):
-        return load_model(name, origin.rsplit(".", 1)[-1], device=device)
-    if origin.startswith("pypi:"):
-        return load_model(name, "DEFAULT", device=device)
-    seed = re.fullmatch(r"random \(seed (\d+)\)", origin)
-    if seed:
-        return load_model(name, None, seed=int(seed.group(1)), device=device)
-    raise ValueError(f"{run} was made with a model cnnviz cannot reload ({name}, {origin}); "
-                     "pass --model and --weights")
+        return reload_model(str(f.attrs["model"]), str(f.attrs["weights_origin"]), device=device)

