@@ -9,6 +9,7 @@ patch, so it lies beside it pixel for pixel.
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +99,9 @@ def neuron_attribution_maps(model, run: str | Path, layer: str, channel: int,
         def select(layer_out, rows=rows, pos_y=pos_y, pos_x=pos_x):
             return layer_out[rows, channel, pos_y, pos_x]
 
-        attr = attributor.attribute(x.requires_grad_(), neuron_selector=select)
+        with warnings.catch_warnings():  # Captum announces its ReLU hooks every call
+            warnings.simplefilter("ignore", UserWarning)
+            attr = attributor.attribute(x.requires_grad_(), neuron_selector=select)
         attr = attr.detach().permute(0, 2, 3, 1).cpu().numpy()
         for j, r in enumerate(ranks):
             out[r] = attr[j]

@@ -58,8 +58,8 @@ def demo_photos(folder: str | Path) -> list[Path]:
 
 def run_demo(out_dir: str | Path = "cnnviz-demo", model_name: str = "efficientnet_lite0",
              weights: str | None = "DEFAULT", top_k: int = 4, progress: bool = True) -> dict:
-    """Classify the bundled photos, draw a feature-map grid for each, scan them and write the
-    run file. Returns the paths written."""
+    """Classify the bundled photos, draw a feature-map grid for each, scan them into a run file
+    and write its HTML report. Returns the paths written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,7 +68,9 @@ def run_demo(out_dir: str | Path = "cnnviz-demo", model_name: str = "efficientne
     from .featuremaps import feature_map_grid, layer_activation
     from .models import load_model
     from .preprocessing import load_rgb
+    from .report import write_report
     from .scan import scan
+    from .tables import top_patches
     from .taps import default_layers
 
     out_dir = Path(out_dir)
@@ -93,5 +95,15 @@ def run_demo(out_dir: str | Path = "cnnviz-demo", model_name: str = "efficientne
     print(f"\nfeature-map grids ({grid_layer}, 8x8 channels): {grids}/")
     run = scan(out_dir / "photos", model, out_dir / "run.h5", top_k=top_k, batch_size=8,
                workers=0, overwrite=True, progress=progress)
-    print(f"run file: {run}")
-    return {"photos": photos, "featuremaps": grids, "run": run}
+    print(f"run file: {run} (layout: docs/run-file-format.md)")
+    top = top_patches(run)
+    best = top[top["rank"] == 0].sort_values("activation", ascending=False).head(5)
+    print("\nstrongest units (top-1 of their channel):")
+    print(best[["layer", "channel", "activation", "image_path", "y", "x"]].to_string(index=False))
+    first = layers[0].name
+    report = write_report(run, out_dir / "report", channels=16,
+                          attributions={first: [int(c) for c in best[best.layer == first].channel][:2]
+                                        or [0]},
+                          model=model, progress=progress)
+    print(f"\nreport (16 channels per layer; open in a browser): {report.resolve()}")
+    return {"photos": photos, "featuremaps": grids, "run": run, "report": report}

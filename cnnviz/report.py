@@ -105,7 +105,8 @@ def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=Non
         attributions: ``{layer: [channels]}`` for which to compute neuron attributions (needs
             ``model``).
         model: the :class:`~cnnviz.models.LoadedModel` of the run, for attributions.
-        scale: pixel magnification of the patch images.
+        scale: pixel magnification of the patch images (small patches are magnified more, to at
+            least 48 pixels).
 
     Returns:
         The path of ``index.html``.
@@ -139,8 +140,11 @@ def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=Non
             chosen = (list(range(n_ch)) if channels is None
                       else list(range(min(channels, n_ch))) if isinstance(channels, int)
                       else [c for c in channels if 0 <= c < n_ch])
-            rf = f"rf {list(g.attrs['rf_size'])}, stride {list(g.attrs['rf_stride'])}"
-            ph, pw = (int(v) * scale for v in g.attrs["patch_shape"])
+            size, stride = ([int(v) for v in g.attrs[k]] for k in ("rf_size", "rf_stride"))
+            rf = f"receptive field {size[0]}x{size[1]} px, stride {stride[0]}"
+            # small patches (early layers) are magnified to at least 48 px on screen
+            layer_scale = min(16, max(scale, math.ceil(48 / max(g.attrs["patch_shape"]))))
+            ph, pw = (int(v) * layer_scale for v in g.attrs["patch_shape"])
             folder = out / _safe(layer)
             folder.mkdir(exist_ok=True)
             thumbs = []
@@ -148,7 +152,7 @@ def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=Non
             for pos, c in enumerate(bar):
                 neighbours = (chosen[pos - 1] if pos else None,
                               chosen[pos + 1] if pos + 1 < len(chosen) else None)
-                page = _ChannelPage(g, layer, c, folder, scale, (ph, pw), paths, labels)
+                page = _ChannelPage(g, layer, c, folder, layer_scale, (ph, pw), paths, labels)
                 extra = page.optimized_html()
                 if c in attributions.get(layer, []):
                     extra += page.attribution_html(model, run)

@@ -140,6 +140,8 @@ def scan(
     state = _prepare_output(out, work, meta, resume, overwrite, finalize)
     device = torch.device(device)
     module = model.module.to(device)
+    if device.type == "cuda":
+        module = module.to(memory_format=torch.channels_last)
     layer_states = {t.name: _LayerState(t, TopK(t.channels, top_k, device), ChannelStats.zeros(t.channels))
                     for t in taps}
     failures: list[tuple[int, str]] = []
