@@ -49,6 +49,23 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def decode_throughput(library_list: Path, model, batch_size: int, workers: int | None) -> float:
+    """Images/s of decoding alone (the scan's DataLoader, no network)."""
+    from torch.utils.data import DataLoader
+
+    from cnnviz.library import ImageLibrary, LibraryDataset, batch_ranges, collate
+    from cnnviz.scan import _default_workers
+
+    lib = ImageLibrary.open(library_list)
+    workers = _default_workers() if workers is None else workers
+    loader = DataLoader(LibraryDataset(lib, model.preprocessing),
+                        batch_sampler=batch_ranges(len(lib), batch_size), collate_fn=collate,
+                        num_workers=workers, prefetch_factor=4 if workers else None)
+    t = time.perf_counter()
+    n = sum(len(batch[0]) for batch in loader)
+    return n / (time.perf_counter() - t)
+
+
 def library_subset(library: Path, n: int, folder: Path) -> Path:
     """A list file naming the first ``n`` images of the library (repeating it if smaller)."""
     from cnnviz import ImageLibrary
@@ -131,6 +148,11 @@ def main() -> None:
     print(f"patch cutting       : {run['assemble_seconds']:8.2f} s once at the end, independent of "
           f"the library size (end-to-end here {e2e_ips:.2f} img/s)")
     print(f"peak RSS, {run['n']:5d} images: {run['peak_rss_mb']:8.0f} MB")
+    from cnnviz import load_model
+
+    dec = decode_throughput(lst, load_model(args.model, None), args.batch_size, args.workers)
+    print(f"decode only         : {dec:8.2f} img/s with the same workers "
+          f"({'decoding' if dec < bare else 'the network'} is the limit here)")
     if not args.skip_memory:
         lst2 = library_subset(args.library, 2 * args.images, tmp)
         run2 = scan_in_child(args, lst2, tmp / "run2.h5", 2)

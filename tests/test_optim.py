@@ -116,3 +116,17 @@ def test_store_in_run_and_report(photo_dir, tmp_path):
     page = (tmp_path / "site" / "0" / "c1.html").read_text()
     assert 'src="c1-optimized.png"' in page
     assert "optimized" not in (tmp_path / "site" / "0" / "c0.html").read_text()
+
+
+def test_redirected_relu_reaches_a_channel_that_starts_silent():
+    """Channel 0 needs red > 3 (normalized) before it fires: on the grey start its ReLU passes
+    no gradient. Lucid's redirected ReLU lets the optimizer find it; a plain ReLU cannot."""
+    model = colour_net()
+    with torch.no_grad():
+        model.module[0].bias[0] = -3.0
+    obj = objectives.channel("1", 0)  # after the (in-place) ReLU module
+    plain = render(model, obj, steps=40, lr=0.2, redirected_relu=False, progress=False)
+    redirected = render(model, obj, steps=40, lr=0.2, progress=False)
+    assert plain.history.max() == 0
+    assert redirected.history[-1, 0] > 0.05 and redirected.history[-1, 0] > redirected.history[20, 0]
+    assert type(model.module[1]).forward is nn.ReLU.forward and "forward" not in vars(model.module[1])

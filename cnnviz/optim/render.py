@@ -77,6 +77,45 @@ def _forward(model, objective: Objective, x: torch.Tensor):
     return acts, logits
 
 
+class _RedirectedReLU(torch.autograd.Function):
+    """ReLU whose gradient, for an image where the plain ReLU passes none, lets through every
+    component that would *raise* a negative input (Lucid's ``redirected_relu_grad``). Without
+    it a unit that is off everywhere at the start never gets a gradient."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        relu_grad = torch.where(x < 0, torch.zeros_like(grad), grad)
+        # grad is d(loss)/d(out) with loss = -objective: grad > 0 pushes the input lower
+        redirected = torch.where((x < 0) & (grad > 0), torch.zeros_like(grad), grad)
+        passed = relu_grad.flatten(1).norm(dim=1) > 0
+        return torch.where(passed.view(-1, *[1] * (x.dim() - 1)), relu_grad, redirected)
+
+
+class _redirected_relus:
+    """Context manager: every ``nn.ReLU``/``nn.ReLU6`` of a module uses :class:`_RedirectedReLU`."""
+
+    def __init__(self, module: torch.nn.Module, enabled: bool = True):
+        relus = (torch.nn.ReLU, torch.nn.ReLU6)
+        self.mods = [m for m in module.modules() if isinstance(m, relus)] if enabled else []
+
+    def __enter__(self):
+        for m in self.mods:
+            cap = 6.0 if isinstance(m, torch.nn.ReLU6) else None
+            m.forward = (lambda x, cap=cap: _RedirectedReLU.apply(x) if cap is None
+                         else _RedirectedReLU.apply(x).clamp_max(cap))
+        return self
+
+    def __exit__(self, *exc):
+        for m in self.mods:
+            del m.forward
+
+
 def _generator(seed: int, device) -> torch.Generator:
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
@@ -85,7 +124,8 @@ def _generator(seed: int, device) -> torch.Generator:
 
 def render(model, objective: Objective, batch: int = 1, steps: int = 256, lr: float = 0.05,
            size: tuple[int, int] | None = None, transforms="standard", seed: int = 0,
-           snapshot_every: int | None = None, progress: bool = True, device=None) -> RenderResult:
+           snapshot_every: int | None = None, progress: bool = True, device=None,
+           redirected_relu: bool = True) -> RenderResult:
     """The modern recipe.
 
     Args:
@@ -98,6 +138,8 @@ def render(model, objective: Objective, batch: int = 1, steps: int = 256, lr: fl
             ``(img, generator) -> img``.
         seed: seeds the initialization and every random transform.
         snapshot_every: keep the images every N steps.
+        redirected_relu: ReLUs pass a gradient that raises units that are off everywhere
+            (Lucid's default), so a channel silent on the starting image can still be reached.
 
     Example:
         >>> from cnnviz.optim import objectives as obj          # doctest: +SKIP
@@ -113,18 +155,19 @@ def render(model, objective: Objective, batch: int = 1, steps: int = 256, lr: fl
     opt = torch.optim.Adam(param.parameters(), lr=lr)
     result = RenderResult(images=param.image().detach())
     history = []
-    for step in tqdm(range(1, steps + 1), desc=objective.name, disable=not progress, leave=False):
-        opt.zero_grad(set_to_none=True)
-        img = param.image()
-        seen = tf(img, gen) if tf is not None else img
-        x = _normalize(model, seen)
-        acts, logits = _forward(model, objective, x)
-        values = objective(acts, logits, x)
-        (-values.sum()).backward()
-        opt.step()
-        history.append(values.detach().cpu().numpy())
-        if snapshot_every and step % snapshot_every == 0:
-            result.snapshots.append((step, param.image().detach().cpu()))
+    with _redirected_relus(model.module, redirected_relu):
+        for step in tqdm(range(1, steps + 1), desc=objective.name, disable=not progress, leave=False):
+            opt.zero_grad(set_to_none=True)
+            img = param.image()
+            seen = tf(img, gen) if tf is not None else img
+            x = _normalize(model, seen)
+            acts, logits = _forward(model, objective, x)
+            values = objective(acts, logits, x)
+            (-values.sum()).backward()
+            opt.step()
+            history.append(values.detach().cpu().numpy())
+            if snapshot_every and step % snapshot_every == 0:
+                result.snapshots.append((step, param.image().detach().cpu()))
     result.images = param.image().detach()
     result.history = np.stack(history) if history else None
     return result
