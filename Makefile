@@ -9,7 +9,6 @@ BIN = $(VENV)/bin
 
 $(BIN)/cnnviz: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 

@@ -155,6 +155,8 @@ def scan(
             ls.topk.load({k: state[f"l{i}_{k}"] for k in ("values", "ids", "index")})
             ls.stats = ChannelStats.from_state(state, f"l{i}_stat_")
 
+    # a segment written just before a crash, without the state that counts it, is redone
+    work.segments(upto=next_batch * batch_size)
     all_batches = batch_ranges(len(lib), batch_size)
     my_batches = [(b, ids) for b, ids in enumerate(all_batches) if b % world == rank]
     todo = [(b, ids) for b, ids in my_batches if b >= next_batch]
@@ -170,14 +172,13 @@ def scan(
         collate_fn=collate, num_workers=workers, pin_memory=device.type == "cuda",
         persistent_workers=False, prefetch_factor=4 if workers else None,
     )
-    seg_first = todo[0][1][0] if todo else None
     seg_ids: list[np.ndarray] = []
     seg_geoms: list[np.ndarray] = []
     last_ckpt = session_start = time.monotonic()
     since_ckpt = 0
 
     def checkpoint(batch_index_done: int) -> None:
-        nonlocal seg_first, seg_ids, seg_geoms, last_ckpt, since_ckpt
+        nonlocal seg_ids, seg_geoms, last_ckpt, since_ckpt
         if seg_ids:
             ids_arr = np.concatenate(seg_ids)
             arrays = {"ids": ids_arr, "geometry": np.concatenate(seg_geoms)}
@@ -197,7 +198,6 @@ def scan(
             st.update(ls.stats.state(f"l{i}_stat_"))
         work.save_state(**st)
         seg_ids, seg_geoms = [], []
-        seg_first = None
         last_ckpt = time.monotonic()
         since_ckpt = 0
 

@@ -327,3 +327,31 @@ def test_downsampled_patches_are_block_means_of_the_grown_box(photo_dir, resnet1
                 means = cut.reshape(side, factor, side, factor, 3).mean(axis=(1, 3))
                 expected = np.floor(means + 0.5).astype(np.uint8)
                 np.testing.assert_array_equal(g["topk/patches"][row.channel, row["rank"]], expected)
+
+
+def test_resume_discards_a_segment_written_without_its_state(photo_dir, tmp_path):
+    """A crash between a segment and the state that counts it leaves an orphan segment: resume
+    must redo those images, not trust the orphan (here filled with garbage to make it visible)."""
+    from cnnviz.scan import work_path
+
+    model = load_model("resnet18", None)
+    kw = dict(layers="layer2.0", top_k=3, batch_size=4, workers=0, progress=False)
+    ref = scan(photo_dir, model, tmp_path / "ref.h5", **kw)
+    # the checkpoint of a scan that has done batch 0 only: that of a scan of the first 4 images
+    first4 = ImageLibrary.open(photo_dir)
+    first4.relpaths = first4.relpaths[:4]
+    w4 = scan(first4, model, tmp_path / "first4.h5", finalize=False, **kw)
+    out = tmp_path / "run.h5"
+    work = scan(photo_dir, model, out, finalize=False, checkpoint_images=4, **kw)
+    assert work == work_path(out)
+    (w4 / "state.npz").replace(work / "state.npz")
+    for seg in work.glob("seg-*.npz"):
+        if int(seg.name.split("-")[1]) >= 4:
+            seg.unlink()
+    np.savez(work / "seg-0000000004-0000000012.npz", ids=np.arange(4, 12),
+             geometry=np.zeros((8, 6), np.int64), l0_max=np.full((8, 128), 1e9, np.float32),
+             l0_pos=np.zeros((8, 128), np.uint16))
+    # resumed checkpoints every batch: seg 4-8 sorts before the orphan 4-12, so an orphan left
+    # in place would overwrite images 4..8
+    scan(photo_dir, model, out, resume=True, checkpoint_images=4, **kw)
+    assert_same_file(ref, out)
