@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scan", help="top-k receptive-field patches per channel over an image "
                        "library, to an HDF5 run file (resumable; under torchrun, distributed)",
                        description="Under `torchrun --nproc_per_node=N -m cnnviz scan ...` every "
-                       "process scans its share (batch b goes to rank b %% N) and rank 0 merges "
+                       "process scans its share (batch b goes to rank b % N) and rank 0 merges "
                        "the shards into --out at the end.")
     p.add_argument("library", metavar="LIBRARY",
                    help="image folder (recursive; labels from class/ subfolders) or a text/CSV "

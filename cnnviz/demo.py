@@ -104,6 +104,6 @@ def run_demo(out_dir: str | Path = "cnnviz-demo", model_name: str = "efficientne
     report = write_report(run, out_dir / "report", channels=16,
                           attributions={first: [int(c) for c in best[best.layer == first].channel][:2]
                                         or [0]},
-                          model=model, progress=progress)
+                          model=model, progress=False)
     print(f"\nreport (16 channels per layer; open in a browser): {report.resolve()}")
     return {"photos": photos, "featuremaps": grids, "run": run, "report": report}

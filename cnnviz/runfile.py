@@ -57,6 +57,11 @@ def open_run(path: str | Path) -> h5py.File:
     return f
 
 
+def position_dtype(tap) -> type:
+    """Smallest unsigned dtype for a flat position ``y * W + x`` of the tap's map."""
+    return np.uint16 if tap.shape[1] * tap.shape[2] <= np.iinfo(np.uint16).max else np.uint32
+
+
 def _contiguous_runs(ids: np.ndarray):
     """Split increasing ids into ``(first, end, start_index)`` runs of consecutive values."""
     if len(ids) == 0:
@@ -74,6 +79,15 @@ def _merge_states(works: list[WorkDir], n_layers: int, top_k: int):
     if any(s is None for s in states):
         missing = [str(w.path) for w, s in zip(works, states, strict=True) if s is None]
         raise RunFileError(f"no checkpoint in {', '.join(missing)}: that scan never finished a batch")
+    for w, s in zip(works, states, strict=True):
+        meta = w.read_meta()
+        rank, world = meta["shard"]
+        n_batches = -(-meta["n_images"] // meta["batch_size"])
+        mine = [b for b in range(n_batches) if b % world == rank]
+        if mine and int(s["next_batch"]) <= mine[-1]:
+            raise RunFileError(
+                f"{w.path} is unfinished (batch {int(s['next_batch'])} of {n_batches}): finish that "
+                f"scan with --resume{f' --shard {rank}/{world}' if world > 1 else ''} first")
     layers = []
     for i in range(n_layers):
         vals = np.concatenate([s[f"l{i}_values"] for s in states], axis=1)
@@ -180,7 +194,7 @@ def _write_images(f, lib, works, fail_ids, fail_reasons, taps) -> np.ndarray:
         c = tap.channels
         itemsize = np.dtype(f.attrs["maxima_dtype"]).itemsize
         rows = int(max(1, min(n, (1 << 20) // max(1, c * itemsize))))
-        pos_dtype = np.uint16 if tap.shape[1] * tap.shape[2] <= 65535 else np.uint32
+        pos_dtype = position_dtype(tap)
         mx = g.create_dataset("maxima", shape=(n, c), dtype=f.attrs["maxima_dtype"], chunks=(rows, c),
                               fillvalue=np.nan)
         ps = g.create_dataset("position", shape=(n, c), dtype=pos_dtype, chunks=(rows, c))

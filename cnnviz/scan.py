@@ -27,7 +27,7 @@ from . import __version__
 from .checkpoint import WorkDir
 from .library import ImageLibrary, LibraryDataset, batch_ranges, collate
 from .reducers import ChannelStats, TopK, spatial_max
-from .runfile import assemble_run
+from .runfile import assemble_run, position_dtype
 from .taps import LayerTap, resolve_layers
 
 __all__ = ["scan", "ScanError", "ScanInterrupted"]
@@ -52,10 +52,6 @@ class _LayerState:
     stats: ChannelStats
     maxima: list[np.ndarray] = field(default_factory=list)
     argmax: list[np.ndarray] = field(default_factory=list)
-
-
-def _position_dtype(tap: LayerTap):
-    return np.uint16 if tap.shape[1] * tap.shape[2] <= np.iinfo(np.uint16).max else np.uint32
 
 
 def _default_workers() -> int:
@@ -240,7 +236,7 @@ def scan(
             for name, ls in layer_states.items():
                 c = ls.tap.channels
                 maxima = np.full((n, c), np.nan, dtype=np.float32)
-                pos = np.zeros((n, c), dtype=_position_dtype(ls.tap))
+                pos = np.zeros((n, c), dtype=position_dtype(ls.tap))
                 if results:
                     v, idx, mean = results[name]
                     ls.topk.update(v, idx, ok_ids.to(device))

@@ -119,12 +119,13 @@ def channel_stats(run: str | Path, layer: str | None = None) -> pd.DataFrame:
             df.insert(0, "layer", name)
             df["top1"] = g["topk/activation"][:, 0]
             if labels is not None:
-                _label_columns(df, labels, g["topk/image_id"][()], g["maxima"][()])
+                _label_columns(df, labels, g["topk/image_id"][()], g["maxima"])
             frames.append(df)
     return pd.concat(frames, ignore_index=True)
 
 
-def _label_columns(df: pd.DataFrame, labels: np.ndarray, topk_ids: np.ndarray, maxima: np.ndarray):
+def _label_columns(df: pd.DataFrame, labels: np.ndarray, topk_ids: np.ndarray, maxima,
+                   chunk: int = 4096):
     top_label, share = [], []
     for row in topk_ids:
         row = row[row >= 0]
@@ -138,12 +139,19 @@ def _label_columns(df: pd.DataFrame, labels: np.ndarray, topk_ids: np.ndarray, m
     df["top_label"] = top_label
     df["top_label_share"] = share
     codes, uniques = pd.factorize(pd.Series(labels.astype(str)))
-    m = maxima.astype(np.float64)
-    ok = ~np.isnan(m).any(axis=1)
-    if len(uniques) < 2 or not ok.any():
+    # per-label mean of the maxima, streamed over rows (the matrix can be larger than memory)
+    sums = np.zeros((len(uniques), maxima.shape[1]))
+    counts = np.zeros(len(uniques))
+    for start in range(0, maxima.shape[0], chunk):
+        m = maxima[start: start + chunk].astype(np.float64)
+        ok = ~np.isnan(m).any(axis=1)
+        np.add.at(sums, codes[start: start + chunk][ok], m[ok])
+        np.add.at(counts, codes[start: start + chunk][ok], 1)
+    present = counts > 0
+    if present.sum() < 2:
         df["selectivity"] = np.nan
         return
-    per_class = pd.DataFrame(m[ok]).groupby(codes[ok]).mean().to_numpy()  # (classes, C)
+    per_class = sums[present] / counts[present, None]  # (labels, C)
     best = per_class.max(axis=0)
     n_cls = per_class.shape[0]
     rest = (per_class.sum(axis=0) - best) / max(1, n_cls - 1)

@@ -72,6 +72,12 @@ def test_shards_by_hand_merge_in_any_order(photo_dir, tmp_path):
     b = merge(list(reversed(shards)), tmp_path / "b.h5", keep_shards=True)  # model reloaded
     assert_equal_runs(single, a)
     assert_equal_runs(a, b)
+    # a shard that stopped early (its checkpoint after its first batch) is refused, not merged
+    state = dict(np.load(shards[0] / "state.npz"))
+    state["next_batch"] = np.int64(2)
+    np.savez(shards[0] / "state.npz", **state)
+    with pytest.raises(Exception, match=r"unfinished.*--resume --shard 1/3"):
+        merge(shards, tmp_path / "c.h5", model=model, keep_shards=True)
 
 
 def test_topk_and_stats_merges_are_associative_and_commutative():

@@ -142,6 +142,17 @@ def test_tables_and_failures(photo_dir, run_file):
     assert back.shape == df.shape and (back.image_path == df.image_path).all()
     stats = cnnviz.channel_stats(run_file, "layer4.1")
     assert {"top_label", "top_label_share", "selectivity"} <= set(stats.columns)
+    # against pandas on the whole matrix: per-label means of the maxima, best vs the rest
+    maxima = cnnviz.channel_maxima(run_file, "layer4.1").dropna()
+    labels = maxima.index.str.split("/").str[0]
+    per_label = maxima.groupby(labels).mean()
+    best, rest = per_label.max(), (per_label.sum() - per_label.max()) / (len(per_label) - 1)
+    np.testing.assert_allclose(stats["selectivity"], ((best - rest) / (best + rest)).to_numpy(), rtol=1e-6)
+    top = cnnviz.top_patches(run_file, layer="layer4.1")
+    for c in (0, 7, 100):
+        counts = top[top.channel == c].label.value_counts()
+        assert stats.loc[c, "top_label_share"] == counts.iloc[0] / K
+        assert counts[stats.loc[c, "top_label"]] == counts.iloc[0]
     with pytest.raises(KeyError, match="layers are: layer1.0"):
         cnnviz.top_patches(run_file, layer="nope")
 
