@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +28,21 @@ __all__ = ["neuron_attributions", "attribution_image", "model_of_run", "METHODS"
 METHODS = {"guided_backprop": NeuronGuidedBackprop, "deconvolution": NeuronDeconvolution}
 
 
+_copies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _without_inplace(module: nn.Module) -> nn.Module:
     """A copy whose activations are not in-place: Captum's backward hooks on ReLUs cannot
-    wrap in-place ones (ResNet's shared ``relu``). The arithmetic is unchanged."""
+    wrap in-place ones (ResNet's shared ``relu``). The arithmetic is unchanged. Made once per
+    module (a report asks for many channels)."""
+    if module in _copies:
+        return _copies[module]
+    original = module
     module = copy.deepcopy(module)
     for m in module.modules():
         if hasattr(m, "inplace") and isinstance(m.inplace, bool):
             m.inplace = False
+    _copies[original] = module
     return module
 
 
@@ -83,7 +92,7 @@ def neuron_attribution_maps(model, run: str | Path, layer: str, channel: int,
         ys, xs = g["topk/y"][channel], g["topk/x"][channel]
         paths = _strings(f["images/path"])
         root = Path(library_root or f.attrs["library_root"])
-    module = _without_inplace(model.module)
+    module = _without_inplace(model.module).to(model.device)
     target = module.get_submodule(layer)
     attributor = METHODS[method](module, target)
     out: list[np.ndarray | None] = [None] * len(ids)

@@ -88,9 +88,12 @@ class Preprocessing:
         """``(N, H, W, 3)`` or ``(N, 3, H, W)`` uint8 on any device -> normalized ``(N, 3, H, W)``."""
         if batch_uint8.shape[-1] == 3 and batch_uint8.dim() == 4:
             batch_uint8 = batch_uint8.permute(0, 3, 1, 2)
-        x = batch_uint8.to(dtype) / 255.0
-        mean = torch.tensor(self.mean, dtype=dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=dtype, device=x.device).view(1, 3, 1, 1)
+        return self.standardize(batch_uint8.to(dtype) / 255.0)
+
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H, W)`` RGB in [0, 1] -> ``(x - mean) / std`` (differentiable)."""
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         return (x - mean) / std
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:

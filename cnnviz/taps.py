@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -60,7 +61,8 @@ class LayerTap:
         return self.calls == 1
 
 
-_cache: dict[tuple[int, tuple[int, int]], dict[str, LayerTap]] = {}
+# per module (weakly held: a new module never inherits a dead one's entry), per input size
+_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def list_layers(model, input_size: tuple[int, int] | None = None) -> dict[str, LayerTap]:
@@ -73,15 +75,16 @@ def list_layers(model, input_size: tuple[int, int] | None = None) -> dict[str, L
     module = getattr(model, "module", model)
     if input_size is None:
         input_size = tuple(model.input_size) if hasattr(model, "input_size") else (224, 224)
-    key = (id(module), tuple(input_size))
-    if key not in _cache:
-        traced = trace_fields(module, tuple(input_size))
-        _cache[key] = {
+    per_size = _cache.setdefault(module, {})
+    size = tuple(input_size)
+    if size not in per_size:
+        traced = trace_fields(module, size)
+        per_size[size] = {
             name: LayerTap(name, rec.type, tuple(rec.shape[1:]), rec.field, rec.calls)
             for name, rec in traced.items()
             if rec.shape is not None and len(rec.shape) == 4
         }
-    return _cache[key]
+    return per_size[size]
 
 
 _INDEX = re.compile(r"\[(\w+)\]")

@@ -366,3 +366,31 @@ def test_resume_discards_a_segment_written_without_its_state(photo_dir, tmp_path
     # in place would overwrite images 4..8
     scan(photo_dir, model, out, resume=True, checkpoint_images=4, **kw)
     assert_same_file(ref, out)
+
+
+def test_amp_maxima_are_exact_for_the_activations_computed(photo_dir, tmp_path):
+    """--amp (bfloat16 autocast on the CPU, float16 on CUDA): the stored maxima and positions
+    are exactly those of the low-precision activations, reduced in float32."""
+    model = load_model("resnet18", None, seed=5)
+    run = scan(photo_dir, model, tmp_path / "amp.h5", layers="layer2.1", top_k=3, batch_size=4,
+               workers=0, progress=False, amp=True)
+    lib = ImageLibrary.open(photo_dir)
+    with h5py.File(run, "r") as f:
+        stored = f["layers/layer2.1/maxima"][()]
+        where = f["layers/layer2.1/position"][()]
+        assert f.attrs["amp"]
+    from cnnviz.library import LibraryDataset, batch_ranges, collate
+
+    ds = LibraryDataset(lib, model.preprocessing)
+    for ids in batch_ranges(len(lib), 4):
+        _, crops, _, errors = collate([ds[i] for i in ids])
+        ok = [i for i, e in zip(ids, errors, strict=True) if not e]
+        x = model.preprocessing.normalize(crops[[j for j, e in enumerate(errors) if not e]])
+        with ActivationRecorder(model.module, ["layer2.1"]) as rec, torch.no_grad(), \
+                torch.autocast("cpu", dtype=torch.bfloat16):
+            model.module(x)
+        act = rec.outputs["layer2.1"]
+        assert act.dtype == torch.bfloat16
+        flat = act.float().flatten(2).numpy()
+        np.testing.assert_array_equal(stored[ok], flat.max(axis=2))
+        np.testing.assert_array_equal(where[ok], flat.argmax(axis=2))

@@ -160,7 +160,7 @@ def render(model, objective: Objective, batch: int = 1, steps: int = 256, lr: fl
             opt.zero_grad(set_to_none=True)
             img = param.image()
             seen = tf(img, gen) if tf is not None else img
-            x = _normalize(model, seen)
+            x = model.preprocessing.standardize(seen)
             acts, logits = _forward(model, objective, x)
             values = objective(acts, logits, x)
             (-values.sum()).backward()
@@ -171,12 +171,6 @@ def render(model, objective: Objective, batch: int = 1, steps: int = 256, lr: fl
     result.images = param.image().detach()
     result.history = np.stack(history) if history else None
     return result
-
-
-def _normalize(model, img01: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(model.preprocessing.mean, dtype=img01.dtype, device=img01.device).view(1, 3, 1, 1)
-    std = torch.tensor(model.preprocessing.std, dtype=img01.dtype, device=img01.device).view(1, 3, 1, 1)
-    return (img01 - mean) / std
 
 
 def _jitter(x: torch.Tensor, ox: int, oy: int) -> torch.Tensor:
