@@ -223,7 +223,12 @@ def scan(
             ok_ids = ids[torch.from_numpy(ok)]
             results = {}
             if ok.any():
-                x = model.preprocessing.normalize(crops[torch.from_numpy(ok)].to(device, non_blocking=True))
+                # copy the whole (pinned) batch asynchronously, then drop unreadable images on
+                # the device: indexing first would make a pageable copy and a blocking transfer
+                batch = crops.to(device, non_blocking=True)
+                if not ok.all():
+                    batch = batch[torch.from_numpy(ok).to(device)]
+                x = model.preprocessing.normalize(batch)
                 if device.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
                 captured.clear()
