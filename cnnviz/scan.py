@@ -47,11 +47,29 @@ class _StopForward(Exception):
 
 @dataclass
 class _LayerState:
+    """A layer's reducers, and its per-image rows buffered until the next checkpoint."""
+
     tap: LayerTap
     topk: TopK
     stats: ChannelStats
     maxima: list[np.ndarray] = field(default_factory=list)
     argmax: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, reduced, ok: np.ndarray, ok_ids: torch.Tensor, maxima_dtype: str) -> None:
+        """One batch: ``reduced`` is ``spatial_max`` of the readable images (``None`` if none
+        was); unreadable images get NaN rows."""
+        n, c = len(ok), self.tap.channels
+        maxima = np.full((n, c), np.nan, dtype=np.float32)
+        pos = np.zeros((n, c), dtype=position_dtype(self.tap))
+        if reduced is not None:
+            values, index, mean = reduced
+            self.topk.update(values, index, ok_ids.to(values.device))
+            v = values.cpu().numpy()
+            self.stats.update(v, mean.cpu().numpy())
+            maxima[ok] = v
+            pos[ok] = index.cpu().numpy()
+        self.maxima.append(maxima.astype(maxima_dtype))
+        self.argmax.append(pos)
 
 
 def _default_workers() -> int:
@@ -239,18 +257,7 @@ def scan(
                         pass
                 results = captured
             for name, ls in layer_states.items():
-                c = ls.tap.channels
-                maxima = np.full((n, c), np.nan, dtype=np.float32)
-                pos = np.zeros((n, c), dtype=position_dtype(ls.tap))
-                if results:
-                    v, idx, mean = results[name]
-                    ls.topk.update(v, idx, ok_ids.to(device))
-                    v_np = v.cpu().numpy()
-                    ls.stats.update(v_np, mean.cpu().numpy())
-                    maxima[ok] = v_np
-                    pos[ok] = idx.cpu().numpy()
-                ls.maxima.append(maxima.astype(maxima_dtype))
-                ls.argmax.append(pos)
+                ls.add(results.get(name), ok, ok_ids, maxima_dtype)
             seg_ids.append(ids.numpy())
             seg_geoms.append(geoms.numpy())
             since_ckpt += n

@@ -42,3 +42,27 @@ def test_errors_name_the_flag(photo_dir, tmp_path, capsys):
     assert main(["class-vis", "--model", "resnet18", "--weights", "none", "--target", "5000",
                  "--out", str(tmp_path / "c.png")]) == 2
     assert "--target" in capsys.readouterr().err
+
+
+def test_class_vis_and_channel_vis_commands(photo_dir, tmp_path, capsys):
+    import h5py
+
+    out = tmp_path / "classes.png"
+    assert main(["class-vis", "--model", "squeezenet1_1", "--weights", "none", "--target", "1,2",
+                 "--steps", "3", "--out", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "class 1 (goldfish): p = " in text and "class 2 " in text
+    assert Image.open(out).size == (2 * 226, 226)  # two 224 px tiles with a 2 px gutter
+    assert main(["class-vis", "--model", "squeezenet1_1", "--weights", "none", "--target", "7",
+                 "--recipe", "modern", "--steps", "2", "--out", str(tmp_path / "m"), "--no-progress"]) == 0
+    assert (tmp_path / "m" / "class7.png").exists()
+    run = tmp_path / "run.h5"
+    assert main(["scan", str(photo_dir), "--model", "squeezenet1_1", "--weights", "none", "--layers",
+                 "features.3", "--top-k", "2", "--workers", "0", "--out", str(run), "--no-progress"]) == 0
+    assert main(["channel-vis", "--model", "squeezenet1_1", "--weights", "none", "--layer", "features.3",
+                 "--channels", "4-6", "--steps", "2", "--run", str(run), "--out", str(tmp_path / "ch"),
+                 "--no-progress"]) == 0
+    assert sorted(p.name for p in (tmp_path / "ch").iterdir()) == [
+        "features.3-c4.png", "features.3-c5.png", "features.3-c6.png"]
+    with h5py.File(run, "r") as f:
+        assert f["layers/features.3/optimized/done"][()].nonzero()[0].tolist() == [4, 5, 6]
