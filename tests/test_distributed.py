@@ -47,9 +47,10 @@ def test_torchrun_two_gloo_processes_equal_one(photo_dir, tmp_path):
                    check=True, capture_output=True)
     dist = tmp_path / "dist.h5"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          "--master_addr=127.0.0.1", "--master_port=29517", "-m", "cnnviz", "scan",
-                          str(photo_dir), *ARGS, "--out", str(dist)],
+    # --standalone: a local rendezvous on a free port
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", "-m", "cnnviz", "scan", str(photo_dir), *ARGS,
+                          "--out", str(dist)],
                          capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert not work_path(dist, 0, 2).exists() and not work_path(dist, 1, 2).exists()
