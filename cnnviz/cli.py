@@ -153,8 +153,6 @@ def cmd_top(args) -> int:
 
 def _parse_attributions(spec: str | None) -> dict:
     """'layer3.1:0-7;layer4.2:12' -> {'layer3.1': [0..7], 'layer4.2': [12]}."""
-    from .featuremaps import parse_channels
-
     out: dict[str, list[int]] = {}
     for part in (spec or "").split(";"):
         if not part.strip():
@@ -162,7 +160,7 @@ def _parse_attributions(spec: str | None) -> dict:
         if ":" not in part:
             raise ValueError(f"--attributions {part!r}: expected LAYER:CHANNELS, e.g. layer3.1:0-7")
         layer, chans = part.rsplit(":", 1)
-        out[layer.strip()] = parse_channels(chans, 1 << 30)
+        out[layer.strip()] = _channel_list(chans)
     return out
 
 
@@ -209,29 +207,17 @@ def cmd_plot(args) -> int:
     return 0
 
 
-def _grid(arrays, columns: int):
-    import numpy as np
-
-    n, h, w, c = arrays.shape
-    cols = min(columns, n)
-    rows = -(-n // cols)
-    out = np.full((rows * (h + 2), cols * (w + 2), c), 255, dtype=np.uint8)
-    for i, a in enumerate(arrays):
-        r, q = divmod(i, cols)
-        out[r * (h + 2): r * (h + 2) + h, q * (w + 2): q * (w + 2) + w] = a
-    return out
-
-
 def _write_images(images, out: str, names: list[str], columns: int = 8) -> None:
     """A .png/.jpg --out gets one grid; anything else is a folder of one PNG per image."""
     from PIL import Image
 
+    from .figures import image_grid
     from .optim import save_png, to_uint8
 
     path = Path(out)
     if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(_grid(to_uint8(images), columns)).save(path)
+        Image.fromarray(image_grid(to_uint8(images), columns, gutter=2)).save(path)
         print(f"wrote {path} ({len(names)} images)")
     else:
         save_png(images, [path / f"{n}.png" for n in names])
@@ -281,14 +267,10 @@ def cmd_channel_vis(args) -> int:
             store_in_run(args.run, tap.name, part, res.images, "modern")
     import torch
 
-    _write_images(torch.cat(images), args.out, [f"{_safe_name(tap.name)}-c{c}" for c in chans])
+    _write_images(torch.cat(images), args.out, [f"{tap.name}-c{c}" for c in chans])
     if args.run:
         print(f"stored in {args.run} (layers/{tap.name}/optimized): the report shows them")
     return 0
-
-
-def _safe_name(name: str) -> str:
-    return name.replace("/", "_")
 
 
 def cmd_merge(args) -> int:

@@ -13,7 +13,7 @@ import numpy as np
 from .runfile import open_run
 from .tables import _strings
 
-__all__ = ["patch_montage", "layer_overview", "maxima_distribution", "save_figure"]
+__all__ = ["patch_montage", "layer_overview", "maxima_distribution", "save_figure", "image_grid"]
 
 
 def _plt():
@@ -106,15 +106,20 @@ def layer_overview(run: str | Path, layer: str, channels=None, per_channel: int 
     return fig
 
 
-def _mosaic(patches: np.ndarray) -> np.ndarray:
-    n = len(patches)
-    side = math.ceil(math.sqrt(n))
-    h, w = patches.shape[1:3]
-    out = np.full((side * h + side - 1, side * w + side - 1, 3), 255, dtype=np.uint8)
-    for i, p in enumerate(patches):
-        r, c = divmod(i, side)
-        out[r * (h + 1): r * (h + 1) + h, c * (w + 1): c * (w + 1) + w] = p
+def image_grid(images: np.ndarray, columns: int, gutter: int = 1) -> np.ndarray:
+    """uint8 ``(n, h, w, 3)`` images in rows of ``columns``, separated by white gutters."""
+    n, h, w, c = images.shape
+    cols = max(1, min(columns, n))
+    rows = math.ceil(n / cols)
+    out = np.full((rows * (h + gutter), cols * (w + gutter), c), 255, dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, q = divmod(i, cols)
+        out[r * (h + gutter): r * (h + gutter) + h, q * (w + gutter): q * (w + gutter) + w] = img
     return out
+
+
+def _mosaic(patches: np.ndarray) -> np.ndarray:
+    return image_grid(patches, math.ceil(math.sqrt(len(patches))))
 
 
 def maxima_distribution(run: str | Path, layer: str, channel: int, bins: int = 50):

@@ -45,10 +45,9 @@ def patch_box(rf: ReceptiveField, y: int, x: int, input_size: tuple[int, int], p
     """
     f = patch_factor(rf, input_size, patch_size)
     sh, sw = patch_shape(rf, input_size, patch_size)
-    box = rf.box(y, x)
     if f == 1 and (sh, sw) == rf.size:
-        return box
-    cy, cx = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        return rf.box(y, x)
+    cy, cx = rf.center(y, x)
     y0 = math.floor(cy - f * sh / 2)
     x0 = math.floor(cx - f * sw / 2)
     return (y0, x0, y0 + f * sh, x0 + f * sw)

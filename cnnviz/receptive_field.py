@@ -26,7 +26,6 @@ Conventions, documented in ``docs/receptive-fields.md``:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -117,11 +116,9 @@ _ADAPTIVE_OPS = {"_adaptive_avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_po
 _REDUCE_OPS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "norm"}
 
 
-def _pair(v, default: int | None = None) -> tuple[int, int]:
+def _pair(v) -> tuple[int, int]:
     if v is None or (isinstance(v, (list, tuple)) and len(v) == 0):
-        if default is None:
-            raise ReceptiveFieldError("missing window argument")
-        return (default, default)
+        raise ReceptiveFieldError("missing window argument")
     if isinstance(v, int):
         return (v, v)
     v = list(v)
@@ -149,7 +146,6 @@ class _FieldTracer(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.fields: WeakIdKeyDictionary = WeakIdKeyDictionary()
-        self.unknown_ops: list[str] = []
 
     def field_of(self, t: torch.Tensor):
         return self.fields.get(t)
@@ -157,13 +153,11 @@ class _FieldTracer(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         flat_in, _ = tree_flatten((args, kwargs))
-        in_fields = [self.fields.get(t) for t in flat_in if isinstance(t, torch.Tensor)]
-        in_fields = [f for f in in_fields if f is not None]
         out = func(*args, **kwargs)
-        if not in_fields:
+        if not any(isinstance(t, torch.Tensor) and t in self.fields for t in flat_in):
             return out
         name = func._schema.name.split("::")[-1]
-        field = self._propagate(name, args, kwargs, in_fields, flat_in, out)
+        field = self._propagate(name, args, kwargs, flat_in, out)
         flat_out, _ = tree_flatten(out)
         for t in flat_out:
             if isinstance(t, torch.Tensor) and t.dim() >= 2:
@@ -173,7 +167,7 @@ class _FieldTracer(TorchDispatchMode):
                     self.fields[t] = field
         return out
 
-    def _propagate(self, name, args, kwargs, in_fields, flat_in, out):
+    def _propagate(self, name, args, kwargs, flat_in, out):
         first = args[0] if args and isinstance(args[0], torch.Tensor) else None
         first_field = self.fields.get(first) if first is not None else None
         if name in _WINDOW_OPS:
@@ -208,7 +202,7 @@ class _FieldTracer(TorchDispatchMode):
             nd = first.dim()
             if {d % nd for d in dims} >= {nd - 2, nd - 1}:
                 return GLOBAL if out_t.dim() >= 2 else None
-        return self._elementwise(name, flat_in, out_t)
+        return self._elementwise(flat_in, out_t)
 
     def _adaptive(self, x, field, output_size):
         out_h, out_w = _pair(output_size)
@@ -218,12 +212,11 @@ class _FieldTracer(TorchDispatchMode):
         if (out_h, out_w) == (in_h, in_w):
             return field
         if in_h % out_h or in_w % out_w:
-            self.unknown_ops.append(f"adaptive pool {in_h}x{in_w} -> {out_h}x{out_w}")
-            return None
+            return None  # windows of varying size: no single (size, stride, offset)
         kh, kw = in_h // out_h, in_w // out_w
         return ReceptiveField(field.y.through_window(kh, kh, 0), field.x.through_window(kw, kw, 0))
 
-    def _elementwise(self, name, flat_in, out_t):
+    def _elementwise(self, flat_in, out_t):
         """Ops that keep the spatial grid: the union of the spatially-tracked inputs."""
         if out_t.dim() < 3:
             return None
@@ -237,8 +230,7 @@ class _FieldTracer(TorchDispatchMode):
                 any_global = True
             elif f is not None:
                 if t.dim() < 3 or tuple(t.shape[-2:]) != tuple(out_t.shape[-2:]):
-                    self.unknown_ops.append(f"{name} {tuple(t.shape)} -> {tuple(out_t.shape)}")
-                    return None
+                    return None  # the grid changed in a way no rule describes
                 local.append(f)
         if not local:
             return GLOBAL if any_global else None
@@ -304,16 +296,3 @@ def trace_fields(model: torch.nn.Module, input_size: tuple[int, int]) -> dict[st
             h.remove()
     return records
 
-
-def clip_to_image(box: tuple[int, int, int, int], height: int, width: int):
-    """Intersection of a half-open box with the image ``[0, height) x [0, width)``."""
-    y0, x0, y1, x1 = box
-    return (max(y0, 0), max(x0, 0), min(y1, height), min(x1, width))
-
-
-def centred_box(center: tuple[float, float], size: int) -> tuple[int, int, int, int]:
-    """Square half-open box of side ``size`` centred (to the half pixel below) on ``center``."""
-    cy, cx = center
-    y0 = math.floor(cy - size / 2)
-    x0 = math.floor(cx - size / 2)
-    return (y0, x0, y0 + size, x0 + size)

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 import cnnviz
-from cnnviz.optim import cs231n_class_visualization, objectives, render, save_png
+from cnnviz.optim import class_probabilities, cs231n_class_visualization, objectives, render, save_png
 from cnnviz.preprocessing import load_rgb
 from cnnviz.taps import ActivationRecorder
 
@@ -30,9 +30,7 @@ TARGETS = [76, 130, 366, 683, 963]
 
 def reload_probs(model, paths, targets):
     arrays = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
-    x = model.preprocessing.normalize(torch.from_numpy(arrays))
-    with torch.no_grad():
-        probs = model.module(x).softmax(1)
+    probs = class_probabilities(model, arrays)
     return [float(probs[i, t]) for i, t in enumerate(targets)]
 
 
