@@ -8,7 +8,7 @@ offset.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-__all__ = ["Preprocessing", "Geometry", "load_rgb"]
+__all__ = ["Preprocessing", "Geometry", "boxes_to_original", "load_rgb"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,11 +35,19 @@ class Geometry:
 
     def to_original(self, box: tuple[float, float, float, float]) -> tuple[float, ...]:
         """Map a half-open box ``(y0, x0, y1, x1)`` in network-input pixels to original pixels."""
-        sy = self.orig_height / self.resized_height
-        sx = self.orig_width / self.resized_width
-        y0, x0, y1, x1 = box
-        return ((y0 + self.crop_top) * sy, (x0 + self.crop_left) * sx,
-                (y1 + self.crop_top) * sy, (x1 + self.crop_left) * sx)
+        row = np.array([astuple(self)], dtype=np.float64)
+        return tuple(float(v) for v in boxes_to_original(np.array([box], dtype=np.float64), row)[0])
+
+
+def boxes_to_original(boxes: np.ndarray, geometry: np.ndarray) -> np.ndarray:
+    """Vectorized :meth:`Geometry.to_original`: boxes ``(M, 4)`` with one geometry row each
+    ``(M, 6)`` (``orig_h, orig_w, resized_h, resized_w, crop_top, crop_left``)."""
+    g = geometry.astype(np.float64)
+    sy = g[:, 0] / g[:, 2]
+    sx = g[:, 1] / g[:, 3]
+    b = boxes.astype(np.float64)
+    return np.stack([(b[:, 0] + g[:, 4]) * sy, (b[:, 1] + g[:, 5]) * sx,
+                     (b[:, 2] + g[:, 4]) * sy, (b[:, 3] + g[:, 5]) * sx], axis=1)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from . import __version__
 from .checkpoint import WorkDir
 from .library import ImageLibrary
 from .patches import downsample, patch_box, patch_factor, patch_shape
-from .preprocessing import Geometry, load_rgb
+from .preprocessing import boxes_to_original, load_rgb
 from .reducers import ChannelStats, merge_topk
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "assemble_run", "open_run", "RunFileError"]
@@ -73,14 +73,13 @@ def _contiguous_runs(ids: np.ndarray):
         yield int(ids[s]), int(ids[e - 1]) + 1, int(s), int(e)
 
 
-def _merge_states(works: list[WorkDir], n_layers: int, top_k: int):
+def _merge_states(works: list[WorkDir], metas: list[dict], n_layers: int, top_k: int):
     """Top-k, statistics and failures of all shards merged (order-independent)."""
     states = [w.load_state() for w in works]
     if any(s is None for s in states):
         missing = [str(w.path) for w, s in zip(works, states, strict=True) if s is None]
         raise RunFileError(f"no checkpoint in {', '.join(missing)}: that scan never finished a batch")
-    for w, s in zip(works, states, strict=True):
-        meta = w.read_meta()
+    for w, meta, s in zip(works, metas, states, strict=True):
         rank, world = meta["shard"]
         n_batches = -(-meta["n_images"] // meta["batch_size"])
         mine = [b for b in range(n_batches) if b % world == rank]
@@ -115,7 +114,7 @@ def assemble_run(works: list[WorkDir], out: Path, lib: ImageLibrary, model,
     _check_shards_match(metas, works)
     taps = resolve_layers(model, meta["layers"])
     started = time.monotonic()
-    merged, fail_ids, fail_reasons, scan_seconds = _merge_states(works, len(taps), meta["top_k"])
+    merged, fail_ids, fail_reasons, scan_seconds = _merge_states(works, metas, len(taps), meta["top_k"])
     tmp = out.with_name(out.name + ".tmp")
     with h5py.File(tmp, "w") as f:
         _write_header(f, meta, model, lib, n_failed=len(fail_ids), world=len(works))
@@ -218,15 +217,16 @@ def _write_topk(g, tap, vals, ids, index, input_size, patch_size, geometry):
     valid = ids >= 0
     y = np.where(valid, index // width, -1).astype(np.int32)
     x = np.where(valid, index % width, -1).astype(np.int32)
-    rf_box = np.full(vals.shape + (4,), -1, dtype=np.int32)
-    p_box = np.full(vals.shape + (4,), -1, dtype=np.int32)
-    o_box = np.full(vals.shape + (4,), np.nan, dtype=np.float32)
-    for c, r in zip(*np.nonzero(valid), strict=True):
-        rf_box[c, r] = tap.rf.box(int(y[c, r]), int(x[c, r]))
-        pb = patch_box(tap.rf, int(y[c, r]), int(x[c, r]), input_size, patch_size)
-        p_box[c, r] = pb
-        clipped = (max(pb[0], 0), max(pb[1], 0), min(pb[2], input_size[0]), min(pb[3], input_size[1]))
-        o_box[c, r] = Geometry(*geometry[ids[c, r]]).to_original(clipped)
+    # boxes move with the unit: the box of unit (y, x) is that of (0, 0) shifted by the stride
+    sy, sx = tap.rf.stride
+    shift = np.stack([y * sy, x * sx, y * sy, x * sx], axis=-1)
+    rf_box = np.where(valid[..., None], np.array(tap.rf.box(0, 0)) + shift, -1).astype(np.int32)
+    p_box = np.where(valid[..., None], np.array(patch_box(tap.rf, 0, 0, input_size, patch_size)) + shift,
+                     -1).astype(np.int32)
+    clipped = np.clip(p_box.reshape(-1, 4), 0, [input_size[0], input_size[1]] * 2)
+    with np.errstate(divide="ignore", invalid="ignore"):  # empty slots borrow a row; masked below
+        o_box = boxes_to_original(clipped, geometry[np.maximum(ids, 0).reshape(-1)]).reshape(p_box.shape)
+    o_box = np.where(valid[..., None], o_box, np.nan).astype(np.float32)
     t = g.create_group("topk")
     t.create_dataset("activation", data=np.where(valid, vals, np.nan).astype(np.float32))
     t.create_dataset("image_id", data=ids.astype(np.int64))

@@ -49,23 +49,23 @@ class _StopForward(Exception):
     pass
 
 
-def _forward(model, objective: Objective, x: torch.Tensor):
-    """Forward pass capturing the objective's layers (clones keep autograd intact through
-    in-place ops); stops after the last needed layer unless the logits are needed."""
+def _forward(model, objective: Objective, modules: dict[str, str], x: torch.Tensor):
+    """Forward pass capturing the objective's layers, ``{name as the objective spells it:
+    module name}`` (clones keep autograd intact through in-place ops); stops after the last one
+    unless the logits are needed."""
     module = model.module
     acts: dict[str, torch.Tensor] = {}
-    names = [resolve_layer(model, n).name for n in objective.layers]
     handles = []
 
-    def hook_for(name):
+    def hook_for(key):
         def hook(mod, inp, out):
-            acts[name] = out.clone()
-            if not objective.needs_logits and len(acts) == len(names):
+            acts[key] = out.clone()
+            if not objective.needs_logits and len(acts) == len(modules):
                 raise _StopForward
         return hook
 
-    for n in names:
-        handles.append(module.get_submodule(n).register_forward_hook(hook_for(n)))
+    for key, name in modules.items():
+        handles.append(module.get_submodule(name).register_forward_hook(hook_for(key)))
     logits = None
     try:
         logits = module(x)
@@ -153,6 +153,7 @@ def render(model, objective: Objective, batch: int = 1, steps: int = 256, lr: fl
     param = FourierImage(batch, size, device, gen)
     tf = standard_transforms() if transforms == "standard" else transforms
     opt = torch.optim.Adam(param.parameters(), lr=lr)
+    modules = {n: resolve_layer(model, n).name for n in objective.layers}
     result = RenderResult(images=param.image().detach())
     history = []
     with _redirected_relus(model.module, redirected_relu):
@@ -161,7 +162,7 @@ def render(model, objective: Objective, batch: int = 1, steps: int = 256, lr: fl
             img = param.image()
             seen = tf(img, gen) if tf is not None else img
             x = model.preprocessing.standardize(seen)
-            acts, logits = _forward(model, objective, x)
+            acts, logits = _forward(model, objective, modules, x)
             values = objective(acts, logits, x)
             (-values.sum()).backward()
             opt.step()
@@ -208,8 +209,9 @@ def cs231n_class_visualization(model, targets: int | Sequence[int], l2_reg: floa
         seed: seeds the ``randn`` start and the jitter.
 
     Returns:
-        :class:`RenderResult` with RGB images in [0, 1] and ``history`` holding the class score
-        per step.
+        :class:`RenderResult` with RGB images in [0, 1] and ``history`` holding, per step, the
+        class score of the (jittered) image the step started from — read from the forward pass
+        Captum runs for the gradient, so it costs nothing extra.
     """
     from tqdm.auto import tqdm
 
@@ -218,7 +220,13 @@ def cs231n_class_visualization(model, targets: int | Sequence[int], l2_reg: floa
     gen = _generator(seed, device)
     param = PixelImage(model.preprocessing, len(targets), tuple(model.input_size), device, gen)
     img = param.tensor
-    saliency = Saliency(model.module)
+    seen: dict[str, torch.Tensor] = {}
+
+    def forward(x):
+        seen["logits"] = out = model.module(x)
+        return out
+
+    saliency = Saliency(forward)
     score = class_logits(targets)
     result = RenderResult(images=param.image().detach())
     history = []
@@ -228,6 +236,7 @@ def cs231n_class_visualization(model, targets: int | Sequence[int], l2_reg: floa
             img.copy_(_jitter(img, ox, oy))
         # d(score)/dI from Captum; the L2 penalty's gradient is 2 * l2_reg * I.
         grad = saliency.attribute(img, target=targets, abs=False).detach()
+        history.append(score({}, seen["logits"].detach(), img).cpu().numpy())
         with torch.no_grad():
             grad -= 2.0 * l2_reg * img
             norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
@@ -237,9 +246,6 @@ def cs231n_class_visualization(model, targets: int | Sequence[int], l2_reg: floa
         if t % blur_every == 0:
             with torch.no_grad():
                 img.copy_(_gaussian_blur(img, sigma))
-        with torch.no_grad():
-            logits = model.module(img)
-            history.append(score({}, logits, img).cpu().numpy())
         if snapshot_every and (t + 1) % snapshot_every == 0:
             result.snapshots.append((t + 1, param.image().detach().cpu()))
     result.images = param.image().detach()
