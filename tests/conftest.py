@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("MPLBACKEND", "Agg")  # no display in CI; the library leaves backends alone
 SHARED = Path(os.environ.get("CNNVIZ_SHARED", REPO.parent / "shared"))
 SQUEEZENET_WEIGHTS = SHARED / "weights" / "squeezenet1_1-imagenet.pt"
 MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_v2-imagenet.pt"
