@@ -1,34 +1,57 @@
 """cnnviz: what do the channels of a convolutional network respond to?
 
 Dataset examples at scale (:func:`scan`), tables and pictures of the results
-(:func:`top_patches`, :func:`channel_maxima`, :func:`channel_stats`, :func:`feature_map_grid`),
-and feature visualization by optimization.
+(:func:`top_patches`, :func:`channel_stats`, :func:`write_report`, :func:`feature_map_grid`),
+and feature visualization by optimization (:mod:`cnnviz.optim`).
+
+The stages are packages: ``model`` (loading, preprocessing, taps, receptive fields), ``images``
+(libraries, decoding, patches), ``scanner`` (the scan), ``run`` (the run file: schema, reader,
+tables), ``viz`` (figures, feature maps, attributions, the HTML report), ``optim`` and ``cli``.
+The names below load their package on first use (PEP 562), so ``import cnnviz`` is instant and
+reading a run file never imports torch.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from . import attribution, figures, optim, report  # noqa: E402
-from .distributed import merge  # noqa: E402
-from .featuremaps import feature_map_grid, layer_activation  # noqa: E402
-from .library import ImageLibrary  # noqa: E402
-from .models import (  # noqa: E402
-    LoadedModel,
+import importlib
+
+from .errors import (
+    CnnvizError,
+    RunFileError,
+    ScanError,
+    ScanInterrupted,
+    UsageError,
     WeightsUnavailableError,
-    available_models,
-    from_module,
-    load_model,
 )
-from .preprocessing import Preprocessing  # noqa: E402
-from .receptive_field import ReceptiveField  # noqa: E402
-from .report import write_report  # noqa: E402
-from .scan import ScanError, ScanInterrupted, scan  # noqa: E402
-from .tables import channel_maxima, channel_stats, top_patches  # noqa: E402
-from .taps import LayerTap, default_layers, list_layers, resolve_layer  # noqa: E402
 
-__all__ = [
-    "__version__", "LoadedModel", "WeightsUnavailableError", "available_models", "from_module",
-    "load_model", "Preprocessing", "ReceptiveField", "LayerTap", "list_layers", "resolve_layer",
-    "default_layers", "layer_activation", "feature_map_grid", "ImageLibrary", "scan", "ScanError",
-    "ScanInterrupted", "top_patches", "channel_maxima", "channel_stats", "write_report", "merge",
-    "attribution", "figures", "optim", "report",
-]
+__version__ = "0.2.0"
+
+_NAMES = {
+    "load_model": "model", "from_module": "model", "available_models": "model",
+    "LoadedModel": "model", "Preprocessing": "model", "list_layers": "model",
+    "scan": "scanner", "ScanConfig": "scanner", "merge": "scanner",
+    "ImageLibrary": "images",
+    "RunReader": "run", "top_patches": "run", "channel_stats": "run", "channel_maxima": "run",
+    "write_report": "viz", "feature_map_grid": "viz", "layer_activation": "viz",
+}
+_MODULES = {"figures": "viz.figures", "attribution": "viz.attribution", "report": "viz.report",
+            "optim": "optim", "model": "model", "images": "images", "scanner": "scanner",
+            "run": "run", "viz": "viz"}
+
+__all__ = ["__version__", "CnnvizError", "UsageError", "ScanError", "ScanInterrupted", "RunFileError",
+           "WeightsUnavailableError", *_NAMES, "figures", "attribution", "report", "optim"]
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        value = getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+    elif name in _MODULES:
+        value = importlib.import_module(f".{_MODULES[name]}", __name__)
+    else:
+        raise AttributeError(f"module 'cnnviz' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_NAMES) | set(_MODULES))

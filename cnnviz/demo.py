@@ -13,6 +13,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from .errors import MissingDependencyError
+
 __all__ = ["demo_photos", "run_demo"]
 
 _SKIMAGE_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg",
@@ -24,7 +26,7 @@ def demo_photos(folder: str | Path) -> list[Path]:
     """Copy the bundled photos into ``folder`` (RGB JPEG/PNG) and return their paths.
 
     Raises:
-        ImportError: neither scikit-image nor matplotlib's sample data is available.
+        MissingDependencyError: neither scikit-image nor matplotlib's sample data is available.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -42,7 +44,7 @@ def demo_photos(folder: str | Path) -> list[Path]:
     if hopper.is_file():
         sources.append(hopper)
     if not sources:
-        raise ImportError("no bundled photos found: pip install 'cnnviz[demo]' (scikit-image)")
+        raise MissingDependencyError("no bundled photos found: pip install 'cnnviz[demo]' (scikit-image)")
     out = []
     for src in sources:
         dst = folder / src.name
@@ -60,18 +62,14 @@ def run_demo(out_dir: str | Path = "cnnviz-demo", model_name: str = "efficientne
              weights: str | None = "DEFAULT", top_k: int = 4, progress: bool = True) -> dict:
     """Classify the bundled photos, draw a feature-map grid for each, scan them into a run file
     and write its HTML report. Returns the paths written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .featuremaps import feature_map_grid, layer_activation
-    from .models import load_model
-    from .preprocessing import load_rgb
-    from .report import write_report
-    from .scan import scan
-    from .tables import top_patches
-    from .taps import default_layers
+    from .images.decoding import load_rgb
+    from .model import default_layers, load_model
+    from .run.tables import top_patches
+    from .scanner import scan
+    from .viz.featuremaps import feature_map_grid, layer_activation
+    from .viz.report import write_report
 
     out_dir = Path(out_dir)
     photos = demo_photos(out_dir / "photos")

@@ -31,7 +31,8 @@ def decoded_library(model, library_list: Path) -> torch.Tensor:
     """Every image of the (small) benchmark library, decoded to uint8 crops in memory: the bare
     forward pass runs on the very images the scan sees, since the speed of a random-weight
     network depends on its input (about 30 % slower on random noise than on photos here)."""
-    from cnnviz.library import ImageLibrary, LibraryDataset, collate
+    from cnnviz.images.decoding import LibraryDataset, collate
+    from cnnviz.images.library import ImageLibrary
 
     ds = LibraryDataset(ImageLibrary.open(library_list), model.preprocessing)
     return collate([ds[i] for i in range(len(ds))])[1]
@@ -65,8 +66,9 @@ def decode_throughput(library_list: Path, model, batch_size: int, workers: int |
     """Images/s of decoding alone (the scan's DataLoader, no network)."""
     from torch.utils.data import DataLoader
 
-    from cnnviz.library import ImageLibrary, LibraryDataset, batch_ranges, collate
-    from cnnviz.scan import _default_workers
+    from cnnviz.images.decoding import LibraryDataset, batch_ranges, collate
+    from cnnviz.images.library import ImageLibrary
+    from cnnviz.scanner.config import _default_workers
 
     lib = ImageLibrary.open(library_list)
     workers = _default_workers() if workers is None else workers

@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 
 import cnnviz
+from cnnviz.images import load_rgb
+from cnnviz.model.taps import capture
 from cnnviz.optim import class_probabilities, cs231n_class_visualization, objectives, render, save_png
-from cnnviz.preprocessing import load_rgb
-from cnnviz.taps import ActivationRecorder
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TARGETS = [76, 130, 366, 683, 963]
@@ -57,7 +57,7 @@ def main() -> None:
         rows.append(np.concatenate([np.asarray(Image.open(q)) for q in paths], axis=1))
     Image.fromarray(np.concatenate(rows, axis=0)).save(args.out / "classes.png")
 
-    chans = cnnviz.featuremaps.parse_channels(args.channels, 10_000)
+    chans = cnnviz.viz.channels.parse_channels(args.channels, 10_000)
     res = render(model, objectives.channels(args.layer, chans), batch=len(chans), steps=256,
                  progress=False)
     paths = save_png(res.images, [args.out / f"channel-{c}.png" for c in chans])
@@ -66,7 +66,7 @@ def main() -> None:
     photos = every[:: max(1, len(every) // args.photos)][: args.photos]
 
     def mean_act(batch):
-        with ActivationRecorder(model.module, [args.layer]) as rec, torch.no_grad():
+        with capture(model.module, [args.layer]) as rec, torch.no_grad():
             model.module(batch)
         return rec.outputs[args.layer].mean(dim=(2, 3))
 

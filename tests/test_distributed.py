@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from cnnviz import load_model, scan
-from cnnviz.distributed import merge
-from cnnviz.reducers import ChannelStats, merge_topk
-from cnnviz.scan import work_path
+from cnnviz.errors import RunFileError
+from cnnviz.scanner import merge, scan_shard
+from cnnviz.scanner.reducers import ChannelStats, merge_topk
+from cnnviz.scanner.workdir import work_path
 
 from .test_scan import _contents
 
@@ -65,20 +66,20 @@ def test_shards_by_hand_merge_in_any_order(photo_dir, tmp_path):
     single = scan(photo_dir, model, tmp_path / "single.h5", **kw)
     out = tmp_path / "run.h5"
     for rank in (2, 0, 1):
-        scan(photo_dir, model, out, shard=(rank, 3), finalize=False, **kw)
+        scan_shard(photo_dir, model, out, (rank, 3), **kw)
     shards = [work_path(out, r, 3) for r in (1, 2, 0)]
-    with pytest.raises(Exception, match="every rank"):
-        merge(shards[:2], tmp_path / "partial.h5", model=model, keep_shards=True)
-    a = merge(shards, tmp_path / "a.h5", model=model, keep_shards=True)
-    b = merge(list(reversed(shards)), tmp_path / "b.h5", keep_shards=True)  # model reloaded
+    with pytest.raises(RunFileError, match="every rank"):
+        merge(shards[:2], tmp_path / "partial.h5", keep_shards=True)
+    a = merge(shards, tmp_path / "a.h5", keep_shards=True)
+    b = merge(list(reversed(shards)), tmp_path / "b.h5", keep_shards=True)
     assert_equal_runs(single, a)
     assert_equal_runs(a, b)
     # a shard that stopped early (its checkpoint after its first batch) is refused, not merged
     state = dict(np.load(shards[0] / "state.npz"))
     state["next_batch"] = np.int64(2)
     np.savez(shards[0] / "state.npz", **state)
-    with pytest.raises(Exception, match=r"unfinished.*--resume --shard 1/3"):
-        merge(shards, tmp_path / "c.h5", model=model, keep_shards=True)
+    with pytest.raises(RunFileError, match=r"unfinished.*`resume=True` with `shard=1/3`"):
+        merge(shards, tmp_path / "c.h5", keep_shards=True)
 
 
 def test_topk_and_stats_merges_are_associative_and_commutative():

@@ -12,8 +12,8 @@ from PIL import Image
 
 import cnnviz
 from cnnviz import load_model
-from cnnviz.models import WeightsUnavailableError
-from cnnviz.taps import ActivationRecorder, list_layers, resolve_layer
+from cnnviz.errors import UsageError, WeightsUnavailableError
+from cnnviz.model.taps import capture, list_layers, resolve_layer
 
 from .conftest import SQUEEZENET_WEIGHTS, needs_shared
 
@@ -45,7 +45,9 @@ def test_offline_download_gives_actionable_error(monkeypatch, tmp_path):
         load_model("resnet50", "IMAGENET1K_V2")
     msg = str(err.value)
     assert str(tmp_path / "checkpoints" / "resnet50-11ad3fa6.pth") in msg
-    assert "--weights FILE" in msg and "ResNet50_Weights.IMAGENET1K_V2" in msg
+    assert "`weights=FILE.pt`" in msg and "ResNet50_Weights.IMAGENET1K_V2" in msg
+    spelled = err.value.message(lambda name, value: f"--{name} {value}")
+    assert "--weights FILE.pt" in spelled
 
 
 def test_bad_specs_name_the_flag_and_the_fix(tmp_path):
@@ -113,7 +115,7 @@ def test_resnet_taps_survive_in_place_ops():
     model = load_model("resnet50", None)
     net = model.module
     x = torch.randn(2, 3, 96, 96)
-    with ActivationRecorder(net, ["layer2.0.conv3", "layer2.0.bn3", "layer2.0", "layer1"]) as rec:
+    with capture(net, ["layer2.0.conv3", "layer2.0.bn3", "layer2.0", "layer1"]) as rec:
         net(x)
     block = net.layer2[0]
     with torch.no_grad():
@@ -135,13 +137,13 @@ def test_layer_names_and_errors():
     assert resolve_layer(model, "layer2[0].conv3").name == "layer2.0.conv3"
     tap = resolve_layer(model, "layer4.2")
     assert tap.shape == (2048, 7, 7) and tap.stride == (32, 32) and tap.rf.size == (427, 427)
-    with pytest.raises(KeyError, match="Closest valid names: layer2.0.conv3"):
+    with pytest.raises(UsageError, match="Closest valid names: layer2.0.conv3"):
         resolve_layer(model, "layer2.0.conv4")
-    with pytest.raises(KeyError, match="runs 3 times"):
+    with pytest.raises(UsageError, match="runs 3 times"):
         resolve_layer(model, "layer2.0.relu")
-    with pytest.raises(KeyError, match="no 4-D feature-map output"):
+    with pytest.raises(UsageError, match="no 4-D feature-map output"):
         resolve_layer(model, "fc")
-    names = [t.name for t in cnnviz.default_layers(model)]
+    names = [t.name for t in cnnviz.model.default_layers(model)]
     assert names == [f"layer{i}.{j}" for i, n in zip(range(1, 5), (3, 4, 6, 3), strict=True)
                      for j in range(n)]
 
@@ -150,7 +152,7 @@ def test_every_default_layer_of_several_architectures_has_a_field():
     for name in ["vgg16", "densenet121", "googlenet", "efficientnet_b0", "mobilenet_v2"]:
         model = load_model(name, None)
         layers = list_layers(model)
-        default = cnnviz.default_layers(model)
+        default = cnnviz.model.default_layers(model)
         assert len(default) >= 4, name
         for tap in default:
             assert tap.rf is not None and tap.tappable and tap in layers.values()
@@ -160,22 +162,32 @@ def test_feature_map_grid_uses_captum_and_keeps_order():
     import matplotlib
 
     matplotlib.use("Agg")
-    from cnnviz.featuremaps import grid_tile_order, parse_channels
+    from cnnviz.viz.channels import parse_channels
 
     model = load_model("resnet18", None)
     img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (240, 260, 3), dtype=np.uint8))
     act = cnnviz.layer_activation(model, img, "layer2.0")
-    with ActivationRecorder(model.module, ["layer2.0"]) as rec:
+    with capture(model.module, ["layer2.0"]) as rec:
         model.module(model.preprocessing(img))
     assert torch.allclose(act, rec.outputs["layer2.0"][0])
     fig = cnnviz.feature_map_grid(act)
-    assert grid_tile_order(fig) == list(range(64))
-    assert sum(1 for ax in fig.axes if ax.images) == 64
+    _assert_tiles_show(fig, act, list(range(64)))
     chosen = parse_channels("5,1,10-12", act.shape[0])
     assert chosen == [5, 1, 10, 11, 12]
     fig = cnnviz.feature_map_grid(act, chosen, shared_scale=True)
-    assert grid_tile_order(fig) == chosen
+    _assert_tiles_show(fig, act, chosen)
     clims = {ax.images[0].get_clim() for ax in fig.axes if ax.images}
-    assert len(clims) == 1
-    with pytest.raises(ValueError, match="--channels"):
+    assert clims == {(float(act[chosen].min()), float(act[chosen].max()))}
+    with pytest.raises(UsageError, match="`channels`"):
         parse_channels("0-200", act.shape[0])
+    with pytest.raises(UsageError, match="numbers and ranges"):
+        parse_channels("3,x", act.shape[0])
+
+
+def _assert_tiles_show(fig, act, channels):
+    """Tiles in axes order (rows first) hold exactly the maps of ``channels``, in that order."""
+    tiles = [ax for ax in fig.axes if ax.images]
+    assert len(tiles) == len(channels)
+    rows = sorted(tiles, key=lambda ax: (-round(ax.get_position().y0, 3), ax.get_position().x0))
+    for ax, c in zip(rows, channels, strict=True):
+        np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), act[c].numpy())

@@ -100,8 +100,7 @@ def test_objective_arithmetic_on_known_activations():
 
 
 def test_store_in_run_and_report(photo_dir, tmp_path):
-    from cnnviz import scan
-    from cnnviz.report import write_report
+    from cnnviz import scan, write_report
 
     model = colour_net()
     run = scan(photo_dir, model, tmp_path / "run.h5", layers="0", top_k=2, workers=0, progress=False)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from cnnviz.receptive_field import AxisField, ReceptiveField, trace_fields
+from cnnviz.model.receptive_field import AxisField, ReceptiveField, trace_fields
 
 from .conftest import SQUEEZENET_WEIGHTS, needs_shared
 
@@ -94,7 +94,7 @@ def _model(name):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_field_matches_input_gradient(name):
-    from cnnviz.taps import default_layers
+    from cnnviz.model.taps import default_layers
 
     model = _averaging(_model(name))
     size = (160, 160)

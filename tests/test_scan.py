@@ -18,9 +18,9 @@ import torch
 
 import cnnviz
 from cnnviz import ImageLibrary, load_model, scan
-from cnnviz.preprocessing import load_rgb
-from cnnviz.scan import ScanError
-from cnnviz.taps import ActivationRecorder
+from cnnviz.errors import ScanError, UsageError
+from cnnviz.images import load_rgb
+from cnnviz.model.taps import capture
 
 LAYERS = ["layer1.0", "layer2.1", "layer3.0.conv2", "layer4.1"]
 K = 5
@@ -53,7 +53,7 @@ def brute_force(library: ImageLibrary, model, layers):
                 where[n].append(None)
             continue
         ok.append(True)
-        with ActivationRecorder(model.module, layers) as rec, torch.no_grad():
+        with capture(model.module, layers) as rec, torch.no_grad():
             model.module(model.preprocessing(img))
         for n in layers:
             a = rec.outputs[n][0].numpy()
@@ -97,11 +97,11 @@ def test_patches_are_the_receptive_field_cut_pixel_by_pixel(photo_dir, resnet18,
     df = cnnviz.top_patches(run_file)
     assert set(df.columns) >= {"layer", "channel", "rank", "activation", "image_path", "y", "x",
                                "rf_y0", "rf_x1", "patch_y0", "orig_y0", "orig_x1", "label"}
-    assert len(df) == sum(cnnviz.resolve_layer(resnet18, n).channels for n in LAYERS) * K
+    assert len(df) == sum(cnnviz.model.resolve_layer(resnet18, n).channels for n in LAYERS) * K
     rng = np.random.default_rng(0)
     with h5py.File(run_file, "r") as f:
         for n in LAYERS:
-            tap = cnnviz.resolve_layer(resnet18, n)
+            tap = cnnviz.model.resolve_layer(resnet18, n)
             rows = df[df.layer == n]
             for _, row in rows.iloc[rng.choice(len(rows), 6, replace=False)].iterrows():
                 crop, geom = resnet18.preprocessing.crop_uint8(load_rgb(lib.path(row.image_id)))
@@ -153,7 +153,7 @@ def test_tables_and_failures(photo_dir, run_file):
         counts = top[top.channel == c].label.value_counts()
         assert stats.loc[c, "top_label_share"] == counts.iloc[0] / K
         assert counts[stats.loc[c, "top_label"]] == counts.iloc[0]
-    with pytest.raises(KeyError, match="layers are: layer1.0"):
+    with pytest.raises(UsageError, match="layers are: layer1.0"):
         cnnviz.top_patches(run_file, layer="nope")
 
 
@@ -214,7 +214,7 @@ def test_existing_output_is_never_overwritten_silently(photo_dir, tiny_model, tm
     out = tmp_path / "run.h5"
     scan(photo_dir, tiny_model, out, top_k=2, workers=0, progress=False)
     before = out.stat().st_mtime_ns
-    with pytest.raises(ScanError, match="--overwrite"):
+    with pytest.raises(ScanError, match="overwrite=True"):
         scan(photo_dir, tiny_model, out, top_k=2, workers=0, progress=False)
     assert out.stat().st_mtime_ns == before
     scan(photo_dir, tiny_model, out, top_k=3, workers=0, progress=False, overwrite=True)
@@ -343,7 +343,8 @@ def test_downsampled_patches_are_block_means_of_the_grown_box(photo_dir, resnet1
 def test_resume_discards_a_segment_written_without_its_state(photo_dir, tmp_path):
     """A crash between a segment and the state that counts it leaves an orphan segment: resume
     must redo those images, not trust the orphan (here filled with garbage to make it visible)."""
-    from cnnviz.scan import work_path
+    from cnnviz.scanner import scan_shard
+    from cnnviz.scanner.workdir import work_path
 
     model = load_model("resnet18", None)
     kw = dict(layers="layer2.0", top_k=3, batch_size=4, workers=0, progress=False)
@@ -351,9 +352,9 @@ def test_resume_discards_a_segment_written_without_its_state(photo_dir, tmp_path
     # the checkpoint of a scan that has done batch 0 only: that of a scan of the first 4 images
     first4 = ImageLibrary.open(photo_dir)
     first4.relpaths = first4.relpaths[:4]
-    w4 = scan(first4, model, tmp_path / "first4.h5", finalize=False, **kw)
+    w4 = scan_shard(first4, model, tmp_path / "first4.h5", (0, 1), **kw)
     out = tmp_path / "run.h5"
-    work = scan(photo_dir, model, out, finalize=False, checkpoint_images=4, **kw)
+    work = scan_shard(photo_dir, model, out, (0, 1), checkpoint_images=4, **kw)
     assert work == work_path(out)
     (w4 / "state.npz").replace(work / "state.npz")
     for seg in work.glob("seg-*.npz"):
@@ -379,14 +380,14 @@ def test_amp_maxima_are_exact_for_the_activations_computed(photo_dir, tmp_path):
         stored = f["layers/layer2.1/maxima"][()]
         where = f["layers/layer2.1/position"][()]
         assert f.attrs["amp"]
-    from cnnviz.library import LibraryDataset, batch_ranges, collate
+    from cnnviz.images.decoding import LibraryDataset, batch_ranges, collate
 
     ds = LibraryDataset(lib, model.preprocessing)
     for ids in batch_ranges(len(lib), 4):
         _, crops, _, errors = collate([ds[i] for i in ids])
         ok = [i for i, e in zip(ids, errors, strict=True) if not e]
         x = model.preprocessing.normalize(crops[[j for j, e in enumerate(errors) if not e]])
-        with ActivationRecorder(model.module, ["layer2.1"]) as rec, torch.no_grad(), \
+        with capture(model.module, ["layer2.1"]) as rec, torch.no_grad(), \
                 torch.autocast("cpu", dtype=torch.bfloat16):
             model.module(x)
         act = rec.outputs["layer2.1"]

@@ -12,7 +12,7 @@ Units are named as Captum's ``neuron_selector`` names them: an ``int`` channel, 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -35,7 +35,6 @@ class Objective:
     layers: tuple[str, ...] = ()
     needs_logits: bool = False
     name: str = "objective"
-    parts: list = field(default_factory=list)
 
     def __call__(self, acts: dict, logits: torch.Tensor | None, image: torch.Tensor) -> torch.Tensor:
         return self.fn(acts, logits, image)

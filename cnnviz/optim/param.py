@@ -23,7 +23,7 @@ class PixelImage:
     """The normalized network input, optimized directly (cs231n).
 
     Args:
-        preprocessing: the model's :class:`~cnnviz.preprocessing.Preprocessing` (mean/std).
+        preprocessing: the model's :class:`~cnnviz.model.Preprocessing` (mean/std).
         batch, size: shape.
         generator: seeds the ``randn`` initialization.
     """
@@ -34,9 +34,6 @@ class PixelImage:
 
     def parameters(self) -> list[torch.Tensor]:
         return [self.tensor]
-
-    def normalized(self) -> torch.Tensor:
-        return self.tensor
 
     def image(self) -> torch.Tensor:
         return self.preprocessing.denormalize(self.tensor).clamp(0, 1)

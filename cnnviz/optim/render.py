@@ -17,6 +17,7 @@ or state: everything comes from the arguments.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from captum.attr import Saliency
 
-from ..taps import resolve_layer
+from ..model.taps import capture, resolve_layer
+from ..run import format as fmt
 from .objectives import Objective, class_logits
 from .param import FourierImage, PixelImage
 from .transforms import standard_transforms
@@ -43,38 +45,6 @@ class RenderResult:
     images: torch.Tensor
     snapshots: list[tuple[int, torch.Tensor]] = field(default_factory=list)
     history: np.ndarray | None = None
-
-
-class _StopForward(Exception):
-    pass
-
-
-def _forward(model, objective: Objective, modules: dict[str, str], x: torch.Tensor):
-    """Forward pass capturing the objective's layers, ``{name as the objective spells it:
-    module name}`` (clones keep autograd intact through in-place ops); stops after the last one
-    unless the logits are needed."""
-    module = model.module
-    acts: dict[str, torch.Tensor] = {}
-    handles = []
-
-    def hook_for(key):
-        def hook(mod, inp, out):
-            acts[key] = out.clone()
-            if not objective.needs_logits and len(acts) == len(modules):
-                raise _StopForward
-        return hook
-
-    for key, name in modules.items():
-        handles.append(module.get_submodule(name).register_forward_hook(hook_for(key)))
-    logits = None
-    try:
-        logits = module(x)
-    except _StopForward:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    return acts, logits
 
 
 class _RedirectedReLU(torch.autograd.Function):
@@ -97,23 +67,33 @@ class _RedirectedReLU(torch.autograd.Function):
         return torch.where(passed.view(-1, *[1] * (x.dim() - 1)), relu_grad, redirected)
 
 
-class _redirected_relus:
-    """Context manager: every ``nn.ReLU``/``nn.ReLU6`` of a module uses :class:`_RedirectedReLU`."""
+class _RedirectedReLUModule(torch.nn.Module):
+    """Stands in for an ``nn.ReLU`` (``cap=None``) or ``nn.ReLU6`` (``cap=6``) in a render copy."""
 
-    def __init__(self, module: torch.nn.Module, enabled: bool = True):
-        relus = (torch.nn.ReLU, torch.nn.ReLU6)
-        self.mods = [m for m in module.modules() if isinstance(m, relus)] if enabled else []
+    def __init__(self, cap: float | None):
+        super().__init__()
+        self.cap = cap
 
-    def __enter__(self):
-        for m in self.mods:
-            cap = 6.0 if isinstance(m, torch.nn.ReLU6) else None
-            m.forward = (lambda x, cap=cap: _RedirectedReLU.apply(x) if cap is None
-                         else _RedirectedReLU.apply(x).clamp_max(cap))
-        return self
+    def forward(self, x):
+        y = _RedirectedReLU.apply(x)
+        return y if self.cap is None else y.clamp_max(self.cap)
 
-    def __exit__(self, *exc):
-        for m in self.mods:
-            del m.forward
+
+def _render_module(module: torch.nn.Module, redirected_relu: bool) -> torch.nn.Module:
+    """The module to optimize through: the caller's own, or with ``redirected_relu`` a copy
+    whose ReLUs are :class:`_RedirectedReLUModule` (same names, so taps still resolve). The
+    caller's modules are never patched."""
+    relus = (torch.nn.ReLU, torch.nn.ReLU6)
+    if not redirected_relu or not any(isinstance(m, relus) for m in module.modules()):
+        return module
+    copied = copy.deepcopy(module)
+    for name, m in list(copied.named_modules()):
+        if isinstance(m, relus):
+            replacement = _RedirectedReLUModule(6.0 if isinstance(m, torch.nn.ReLU6) else None)
+            if name:
+                parent, _, leaf = name.rpartition(".")
+                setattr(copied.get_submodule(parent) if parent else copied, leaf, replacement)
+    return copied
 
 
 def _generator(seed: int, device) -> torch.Generator:
@@ -122,6 +102,7 @@ def _generator(seed: int, device) -> torch.Generator:
     return gen
 
 
+@torch.enable_grad()
 def render(model, objective: Objective, batch: int = 1, steps: int = 256, lr: float = 0.05,
            size: tuple[int, int] | None = None, transforms="standard", seed: int = 0,
            snapshot_every: int | None = None, progress: bool = True, device=None,
@@ -156,14 +137,15 @@ def render(model, objective: Objective, batch: int = 1, steps: int = 256, lr: fl
     modules = {n: resolve_layer(model, n).name for n in objective.layers}
     result = RenderResult(images=param.image().detach())
     history = []
-    with _redirected_relus(model.module, redirected_relu):
+    module = _render_module(model.module, redirected_relu)
+    with capture(module, modules, stop_early=not objective.needs_logits) as cap, torch.enable_grad():
         for step in tqdm(range(1, steps + 1), desc=objective.name, disable=not progress, leave=False):
             opt.zero_grad(set_to_none=True)
             img = param.image()
             seen = tf(img, gen) if tf is not None else img
             x = model.preprocessing.standardize(seen)
-            acts, logits = _forward(model, objective, modules, x)
-            values = objective(acts, logits, x)
+            logits = cap.forward(x)
+            values = objective(cap.outputs, logits, x)
             (-values.sum()).backward()
             opt.step()
             history.append(values.detach().cpu().numpy())
@@ -195,6 +177,7 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return x
 
 
+@torch.enable_grad()
 def cs231n_class_visualization(model, targets: int | Sequence[int], l2_reg: float = 1e-3,
                                lr: float = 25.0, steps: int = 100, blur_every: int = 10,
                                max_jitter: int = 16, sigma: float = 0.5, seed: int = 0,
@@ -284,22 +267,21 @@ def store_in_run(run: str | Path, layer: str, channels: Sequence[int], images: t
     the report shows each beside its dataset examples."""
     import h5py
 
-    from ..runfile import open_run
+    from ..run.reader import RunReader
 
-    open_run(run).close()  # format and version check
+    with RunReader(run) as r:  # format and version check
+        r.check_layer(layer)
     arr = to_uint8(images)
     with h5py.File(run, "r+") as f:
-        if f"layers/{layer}" not in f:
-            raise KeyError(f"--run {run} has no layer {layer!r}")
-        g = f[f"layers/{layer}"]
+        g = f[fmt.layer_group(layer)]
         n_ch = int(g.attrs["channels"])
-        if "optimized/images" in g and g["optimized/images"].shape[1:] != arr.shape[1:]:
-            del g["optimized"]
-        if "optimized/images" not in g:
-            g.create_dataset("optimized/images", shape=(n_ch, *arr.shape[1:]), dtype=np.uint8,
+        if fmt.OPTIMIZED_IMAGES in g and g[fmt.OPTIMIZED_IMAGES].shape[1:] != arr.shape[1:]:
+            del g[fmt.OPTIMIZED]
+        if fmt.OPTIMIZED_IMAGES not in g:
+            g.create_dataset(fmt.OPTIMIZED_IMAGES, shape=(n_ch, *arr.shape[1:]), dtype=np.uint8,
                              chunks=(1, *arr.shape[1:]))
-            g.create_dataset("optimized/done", shape=(n_ch,), dtype=bool)
+            g.create_dataset(fmt.OPTIMIZED_DONE, shape=(n_ch,), dtype=bool)
         for c, a in zip(channels, arr, strict=True):
-            g["optimized/images"][c] = a
-            g["optimized/done"][c] = True
-        g["optimized"].attrs["recipe"] = recipe
+            g[fmt.OPTIMIZED_IMAGES][c] = a
+            g[fmt.OPTIMIZED_DONE][c] = True
+        g[fmt.OPTIMIZED].attrs["recipe"] = recipe

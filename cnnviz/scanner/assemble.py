@@ -1,8 +1,10 @@
-"""The HDF5 run file: writing it from scan checkpoints, and opening it for reading.
+"""Writing the HDF5 run file from the checkpoints of one scan or of all shards of one.
 
-The layout is documented in ``docs/run-file-format.md`` (format version
-:data:`FORMAT_VERSION`); it is readable with plain ``h5py``. The file is written under a
-temporary name and renamed when complete, so a crash never leaves a half-written run file.
+Everything comes from the work folders: their ``meta.json`` records the model's name, weights,
+class names and preprocessing and every tap's geometry, so assembling (and merging a
+distributed scan) loads no model. The layout is documented in ``docs/run-file-format.md``; the
+names come from :mod:`cnnviz.run.format`. The file is written under a temporary name and
+renamed when complete, so a crash never leaves a half-written run file.
 """
 
 from __future__ import annotations
@@ -16,50 +18,33 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import __version__
-from .checkpoint import WorkDir
-from .library import ImageLibrary
-from .patches import downsample, patch_box, patch_factor, patch_shape
-from .preprocessing import boxes_to_original, load_rgb
-from .reducers import ChannelStats, merge_topk
+from ..errors import RunFileError, UsageError
+from ..images.decoding import load_rgb
+from ..images.library import ImageLibrary
+from ..images.patches import downsample, patch_box, patch_factor, patch_shape
+from ..model.preprocessing import Preprocessing, boxes_to_original
+from ..model.receptive_field import AxisField, ReceptiveField
+from ..model.taps import LayerTap
+from ..run import format as fmt
+from .state import MergedLayer, merge_states, read_segment
+from .workdir import WorkDir
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "assemble_run", "open_run", "RunFileError"]
+__all__ = ["assemble_run", "tap_record", "tap_from_record"]
 
-FORMAT = "cnnviz-run"
-FORMAT_VERSION = 1
 _STR = h5py.string_dtype()
 
 
-class RunFileError(ValueError):
-    """Not a cnnviz run file, or one of an unsupported version."""
+def tap_record(tap: LayerTap) -> dict:
+    """A tap's geometry as JSON-ready data (recorded in a work folder's meta)."""
+    rf = tap.rf
+    return {"name": tap.name, "type": tap.type, "shape": list(tap.shape),
+            "rf_size": list(rf.size), "rf_stride": list(rf.stride), "rf_offset": list(rf.offset)}
 
 
-def open_run(path: str | Path) -> h5py.File:
-    """Open a run file read-only, checking its format and version."""
-    path = Path(path)
-    if not path.is_file():
-        work = path.with_name(path.name + ".work")
-        extra = (f" ({work} holds an unfinished scan: rerun the scan with --resume)"
-                 if work.exists() else "")
-        raise FileNotFoundError(f"run file {path} does not exist{extra}")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise RunFileError(f"{path} is not an HDF5 file ({exc})") from None
-    if f.attrs.get("format") != FORMAT:
-        f.close()
-        raise RunFileError(f"{path} is an HDF5 file but not a cnnviz run file")
-    version = int(f.attrs.get("format_version", -1))
-    if version > FORMAT_VERSION:
-        f.close()
-        raise RunFileError(f"{path} has run-file format {version}; this cnnviz ({__version__}) "
-                           f"reads up to {FORMAT_VERSION}: upgrade cnnviz")
-    return f
-
-
-def position_dtype(tap) -> type:
-    """Smallest unsigned dtype for a flat position ``y * W + x`` of the tap's map."""
-    return np.uint16 if tap.shape[1] * tap.shape[2] <= np.iinfo(np.uint16).max else np.uint32
+def tap_from_record(rec: dict) -> LayerTap:
+    rf = ReceptiveField(*(AxisField(rec["rf_size"][i], rec["rf_stride"][i], rec["rf_offset"][i])
+                          for i in (0, 1)))
+    return LayerTap(rec["name"], rec["type"], tuple(rec["shape"]), rf, 1)
 
 
 def _contiguous_runs(ids: np.ndarray):
@@ -73,58 +58,53 @@ def _contiguous_runs(ids: np.ndarray):
         yield int(ids[s]), int(ids[e - 1]) + 1, int(s), int(e)
 
 
-def _merge_states(works: list[WorkDir], metas: list[dict], n_layers: int, top_k: int):
-    """Top-k, statistics and failures of all shards merged (order-independent)."""
+def _load_states(works: list[WorkDir], metas: list[dict]) -> list[dict[str, np.ndarray]]:
+    """Every shard's last state, each checked to be complete."""
     states = [w.load_state() for w in works]
-    if any(s is None for s in states):
-        missing = [str(w.path) for w, s in zip(works, states, strict=True) if s is None]
+    missing = [str(w.path) for w, s in zip(works, states, strict=True) if s is None]
+    if missing:
         raise RunFileError(f"no checkpoint in {', '.join(missing)}: that scan never finished a batch")
     for w, meta, s in zip(works, metas, states, strict=True):
         rank, world = meta["shard"]
         n_batches = -(-meta["n_images"] // meta["batch_size"])
         mine = [b for b in range(n_batches) if b % world == rank]
         if mine and int(s["next_batch"]) <= mine[-1]:
-            raise RunFileError(
-                f"{w.path} is unfinished (batch {int(s['next_batch'])} of {n_batches}): finish that "
-                f"scan with --resume{f' --shard {rank}/{world}' if world > 1 else ''} first")
-    layers = []
-    for i in range(n_layers):
-        vals = np.concatenate([s[f"l{i}_values"] for s in states], axis=1)
-        ids = np.concatenate([s[f"l{i}_ids"] for s in states], axis=1)
-        idx = np.concatenate([s[f"l{i}_index"] for s in states], axis=1)
-        v, d, x = merge_topk(vals, ids, top_k, idx)
-        stats = ChannelStats.from_state(states[0], f"l{i}_stat_")
-        for s in states[1:]:
-            stats = stats.merged(ChannelStats.from_state(s, f"l{i}_stat_"))
-        layers.append((v, d, x, stats))
-    fids = np.concatenate([s["failure_ids"] for s in states]).astype(np.int64)
-    freasons = np.concatenate([s["failure_reasons"].astype(str) for s in states])
-    order = np.argsort(fids, kind="stable")
-    scan_seconds = max(float(s["elapsed_seconds"]) for s in states)
-    return layers, fids[order], freasons[order], scan_seconds
+            how = "`resume=True`" + (f" with `shard={rank}/{world}`" if world > 1 else "")
+            raise RunFileError(f"{w.path} is unfinished (batch {int(s['next_batch'])} of {n_batches}): "
+                               f"finish that scan with {how} first")
+    return states
 
 
-def assemble_run(works: list[WorkDir], out: Path, lib: ImageLibrary, model,
-                 keep_work: bool = False) -> Path:
+def open_library(meta: dict) -> ImageLibrary:
+    """The scanned library, checked to list the same images as when it was scanned."""
+    lib = ImageLibrary.open(meta["library_source"])
+    if lib.fingerprint() != meta["library_fingerprint"]:
+        raise UsageError(f"the library {meta['library_source']} lists other images than when it was "
+                         "scanned (files added, removed or renamed)")
+    return lib
+
+
+def assemble_run(works: list[WorkDir], out: Path, keep_work: bool = False) -> Path:
     """Write the run file ``out`` from the checkpoints of one or more (shard) work folders."""
-    from .taps import resolve_layers
-
     metas = [w.read_meta() for w in works]
     meta = metas[0]
     _check_shards_match(metas, works)
-    taps = resolve_layers(model, meta["layers"])
+    lib = open_library(meta)
+    taps = [tap_from_record(r) for r in meta["taps"]]
+    preprocessing = Preprocessing.from_dict(meta["preprocessing"])
     started = time.monotonic()
-    merged, fail_ids, fail_reasons, scan_seconds = _merge_states(works, metas, len(taps), meta["top_k"])
+    states = _load_states(works, metas)
+    merged, fail_ids, fail_reasons, scan_seconds = merge_states(states, len(taps), meta["top_k"])
     tmp = out.with_name(out.name + ".tmp")
     with h5py.File(tmp, "w") as f:
-        _write_header(f, meta, model, lib, n_failed=len(fail_ids), world=len(works))
+        _write_header(f, meta, lib, n_failed=len(fail_ids), world=len(works))
         geometry = _write_images(f, lib, works, fail_ids, fail_reasons, taps)
-        for tap, (vals, ids, index, stats) in zip(taps, merged, strict=True):
-            g = f[f"layers/{tap.name}"]
-            _write_topk(g, tap, vals, ids, index, model.preprocessing.crop, meta["patch_size"], geometry)
-            for k, v in stats.summary().items():
-                g.create_dataset(f"stats/{k}", data=v)
-        _write_patches(f, taps, lib, model.preprocessing, meta["patch_size"])
+        for tap, layer in zip(taps, merged, strict=True):
+            g = f[fmt.layer_group(tap.name)]
+            _write_topk(g, tap, layer, preprocessing.crop, meta["patch_size"], geometry)
+            for k, v in layer.stats.summary().items():
+                g.create_dataset(f"{fmt.STATS}/{k}", data=v)
+        _write_patches(f, taps, lib, preprocessing, meta["patch_size"])
         f.attrs["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         f.attrs["scan_seconds"] = scan_seconds
         f.attrs["assemble_seconds"] = time.monotonic() - started
@@ -149,16 +129,18 @@ def _check_shards_match(metas: list[dict], works: list[WorkDir]) -> None:
                            f"0..{metas[0]['shard'][1] - 1} is needed exactly once")
 
 
-def _write_header(f: h5py.File, meta: dict, model, lib: ImageLibrary, n_failed: int, world: int):
+def _write_header(f: h5py.File, meta: dict, lib: ImageLibrary, n_failed: int, world: int):
     a = f.attrs
-    a["format"] = FORMAT
-    a["format_version"] = FORMAT_VERSION
-    a["cnnviz_version"] = __version__
+    a[fmt.ATTR_FORMAT] = fmt.FORMAT
+    a[fmt.ATTR_VERSION] = fmt.FORMAT_VERSION
+    a["cnnviz_version"] = meta["cnnviz_version"]
     a["created"] = meta["started"]
     a["model"] = meta["model"]
     a["weights_origin"] = meta["weights_origin"]
-    a["preprocessing"] = json.dumps(meta["preprocessing"])
-    a["layers"] = json.dumps(meta["layers"])
+    if meta.get("weights_spec") is not None:
+        a[fmt.ATTR_WEIGHTS_SPEC] = json.dumps(meta["weights_spec"])
+    a[fmt.ATTR_PREPROCESSING] = json.dumps(meta["preprocessing"])
+    a[fmt.ATTR_LAYERS] = json.dumps(meta["layers"])
     a["top_k"] = meta["top_k"]
     a["batch_size"] = meta["batch_size"]
     a["library"] = meta["library_source"]
@@ -170,49 +152,52 @@ def _write_header(f: h5py.File, meta: dict, model, lib: ImageLibrary, n_failed: 
     a["patch_size"] = meta["patch_size"]
     a["amp"] = meta["amp"]
     a["world_size"] = world
-    if model.class_names:
-        f.create_dataset("class_names", data=np.array(model.class_names, dtype=object), dtype=_STR)
+    if meta.get("class_names"):
+        f.create_dataset(fmt.CLASS_NAMES, data=np.array(meta["class_names"], dtype=object), dtype=_STR)
+
+
+def _strings(f: h5py.File, path: str, values) -> None:
+    f.create_dataset(path, data=np.array(list(values), dtype=object), dtype=_STR)
 
 
 def _write_images(f, lib, works, fail_ids, fail_reasons, taps) -> np.ndarray:
     n = len(lib)
-    f.create_dataset("images/path", data=np.array(lib.relpaths, dtype=object), dtype=_STR)
+    _strings(f, fmt.IMAGE_PATH, lib.relpaths)
     if lib.labels is not None:
-        f.create_dataset("images/label", data=np.array(lib.labels, dtype=object), dtype=_STR)
+        _strings(f, fmt.IMAGE_LABEL, lib.labels)
     ok = np.ones(n, dtype=bool)
     ok[fail_ids] = False
-    f.create_dataset("images/ok", data=ok)
-    f.create_dataset("failures/image_id", data=fail_ids)
-    f.create_dataset("failures/path", data=np.array([lib.relpaths[i] for i in fail_ids], dtype=object),
-                     dtype=_STR)
-    f.create_dataset("failures/reason", data=np.array(list(fail_reasons), dtype=object), dtype=_STR)
+    f.create_dataset(fmt.IMAGE_OK, data=ok)
+    f.create_dataset(fmt.FAILURE_ID, data=fail_ids)
+    _strings(f, fmt.FAILURE_PATH, [lib.relpaths[i] for i in fail_ids])
+    _strings(f, fmt.FAILURE_REASON, fail_reasons)
     geometry = np.zeros((n, 6), dtype=np.int32)
     dsets = []
     for tap in taps:
-        g = f.create_group(f"layers/{tap.name}")
+        g = f.create_group(fmt.layer_group(tap.name))
         c = tap.channels
         itemsize = np.dtype(f.attrs["maxima_dtype"]).itemsize
         rows = int(max(1, min(n, (1 << 20) // max(1, c * itemsize))))
-        pos_dtype = position_dtype(tap)
-        mx = g.create_dataset("maxima", shape=(n, c), dtype=f.attrs["maxima_dtype"], chunks=(rows, c),
+        mx = g.create_dataset(fmt.MAXIMA, shape=(n, c), dtype=f.attrs["maxima_dtype"], chunks=(rows, c),
                               fillvalue=np.nan)
-        ps = g.create_dataset("position", shape=(n, c), dtype=pos_dtype, chunks=(rows, c))
+        ps = g.create_dataset(fmt.POSITION, shape=(n, c), dtype=fmt.position_dtype(*tap.shape[1:]),
+                              chunks=(rows, c))
         dsets.append((mx, ps))
     segments = sorted((s for w in works for s in w.segments()), key=lambda s: s[0])
     for _, _, path in segments:
         with np.load(path) as z:
-            ids = z["ids"]
-            geometry[ids] = z["geometry"]
-            for i, (mx, ps) in enumerate(dsets):
-                m, p = z[f"l{i}_max"], z[f"l{i}_pos"]
+            ids, geoms, layers = read_segment(z, len(taps))
+            geometry[ids] = geoms
+            for (mx, ps), (m, p) in zip(dsets, layers, strict=True):
                 for first, end, s, e in _contiguous_runs(ids):
                     mx[first:end] = m[s:e]
                     ps[first:end] = p[s:e]
-    f.create_dataset("images/geometry", data=geometry)
+    f.create_dataset(fmt.IMAGE_GEOMETRY, data=geometry)
     return geometry
 
 
-def _write_topk(g, tap, vals, ids, index, input_size, patch_size, geometry):
+def _write_topk(g, tap: LayerTap, layer: MergedLayer, input_size, patch_size, geometry):
+    vals, ids, index = layer.values, layer.ids, layer.index
     width = tap.shape[2]
     valid = ids >= 0
     y = np.where(valid, index // width, -1).astype(np.int32)
@@ -227,14 +212,13 @@ def _write_topk(g, tap, vals, ids, index, input_size, patch_size, geometry):
     with np.errstate(divide="ignore", invalid="ignore"):  # empty slots borrow a row; masked below
         o_box = boxes_to_original(clipped, geometry[np.maximum(ids, 0).reshape(-1)]).reshape(p_box.shape)
     o_box = np.where(valid[..., None], o_box, np.nan).astype(np.float32)
-    t = g.create_group("topk")
-    t.create_dataset("activation", data=np.where(valid, vals, np.nan).astype(np.float32))
-    t.create_dataset("image_id", data=ids.astype(np.int64))
-    t.create_dataset("y", data=y)
-    t.create_dataset("x", data=x)
-    t.create_dataset("rf_box", data=rf_box)
-    t.create_dataset("patch_box", data=p_box)
-    t.create_dataset("orig_box", data=o_box)
+    g.create_dataset(fmt.TOPK_ACTIVATION, data=np.where(valid, vals, np.nan).astype(np.float32))
+    g.create_dataset(fmt.TOPK_IMAGE_ID, data=ids.astype(np.int64))
+    g.create_dataset(fmt.TOPK_Y, data=y)
+    g.create_dataset(fmt.TOPK_X, data=x)
+    g.create_dataset(fmt.TOPK_RF_BOX, data=rf_box)
+    g.create_dataset(fmt.TOPK_PATCH_BOX, data=p_box)
+    g.create_dataset(fmt.TOPK_ORIG_BOX, data=o_box)
     rf = tap.rf
     g.attrs.update({
         "type": tap.type, "channels": tap.channels, "height": tap.shape[1], "width": tap.shape[2],
@@ -267,14 +251,14 @@ def _write_patches(f, taps, lib, preprocessing, patch_size, block_bytes: int = 1
     padded copy per image), then all downsampled at once."""
     cache = _CropCache(lib, preprocessing)
     for tap in taps:
-        g = f[f"layers/{tap.name}"]
-        ids = g["topk/image_id"][()]
-        boxes = g["topk/patch_box"][()]
+        g = f[fmt.layer_group(tap.name)]
+        ids = g[fmt.TOPK_IMAGE_ID][()]
+        boxes = g[fmt.TOPK_PATCH_BOX][()]
         ph, pw = (int(v) for v in g.attrs["patch_shape"])
         factor = int(g.attrs["patch_factor"])
         eh, ew = ph * factor, pw * factor
         c_total, k = ids.shape
-        ds = g.create_dataset("topk/patches", shape=(c_total, k, ph, pw, 3), dtype=np.uint8,
+        ds = g.create_dataset(fmt.TOPK_PATCHES, shape=(c_total, k, ph, pw, 3), dtype=np.uint8,
                               chunks=(1, k, ph, pw, 3))
         channel_block = max(1, block_bytes // (k * eh * ew * 3))
         for c0 in range(0, c_total, channel_block):

@@ -18,11 +18,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["WorkDir"]
+from ..errors import ScanError
+
+__all__ = ["WorkDir", "work_path"]
 
 _SEG = re.compile(r"seg-(\d+)-(\d+)\.npz$")
 
@@ -108,8 +111,41 @@ class WorkDir:
             segs.append((first, end, p))
         return segs
 
+    def prepare(self, meta: dict, resume: bool, overwrite: bool) -> dict[str, np.ndarray] | None:
+        """Start a fresh folder for the scan ``meta`` describes, or check that it is the scan
+        to resume; returns the state to resume from (``None``: start from the first batch)."""
+        if self.exists() and not overwrite:
+            if not resume:
+                raise ScanError(f"{self.path} holds an interrupted scan; pass `resume=True` to "
+                                "continue it, or `overwrite=True` to start again from scratch")
+            old = self.read_meta()
+            ignore = ("started", "cnnviz_version")
+            keys = [k for k in meta if k not in ignore and old.get(k) != meta[k]]
+            if keys:
+                diff = "; ".join(f"{k}: was {_short(old.get(k))}, now {_short(meta[k])}" for k in keys)
+                raise ScanError(f"`resume`: this is not the same scan as the one in {self.path} ({diff})")
+            return self.load_state()
+        if resume and not self.exists():
+            print(f"note: resume asked for, but {self.path} does not exist; starting a new scan",
+                  file=sys.stderr)
+        self.create(meta)
+        return None
+
     def remove(self) -> None:
         if self.path.exists():
             for p in self.path.iterdir():
                 p.unlink()
             self.path.rmdir()
+
+
+def _short(value, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def work_path(out: Path, rank: int = 0, world: int = 1) -> Path:
+    """The checkpoint folder of a scan (``RUN.h5.work``) or of one shard of a distributed scan
+    (``RUN.h5.shard-R-of-W.work``)."""
+    out = Path(out)
+    suffix = ".work" if world == 1 else f".shard-{rank}-of-{world}.work"
+    return out.with_name(out.name + suffix)

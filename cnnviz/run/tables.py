@@ -6,34 +6,21 @@ parquet as it is.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .runfile import open_run
+from . import format as fmt
+from .reader import RunReader
 
 __all__ = ["top_patches", "channel_maxima", "channel_stats", "run_layers", "read_patches"]
 
 
-def _layer_names(f, layer: str | None) -> list[str]:
-    names = json.loads(f.attrs["layers"])
-    if layer is None:
-        return names
-    if layer not in names:
-        raise KeyError(f"--layer {layer!r} is not in this run; its layers are: {', '.join(names)}")
-    return [layer]
-
-
-def _strings(ds) -> np.ndarray:
-    return np.array([v.decode() if isinstance(v, bytes) else v for v in ds[()]], dtype=object)
-
-
 def run_layers(run: str | Path) -> list[str]:
     """Names of the layers a run scanned, in order."""
-    with open_run(run) as f:
-        return json.loads(f.attrs["layers"])
+    with RunReader(run) as r:
+        return r.layers
 
 
 def top_patches(run: str | Path, layer: str | None = None, channel: int | None = None) -> pd.DataFrame:
@@ -50,26 +37,26 @@ def top_patches(run: str | Path, layer: str | None = None, channel: int | None =
         >>> df[df.channel == 12].head()                            # doctest: +SKIP
     """
     frames = []
-    with open_run(run) as f:
-        paths = _strings(f["images/path"])
-        labels = _strings(f["images/label"]) if "images/label" in f else None
-        for name in _layer_names(f, layer):
-            t = f[f"layers/{name}/topk"]
-            ids = t["image_id"][()]
+    with RunReader(run) as r:
+        paths, labels = r.paths, r.labels
+        for name in r.check_layer(layer):
+            g = r.layer(name)
+            ids = g[fmt.TOPK_IMAGE_ID][()]
             c_n, k = ids.shape
             chan = np.repeat(np.arange(c_n), k)
             rank = np.tile(np.arange(k), c_n)
             flat_ids = ids.reshape(-1)
             cols = {
                 "layer": np.full(c_n * k, name, dtype=object), "channel": chan, "rank": rank,
-                "activation": t["activation"][()].reshape(-1), "image_id": flat_ids,
+                "activation": g[fmt.TOPK_ACTIVATION][()].reshape(-1), "image_id": flat_ids,
                 "image_path": np.where(flat_ids >= 0, paths[np.maximum(flat_ids, 0)], ""),
                 "label": (np.where(flat_ids >= 0, labels[np.maximum(flat_ids, 0)], "")
                           if labels is not None else np.full(c_n * k, "", dtype=object)),
-                "y": t["y"][()].reshape(-1), "x": t["x"][()].reshape(-1),
+                "y": g[fmt.TOPK_Y][()].reshape(-1), "x": g[fmt.TOPK_X][()].reshape(-1),
             }
-            for prefix, key in (("rf", "rf_box"), ("patch", "patch_box"), ("orig", "orig_box")):
-                box = t[key][()].reshape(-1, 4)
+            for prefix, key in (("rf", fmt.TOPK_RF_BOX), ("patch", fmt.TOPK_PATCH_BOX),
+                                ("orig", fmt.TOPK_ORIG_BOX)):
+                box = g[key][()].reshape(-1, 4)
                 for j, side in enumerate(("y0", "x0", "y1", "x1")):
                     cols[f"{prefix}_{side}"] = box[:, j]
             df = pd.DataFrame(cols)
@@ -90,11 +77,9 @@ def channel_maxima(run: str | Path, layer: str, positions: bool = False) -> pd.D
     Unreadable images are rows of NaN. With ``positions=True`` returns instead the ``y*W + x``
     position of each maximum.
     """
-    with open_run(run) as f:
-        _layer_names(f, layer)
-        g = f[f"layers/{layer}"]
-        data = g["position" if positions else "maxima"][()]
-        index = pd.Index(_strings(f["images/path"]).astype(str), name="image_path")
+    with RunReader(run) as r:
+        data = r.layer(layer)[fmt.POSITION if positions else fmt.MAXIMA][()]
+        index = pd.Index(r.paths.astype(str), name="image_path")
     return pd.DataFrame(data, index=index, columns=pd.RangeIndex(data.shape[1], name="channel"))
 
 
@@ -109,23 +94,21 @@ def channel_stats(run: str | Path, layer: str | None = None) -> pd.DataFrame:
     (mu_max + mu_rest) of the per-label mean of maxima, Morcos et al. 2018).
     """
     frames = []
-    with open_run(run) as f:
-        labels = _strings(f["images/label"]) if "images/label" in f else None
-        for name in _layer_names(f, layer):
-            g = f[f"layers/{name}"]
-            cols = {k: g[f"stats/{k}"][()] for k in g["stats"]}
-            df = pd.DataFrame(cols)
+    with RunReader(run) as r:
+        labels = r.labels
+        for name in r.check_layer(layer):
+            g = r.layer(name)
+            df = pd.DataFrame({k: g[fmt.STATS][k][()] for k in g[fmt.STATS]})
             df.insert(0, "channel", np.arange(len(df)))
             df.insert(0, "layer", name)
-            df["top1"] = g["topk/activation"][:, 0]
+            df["top1"] = g[fmt.TOPK_ACTIVATION][:, 0]
             if labels is not None:
-                _label_columns(df, labels, g["topk/image_id"][()], g["maxima"])
+                _label_columns(df, labels, g[fmt.TOPK_IMAGE_ID][()], r.maxima_blocks(name))
             frames.append(df)
     return pd.concat(frames, ignore_index=True)
 
 
-def _label_columns(df: pd.DataFrame, labels: np.ndarray, topk_ids: np.ndarray, maxima,
-                   chunk: int = 4096):
+def _label_columns(df: pd.DataFrame, labels: np.ndarray, topk_ids: np.ndarray, maxima_blocks):
     top_label, share = [], []
     for row in topk_ids:
         row = row[row >= 0]
@@ -140,13 +123,15 @@ def _label_columns(df: pd.DataFrame, labels: np.ndarray, topk_ids: np.ndarray, m
     df["top_label_share"] = share
     codes, uniques = pd.factorize(pd.Series(labels.astype(str)))
     # per-label mean of the maxima, streamed over rows (the matrix can be larger than memory)
-    sums = np.zeros((len(uniques), maxima.shape[1]))
+    sums = np.zeros((len(uniques), len(df)))
     counts = np.zeros(len(uniques))
-    for start in range(0, maxima.shape[0], chunk):
-        m = maxima[start: start + chunk].astype(np.float64)
+    start = 0
+    for m in maxima_blocks:
+        block_codes = codes[start: start + len(m)]
+        start += len(m)
         ok = ~np.isnan(m).any(axis=1)
-        np.add.at(sums, codes[start: start + chunk][ok], m[ok])
-        np.add.at(counts, codes[start: start + chunk][ok], 1)
+        np.add.at(sums, block_codes[ok], m[ok])
+        np.add.at(counts, block_codes[ok], 1)
     present = counts > 0
     if present.sum() < 2:
         df["selectivity"] = np.nan
@@ -161,6 +146,5 @@ def _label_columns(df: pd.DataFrame, labels: np.ndarray, topk_ids: np.ndarray, m
 
 def read_patches(run: str | Path, layer: str, channel: int) -> np.ndarray:
     """The stored top-k patches of one channel: uint8 ``(k, h, w, 3)`` (empty slots are black)."""
-    with open_run(run) as f:
-        _layer_names(f, layer)
-        return f[f"layers/{layer}/topk/patches"][channel]
+    with RunReader(run) as r:
+        return r.layer(layer)[fmt.TOPK_PATCHES][channel]

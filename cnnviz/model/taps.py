@@ -17,16 +17,18 @@ from __future__ import annotations
 import difflib
 import re
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from .receptive_field import ReceptiveField, trace_fields
 
 __all__ = ["LayerTap", "list_layers", "resolve_layer", "resolve_layers", "default_layers",
-           "ActivationRecorder"]
+           "capture", "Capture", "require_fields"]
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,8 @@ def resolve_layer(model, name: str) -> LayerTap:
     """The tap called ``name`` (``layer2.0.conv3``, ``layer2[0].conv3``, ``features[12]``).
 
     Raises:
-        KeyError: unknown name (the message lists the closest valid names), a module without a
-            4-D output, or a module that runs more than once per forward pass.
+        UsageError: unknown name (the message lists the closest valid names), a module without
+            a 4-D output, or a module that runs more than once per forward pass.
     """
     layers = list_layers(model)
     key = _normalize_name(name)
@@ -110,10 +112,11 @@ def resolve_layer(model, name: str) -> LayerTap:
         why = ("has no 4-D feature-map output" if key in known
                else "is not a module of this model")
         hint = f" Closest valid names: {', '.join(close)}." if close else ""
-        raise KeyError(f"layer {name!r} {why}.{hint} `cnnviz layers --model ...` lists them all.")
+        raise UsageError(f"layer {name!r} {why}.{hint} cnnviz.list_layers(model) lists them all "
+                         "(on the command line: cnnviz layers --all).")
     tap = layers[key]
     if not tap.tappable:
-        raise KeyError(
+        raise UsageError(
             f"layer {name!r} ({tap.type}) runs {tap.calls} times per forward pass (a shared "
             "module), so it has no single output; tap the enclosing block or the op before it."
         )
@@ -168,45 +171,82 @@ def _get(module: nn.Module, name: str) -> nn.Module:
     return module.get_submodule(name)
 
 
-class ActivationRecorder:
-    """Forward hooks that keep a clone of each tapped layer's output.
+def require_fields(taps: Sequence[LayerTap]) -> None:
+    """Refuse taps without a receptive field (e.g. ``avgpool``'s 1x1 map): a scan cuts a patch
+    around every top unit, so it needs one. Checked before any image is read."""
+    bad = [t for t in taps if t.rf is None]
+    if bad:
+        names = ", ".join(f"{t.name} ({t.type}, {t.shape[1]}x{t.shape[2]})" for t in bad)
+        raise UsageError(f"`layers`: {names} has no receptive field (no spatial map to cut a patch "
+                         "from); choose layers with a spatial map (cnnviz.list_layers(model) shows "
+                         "the fields)")
 
-    Use as a context manager; after a forward pass ``recorder.outputs[name]`` holds the
-    activation. ``reduce`` (optional) maps each captured tensor before it is stored (for
-    example to its spatial maximum), so a scan keeps only what it needs.
+
+class _StopForward(Exception):
+    """Raised by the last hook of a ``stop_early`` capture: the rest of the network is not
+    needed."""
+
+
+class Capture:
+    """What :func:`capture` yields: ``outputs`` filled by each :meth:`forward`."""
+
+    def __init__(self, module: nn.Module, stop_early: bool, expected: int):
+        self.module = module
+        self.outputs: dict = {}
+        self._stop_early = stop_early
+        self._expected = expected
+
+    def _store(self, key: str, value) -> None:
+        self.outputs[key] = value
+        if self._stop_early and len(self.outputs) == self._expected:
+            raise _StopForward
+
+    def forward(self, x: torch.Tensor):
+        """Run the module on ``x`` with fresh ``outputs``; returns its output, or ``None``
+        when the pass stopped after the last tapped layer."""
+        self.outputs = {}
+        try:
+            return self.module(x)
+        except _StopForward:
+            return None
+
+
+def _clone(name: str, output: torch.Tensor) -> torch.Tensor:
+    return output.clone()
+
+
+@contextmanager
+def capture(module, names: Sequence[str] | Mapping[str, str], reduce=None,
+            stop_early: bool = False) -> Iterator[Capture]:
+    """Forward hooks on the named submodules, removed on exit (whatever happens inside).
+
+    Args:
+        module: an ``nn.Module`` or a :class:`~cnnviz.model.LoadedModel`.
+        names: module names, or ``{key: module name}`` to store outputs under other keys.
+        reduce: ``reduce(key, output)`` computes what is kept from each output (default: a
+            clone, so later in-place operations such as ResNet's residual ``+=`` cannot change
+            it; autograd flows through the clone).
+        stop_early: stop the forward pass once every tap has fired (a scan does not need the
+            rest of the network); :meth:`Capture.forward` then returns ``None``.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(inplace=True))
-        >>> with ActivationRecorder(net, ["0"]) as rec:
-        ...     _ = net(torch.randn(1, 3, 8, 8))
-        >>> bool((rec.outputs["0"] < 0).any())  # the in-place ReLU did not touch the clone
+        >>> with capture(net, ["0"]) as cap:
+        ...     _ = cap.forward(torch.randn(1, 3, 8, 8))
+        >>> bool((cap.outputs["0"] < 0).any())  # the in-place ReLU did not touch the clone
         True
     """
-
-    def __init__(self, module: nn.Module, names: Sequence[str], reduce=None, detach: bool = True):
-        self.module = getattr(module, "module", module)
-        self.names = list(names)
-        self.reduce = reduce
-        self.detach = detach
-        self.outputs: dict[str, torch.Tensor] = {}
-        self._handles = []
-
-    def _hook(self, name: str):
-        def hook(module, inputs, output):
-            out = output.detach() if self.detach else output
-            if self.reduce is not None:
-                self.outputs[name] = self.reduce(name, out)
-            else:
-                self.outputs[name] = out.clone()
-        return hook
-
-    def __enter__(self) -> ActivationRecorder:
-        for name in self.names:
-            sub = self.module.get_submodule(name)
-            self._handles.append(sub.register_forward_hook(self._hook(name)))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
+    module = getattr(module, "module", module)
+    keyed = dict(names) if isinstance(names, Mapping) else {n: n for n in names}
+    reduce = reduce or _clone
+    cap = Capture(module, stop_early, len(keyed))
+    handles = []
+    try:
+        for key, name in keyed.items():
+            def hook(mod, inputs, output, key=key):
+                cap._store(key, reduce(key, output))
+            handles.append(module.get_submodule(name).register_forward_hook(hook))
+        yield cap
+    finally:
+        for h in handles:
             h.remove()
-        self._handles.clear()

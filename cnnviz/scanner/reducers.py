@@ -125,12 +125,12 @@ class ChannelStats:
                             self.sumsq + other.sumsq, np.maximum(self.max, other.max),
                             self.fires + other.fires, self.sum_mean + other.sum_mean)
 
-    def state(self, prefix: str = "") -> dict[str, np.ndarray]:
-        return {prefix + k: v for k, v in self.__dict__.items()}
+    def state(self) -> dict[str, np.ndarray]:
+        return dict(self.__dict__)
 
     @classmethod
-    def from_state(cls, state, prefix: str = "") -> ChannelStats:
-        return cls(**{k: np.asarray(state[prefix + k]) for k in cls.__dataclass_fields__})
+    def from_state(cls, state) -> ChannelStats:
+        return cls(**{k: np.asarray(state[k]) for k in cls.__dataclass_fields__})
 
     def summary(self) -> dict[str, np.ndarray]:
         """Derived statistics per channel (NaN where no image was read)."""

@@ -16,7 +16,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-__all__ = ["Preprocessing", "Geometry", "boxes_to_original", "load_rgb"]
+__all__ = ["Preprocessing", "Geometry", "boxes_to_original"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -72,6 +72,12 @@ class Preprocessing:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessing:
+        """Inverse of :meth:`to_dict` (also of its JSON round trip, where tuples became lists)."""
+        return cls(resize=d["resize"], crop=tuple(d["crop"]), mean=tuple(d["mean"]),
+                   std=tuple(d["std"]), interpolation=d["interpolation"])
+
     def describe(self) -> str:
         resize = f"Resize({self.resize}, {self.interpolation}), " if self.resize else ""
         return (f"{resize}CenterCrop({self.crop[0]}x{self.crop[1]}), ToTensor(), "
@@ -114,10 +120,3 @@ class Preprocessing:
         """One PIL image -> normalized ``(1, 3, H, W)`` float tensor."""
         array, _ = self.crop_uint8(image)
         return self.normalize(torch.from_numpy(array).unsqueeze(0))
-
-
-def load_rgb(path) -> Image.Image:
-    """Open and fully decode an image file as RGB (raises on unreadable files)."""
-    with Image.open(path) as im:
-        im.load()
-        return im.convert("RGB")

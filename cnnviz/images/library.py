@@ -14,12 +14,9 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from torch.utils.data import Dataset
+from ..errors import UsageError
 
-from .preprocessing import Preprocessing, load_rgb
-
-__all__ = ["ImageLibrary", "IMAGE_EXTENSIONS", "LibraryDataset"]
+__all__ = ["ImageLibrary", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                     ".pgm")
@@ -59,8 +56,7 @@ class ImageLibrary:
         """Read a library from a directory or a list file.
 
         Raises:
-            FileNotFoundError: the source does not exist.
-            ValueError: no images found.
+            UsageError: the source does not exist, or holds no images.
         """
         source = Path(source).expanduser()
         if source.is_dir():
@@ -68,10 +64,10 @@ class ImageLibrary:
         elif source.is_file():
             lib = cls._from_list(source)
         else:
-            raise FileNotFoundError(f"LIBRARY {source}: no such directory or list file")
+            raise UsageError(f"`library` {source}: no such directory or list file")
         if not lib.relpaths:
-            raise ValueError(
-                f"LIBRARY {source}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)}"
+            raise UsageError(
+                f"`library` {source}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)}"
                 f"{' recursively' if source.is_dir() else ' in the listed paths'})"
             )
         return lib
@@ -100,47 +96,3 @@ class ImageLibrary:
         rel = [e[0] for e in entries]
         labels = [e[1] for e in entries] if any(e[1] for e in entries) else None
         return cls(str(list_file), str(list_file.parent), rel, labels)
-
-
-class LibraryDataset(Dataset):
-    """Decodes library images to the network's uint8 crop; never raises on a bad file.
-
-    Each item is ``(image_id, crop, geometry, error)``: ``crop`` is a uint8 ``(H, W, 3)`` tensor
-    (zeros when unreadable), ``geometry`` a 6-int tensor (see
-    :class:`~cnnviz.preprocessing.Geometry`), ``error`` an empty string or the reason.
-    """
-
-    def __init__(self, library: ImageLibrary, preprocessing: Preprocessing):
-        self.library = library
-        self.preprocessing = preprocessing
-
-    def __len__(self) -> int:
-        return len(self.library)
-
-    def __getitem__(self, image_id: int):
-        h, w = self.preprocessing.crop
-        try:
-            crop, geom = self.preprocessing.crop_uint8(load_rgb(self.library.path(image_id)))
-            g = torch.tensor([geom.orig_height, geom.orig_width, geom.resized_height,
-                              geom.resized_width, geom.crop_top, geom.crop_left], dtype=torch.int64)
-            return image_id, torch.from_numpy(crop), g, ""
-        except Exception as exc:  # noqa: BLE001 - any decoding failure is recorded, not raised
-            reason = f"{type(exc).__name__}: {exc}".strip()
-            blank = torch.zeros((h, w, 3), dtype=torch.uint8)
-            return image_id, blank, torch.zeros(6, dtype=torch.int64), reason
-
-
-def collate(items):
-    """Batch of dataset items -> ids, crops, geometry (all images) and error strings."""
-    ids = torch.tensor([it[0] for it in items], dtype=torch.int64)
-    crops = torch.stack([it[1] for it in items])
-    geoms = torch.stack([it[2] for it in items])
-    errors = [it[3] for it in items]
-    return ids, crops, geoms, errors
-
-
-def batch_ranges(n: int, batch_size: int, start_batch: int = 0):
-    """Fixed batches ``[i*B, (i+1)*B)``: the same batches whether a scan resumed or not."""
-    return [list(range(s, min(s + batch_size, n)))
-            for s in range(start_batch * batch_size, n, batch_size)]
-

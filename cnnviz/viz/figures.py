@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .runfile import open_run
-from .tables import _strings
+from ..run import format as fmt
+from ..run.reader import RunReader
 
 __all__ = ["patch_montage", "layer_overview", "maxima_distribution", "save_figure", "image_grid"]
 
@@ -40,12 +40,12 @@ def patch_montage(run: str | Path, layer: str, channel: int, columns: int | None
         A ``Figure`` whose axes are the tiles in rank order (titles ``#rank``).
     """
     plt = _plt()
-    with open_run(run) as f:
-        g = f[f"layers/{layer}"]
-        patches = g["topk/patches"][channel]
-        acts = g["topk/activation"][channel]
-        ids = g["topk/image_id"][channel]
-        paths = _strings(f["images/path"])
+    with RunReader(run) as r:
+        g = r.layer(layer)
+        patches = g[fmt.TOPK_PATCHES][channel]
+        acts = g[fmt.TOPK_ACTIVATION][channel]
+        ids = g[fmt.TOPK_IMAGE_ID][channel]
+        paths = r.paths
     valid = ids >= 0
     k = int(valid.sum())
     cols = columns or min(8, max(1, k))
@@ -71,21 +71,16 @@ def patch_montage(run: str | Path, layer: str, channel: int, columns: int | None
     return fig
 
 
-def montage_tiles(fig) -> list[int]:
-    """Ranks shown by a montage, in axes order (read back from the tile titles)."""
-    return [int(ax.get_title()[1:]) for ax in fig.axes if ax.get_title().startswith("#")]
-
-
 def layer_overview(run: str | Path, layer: str, channels=None, per_channel: int = 4,
                    columns: int = 8, tile_inches: float = 1.1):
     """An overview sheet: for each channel (default: all, at most 64) a 2x2 mosaic of its best
     patches, titled with the channel index."""
     plt = _plt()
-    with open_run(run) as f:
-        g = f[f"layers/{layer}"]
+    with RunReader(run) as r:
+        g = r.layer(layer)
         n_ch = g.attrs["channels"]
         channels = list(range(min(64, n_ch))) if channels is None else list(channels)
-        patches = g["topk/patches"]
+        patches = g[fmt.TOPK_PATCHES]
         mosaics = [_mosaic(patches[c][:per_channel]) for c in channels]
     cols = min(columns, len(channels))
     rows = math.ceil(len(channels) / cols)
@@ -120,10 +115,9 @@ def _mosaic(patches: np.ndarray) -> np.ndarray:
 def maxima_distribution(run: str | Path, layer: str, channel: int, bins: int = 50):
     """Histogram of a channel's per-image maxima with the top-k marked."""
     plt = _plt()
-    with open_run(run) as f:
-        g = f[f"layers/{layer}"]
-        values = g["maxima"][:, channel].astype(np.float64)
-        top = g["topk/activation"][channel]
+    with RunReader(run) as r:
+        values = r.maxima_columns(layer, [channel])[:, 0]
+        top = r.layer(layer)[fmt.TOPK_ACTIVATION][channel]
     values = values[~np.isnan(values)]
     fig, ax = plt.subplots(figsize=(5, 2.6))
     ax.hist(values, bins=bins, color="#7aa6c2")

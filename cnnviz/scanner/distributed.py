@@ -10,14 +10,16 @@ same library with the same batch size.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from .checkpoint import WorkDir
-from .library import ImageLibrary
-from .runfile import RunFileError, assemble_run
+from ..errors import ScanError, UsageError
+from .assemble import assemble_run
+from .config import ScanConfig, check_output
+from .workdir import WorkDir, work_path
 
 __all__ = ["torchrun_env", "scan_distributed", "merge"]
 
@@ -30,7 +32,7 @@ def torchrun_env() -> tuple[int, int, int] | None:
     return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def scan_distributed(library, model, out, device: str = "cpu", **scan_kwargs) -> Path | None:
+def scan_distributed(library, model, out, config: ScanConfig) -> Path | None:
     """Run this process's share of a torchrun scan; rank 0 merges when every rank is done.
 
     ``device="cuda"`` becomes ``cuda:LOCAL_RANK``. Backend: NCCL on CUDA, gloo on the CPU.
@@ -39,24 +41,24 @@ def scan_distributed(library, model, out, device: str = "cpu", **scan_kwargs) ->
     import torch
     import torch.distributed as dist
 
-    from .scan import scan
+    from .loop import scan_shard
 
     rank, world, local = torchrun_env()
+    device = config.device
     if device.startswith("cuda"):
         device = f"cuda:{local}"
         torch.cuda.set_device(local)
+    config = dataclasses.replace(config, device=device, progress=config.progress and rank == 0)
     backend = "nccl" if device.startswith("cuda") else "gloo"
     # a scan can run for days: the default 30-minute collective timeout would kill rank 0's
     # wait for a slower rank
     dist.init_process_group(backend, timeout=datetime.timedelta(days=7))
     try:
-        scan(library, model, out, device=device, shard=(rank, world), finalize=False,
-             progress=scan_kwargs.pop("progress", True) and rank == 0, **scan_kwargs)
+        scan_shard(library, model, out, (rank, world), config=config)
         dist.barrier()
         result = None
         if rank == 0:
-            result = merge(shard_folders(out, world), out, model=model,
-                           overwrite=scan_kwargs.get("overwrite", False))
+            result = merge(shard_folders(out, world), out, overwrite=config.overwrite)
         dist.barrier()
         return result
     finally:
@@ -64,39 +66,31 @@ def scan_distributed(library, model, out, device: str = "cpu", **scan_kwargs) ->
 
 
 def shard_folders(out: str | Path, world: int) -> list[Path]:
-    from .scan import work_path
-
     return [work_path(Path(out), r, world) for r in range(world)]
 
 
-def merge(shards: Sequence[str | Path], out: str | Path, model=None, overwrite: bool = False,
+def merge(shards: Sequence[str | Path], out: str | Path, overwrite: bool = False,
           keep_shards: bool = False) -> Path:
-    """Merge the shard folders of a distributed scan into one run file.
+    """Merge the shard folders of a distributed scan into one run file (no model is loaded:
+    the shards record everything the run file needs).
 
     Args:
         shards: the ``RUN.h5.shard-R-of-W.work`` folders, in any order (all ranks needed).
         out: the run file to write.
-        model: the scan's :class:`~cnnviz.models.LoadedModel` (default: reloaded from the
-            shards' record of model name and weights origin).
         keep_shards: keep the shard folders after writing.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise RunFileError(f"--out {out} exists; pass --overwrite to replace it")
+    check_output(out, overwrite)
     works = []
     for s in shards:
         w = WorkDir(Path(s))
         if not w.exists():
-            raise FileNotFoundError(f"{s} is not a shard folder (no meta.json): expected the "
-                                    "RUN.h5.shard-R-of-W.work folders a distributed scan leaves")
+            raise UsageError(f"{s} is not a shard folder (no meta.json): expected the "
+                             "RUN.h5.shard-R-of-W.work folders a distributed scan leaves")
         works.append(w)
-    works.sort(key=lambda w: w.read_meta()["shard"][0])
-    meta = works[0].read_meta()
-    if model is None:
-        from .models import reload_model
-
-        model = reload_model(meta["model"], meta["weights_origin"])
-    lib = ImageLibrary.open(meta["library_source"])
-    if lib.fingerprint() != meta["library_fingerprint"]:
-        raise RunFileError(f"the library {meta['library_source']} changed since the scan")
-    return assemble_run(works, out, lib, model, keep_work=keep_shards)
+    metas = {w.path: w.read_meta() for w in works}
+    if any("taps" not in m for m in metas.values()):
+        raise ScanError("these shards were written by cnnviz 0.1, which merges them itself: merge "
+                        "with that version, or scan again")
+    works.sort(key=lambda w: metas[w.path]["shard"][0])
+    return assemble_run(works, out, keep_work=keep_shards)

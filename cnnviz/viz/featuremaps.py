@@ -9,7 +9,8 @@ import torch
 from captum.attr import LayerActivation
 from PIL import Image
 
-from .taps import resolve_layer
+from ..model.taps import resolve_layer
+from .channels import parse_channels
 
 __all__ = ["layer_activation", "feature_map_grid", "parse_channels"]
 
@@ -31,28 +32,6 @@ def layer_activation(model, image: Image.Image | torch.Tensor, layer: str) -> to
     # change it; resolve_layer has checked that the module runs once per pass.
     act = LayerActivation(module, module.get_submodule(tap.name)).attribute(x)
     return act[0].detach().clone()
-
-
-def parse_channels(spec: str | Sequence[int] | None, n_channels: int, limit: int = 64) -> list[int]:
-    """``"0-63"``, ``"3,5,10-12"``, a list, or ``None`` (the first ``limit``) -> channel list."""
-    if spec is None or spec == "":
-        return list(range(min(limit, n_channels)))
-    if isinstance(spec, str):
-        out: list[int] = []
-        for part in spec.split(","):
-            part = part.strip()
-            if "-" in part:
-                a, b = part.split("-", 1)
-                out.extend(range(int(a), int(b) + 1))
-            elif part:
-                out.append(int(part))
-    else:
-        out = [int(c) for c in spec]
-    bad = [c for c in out if not 0 <= c < n_channels]
-    if bad:
-        raise ValueError(f"--channels: {bad[:5]} out of range; this layer has channels "
-                         f"0-{n_channels - 1}")
-    return out
 
 
 def feature_map_grid(
@@ -94,9 +73,3 @@ def feature_map_grid(
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight() if title else 1))
     return fig
-
-
-def grid_tile_order(fig) -> list[int]:
-    """Channel indices of a grid's tiles, read back from their titles (for tests and tooling)."""
-    return [int(ax.get_title()) for ax in fig.axes if ax.get_title()]
-

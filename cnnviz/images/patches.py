@@ -11,10 +11,12 @@ Patches larger than ``patch_size`` are downsampled by an integer factor (the mea
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .receptive_field import ReceptiveField
+if TYPE_CHECKING:
+    from ..model.receptive_field import ReceptiveField
 
 __all__ = ["patch_extent", "patch_factor", "patch_shape", "patch_box", "cut_patch", "downsample"]
 

@@ -1,0 +1,39 @@
+"""Flags and helpers shared by several commands."""
+
+from __future__ import annotations
+
+import argparse
+
+WEIGHTS_HELP = ("DEFAULT or a torchvision weights name (IMAGENET1K_V2...), a local state_dict "
+                "file, or 'none' for random weights (default: DEFAULT)")
+
+
+def add_model_args(p: argparse.ArgumentParser, default: str | None = None, required: bool = True) -> None:
+    p.add_argument("--model", required=required and default is None, default=default,
+                   help="torchvision model name (resnet50, squeezenet1_1...) or efficientnet_lite0"
+                   + (f" (default: {default})" if default else ""))
+    p.add_argument("--weights", default="DEFAULT", help=WEIGHTS_HELP)
+
+
+def add_progress_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def load(args):
+    from ..model.loading import load_model
+
+    return load_model(args.model, args.weights, device=getattr(args, "device", "cpu"))
+
+
+def channel_list(spec: str, what: str = "channels", n_channels: int = 1 << 30) -> list[int]:
+    from ..viz.channels import parse_channels
+
+    return parse_channels(spec, n_channels, what=what)
+
+
+def use_agg() -> None:
+    """Figures are written to files: no display needed (a library never switches backends;
+    the command line does)."""
+    import matplotlib
+
+    matplotlib.use("Agg")

@@ -1,0 +1,85 @@
+"""The parser and the one place where errors meet the user."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from .. import __version__
+from ..errors import CnnvizError, ScanInterrupted
+from . import model_cmds, optim_cmds, run_cmds, scan_cmds
+from .common import add_model_args, add_progress_arg
+
+
+def add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="offline demo on bundled photos with a real ImageNet model")
+    p.add_argument("--out", default="cnnviz-demo", help="output folder (default: cnnviz-demo)")
+    add_model_args(p, default="efficientnet_lite0")
+    add_progress_arg(p)
+    p.set_defaults(func=run_demo)
+
+
+def run_demo(args) -> int:
+    from ..demo import run_demo as demo
+    from .common import use_agg
+
+    use_agg()
+    demo(args.out, model_name=args.model, weights=args.weights, progress=not args.no_progress)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnnviz", description="What do the channels of a convolutional network respond to?")
+    parser.add_argument("--version", action="version", version=f"cnnviz {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in [add_demo, *model_cmds.COMMANDS, *scan_cmds.COMMANDS, *optim_cmds.COMMANDS,
+                *run_cmds.COMMANDS]:
+        add(sub)
+    return parser
+
+
+def _flag_speller(parser: argparse.ArgumentParser, command: str):
+    """Spells a library option (``top_k``, ``overwrite=True``) as the command's flag."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {}
+    for action in sub.choices[command]._actions:
+        if action.option_strings:
+            flags[action.dest] = (action.option_strings[-1], action.nargs == 0)
+        elif action.dest != "help":
+            flags[action.dest] = (action.metavar or action.dest.upper(), True)
+
+    def spell(name: str, value: str | None) -> str | None:
+        if name not in flags:
+            return None
+        flag, bare = flags[name]
+        return flag if value is None or bare else f"{flag} {value}"
+
+    return spell
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ScanInterrupted as exc:
+        print(f"\ncnnviz: {exc.message(_flag_speller(parser, args.command))}", file=sys.stderr)
+        return 130
+    except CnnvizError as exc:
+        print(f"cnnviz {args.command}: error: {exc.message(_flag_speller(parser, args.command))}",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ncnnviz {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - anything else is a bug: show where it happened
+        traceback.print_exc()
+        print(f"\ncnnviz {args.command}: this is a bug in cnnviz {__version__}, not something you did; "
+              "please report it with the traceback above.", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Commands that optimize images: class-vis, channel-vis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import add_model_args, add_progress_arg, channel_list, load
+
+
+def _write_images(images, out: str, names: list[str], columns: int = 8) -> None:
+    """A .png/.jpg --out gets one grid; anything else is a folder of one PNG per image."""
+    from PIL import Image
+
+    from ..optim import save_png, to_uint8
+    from ..viz.figures import image_grid
+
+    path = Path(out)
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image_grid(to_uint8(images), columns, gutter=2)).save(path)
+        print(f"wrote {path} ({len(names)} images)")
+    else:
+        save_png(images, [path / f"{n}.png" for n in names])
+        print(f"wrote {len(names)} PNGs to {path}/")
+
+
+def add_class_vis(sub) -> None:
+    p = sub.add_parser("class-vis", help="an image the model takes for a class (gradient ascent)")
+    add_model_args(p)
+    p.add_argument("--target", required=True, help="class index or list, e.g. 76 or 76,130,366")
+    p.add_argument("--recipe", choices=["cs231n", "modern"], default="cs231n",
+                   help="cs231n: pixels, L2 decay, jitter, blur, clamp (lr 25, 100 steps); modern: "
+                        "Fourier + decorrelated colour + transforms + Adam (lr 0.02, 256 steps)")
+    p.add_argument("--steps", type=int, default=None, help="(default: the recipe's)")
+    p.add_argument("--lr", type=float, default=None, help="modern recipe's Adam lr (default 0.02)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="grid image (.png) or folder of PNGs")
+    add_progress_arg(p)
+    p.set_defaults(func=run_class_vis)
+
+
+def run_class_vis(args) -> int:
+    from ..optim import class_probabilities, cs231n_class_visualization, objectives, render, to_uint8
+
+    model = load(args)
+    n_classes = len(model.class_names) if model.class_names else 1 << 30
+    targets = channel_list(args.target, "target", n_classes)
+    if args.recipe == "cs231n":
+        res = cs231n_class_visualization(model, targets, steps=args.steps or 100, seed=args.seed,
+                                         progress=not args.no_progress)
+    else:
+        res = render(model, objectives.class_logits(targets), batch=len(targets),
+                     steps=args.steps or 256, lr=args.lr or 0.02, seed=args.seed,
+                     progress=not args.no_progress)
+    probs = class_probabilities(model, to_uint8(res.images))
+    for i, t in enumerate(targets):
+        print(f"class {t} ({model.class_name(t)}): p = {float(probs[i, t]):.4f} after saving as 8-bit")
+    _write_images(res.images, args.out, [f"class{t}" for t in targets])
+    return 0
+
+
+def add_channel_vis(sub) -> None:
+    p = sub.add_parser("channel-vis", help="images that maximize channels of a layer (modern recipe, "
+                       "batched)")
+    add_model_args(p)
+    p.add_argument("--layer", required=True)
+    p.add_argument("--channels", default="0-63", help="e.g. 0-63 (default) or 3,7,10-20")
+    p.add_argument("--steps", type=int, default=256, help="(default: 256)")
+    p.add_argument("--lr", type=float, default=None, help="Adam lr (default: 0.05, Lucid's)")
+    p.add_argument("--batch-size", type=int, default=64, help="channels optimized at once (default 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run", default=None, help="also store the images in this run file for the report")
+    p.add_argument("--out", required=True, help="grid image (.png) or folder of PNGs")
+    add_progress_arg(p)
+    p.set_defaults(func=run_channel_vis)
+
+
+def run_channel_vis(args) -> int:
+    import torch
+
+    from ..model.taps import resolve_layer
+    from ..optim import objectives, render, store_in_run
+
+    model = load(args)
+    tap = resolve_layer(model, args.layer)
+    chans = channel_list(args.channels, n_channels=tap.channels)
+    images = []
+    for start in range(0, len(chans), args.batch_size):
+        part = chans[start: start + args.batch_size]
+        res = render(model, objectives.channels(tap.name, part), batch=len(part),
+                     steps=args.steps, lr=args.lr or 0.05, seed=args.seed, progress=not args.no_progress)
+        images.append(res.images)
+        if args.run:
+            store_in_run(args.run, tap.name, part, res.images, "modern")
+    _write_images(torch.cat(images), args.out, [f"{tap.name}-c{c}" for c in chans])
+    if args.run:
+        print(f"stored in {args.run} (layers/{tap.name}/optimized): the report shows them")
+    return 0
+
+
+COMMANDS = [add_class_vis, add_channel_vis]

@@ -1,0 +1,125 @@
+"""Commands that read a run file: top, report, plot. None of them imports torch unless
+attributions are asked for."""
+
+from __future__ import annotations
+
+import sys
+
+from .common import WEIGHTS_HELP, add_progress_arg, channel_list, use_agg
+
+
+def add_top(sub) -> None:
+    p = sub.add_parser("top", help="print the top-k table of a run")
+    p.add_argument("run", metavar="RUN.h5")
+    p.add_argument("--layer", default=None, help="one layer (default: all)")
+    p.add_argument("--channel", type=int, default=None, help="one channel (default: all)")
+    p.add_argument("--csv", action="store_true", help="CSV with every column, to stdout")
+    p.add_argument("--max-rows", type=int, default=200, help="rows printed (default: 200)")
+    p.set_defaults(func=run_top)
+
+
+def run_top(args) -> int:
+    import pandas as pd
+
+    from ..run.tables import top_patches
+
+    df = top_patches(args.run, layer=args.layer, channel=args.channel)
+    cols = ["layer", "channel", "rank", "activation", "image_path", "label", "y", "x",
+            "rf_y0", "rf_x0", "rf_y1", "rf_x1"]
+    if not df["label"].astype(bool).any():
+        cols.remove("label")
+    if args.csv:
+        df.to_csv(sys.stdout, index=False)
+    else:
+        with pd.option_context("display.max_rows", args.max_rows, "display.width", 200,
+                               "display.max_colwidth", 48):
+            print(df[cols].to_string(index=False, max_rows=args.max_rows))
+    return 0
+
+
+def add_report(sub) -> None:
+    p = sub.add_parser("report", help="static HTML report of a run (open index.html)")
+    p.add_argument("run", metavar="RUN.h5")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--layers", default=None, help="comma-separated layers (default: all)")
+    p.add_argument("--channels", default=None,
+                   help="N (the first N channels of each layer) or a list like 0-63,100 "
+                        "(default: every channel)")
+    p.add_argument("--attributions", default=None,
+                   help="neuron attributions (guided backprop) for some channels, e.g. "
+                        "'layer3.1:0-7;layer4.2:12'; needs the run's model")
+    p.add_argument("--model", default=None,
+                   help="model for attributions (default: reloaded from the run file)")
+    p.add_argument("--weights", default="DEFAULT", help=WEIGHTS_HELP)
+    p.add_argument("--device", default="cpu", help="device for attributions (default: cpu)")
+    add_progress_arg(p)
+    p.set_defaults(func=run_report)
+
+
+def _parse_attributions(spec: str | None) -> dict:
+    """'layer3.1:0-7;layer4.2:12' -> {'layer3.1': [0..7], 'layer4.2': [12]}."""
+    from ..errors import UsageError
+
+    out: dict[str, list[int]] = {}
+    for part in (spec or "").split(";"):
+        if not part.strip():
+            continue
+        if ":" not in part:
+            raise UsageError(f"`attributions` {part!r}: expected LAYER:CHANNELS, e.g. layer3.1:0-7")
+        layer, chans = part.rsplit(":", 1)
+        out[layer.strip()] = channel_list(chans, "attributions")
+    return out
+
+
+def run_report(args) -> int:
+    from ..viz.report import write_report
+
+    attributions = _parse_attributions(args.attributions)
+    model = None
+    if attributions:
+        if args.model:
+            from .common import load
+
+            model = load(args)
+        else:
+            from ..viz.attribution import model_of_run
+
+            model = model_of_run(args.run, device=args.device)
+    channels = None
+    if args.channels:
+        channels = int(args.channels) if args.channels.isdigit() else channel_list(args.channels)
+    index = write_report(args.run, args.out, layers=args.layers.split(",") if args.layers else None,
+                         channels=channels, attributions=attributions, model=model,
+                         progress=not args.no_progress)
+    print(f"report: {index.resolve()}")
+    return 0
+
+
+def add_plot(sub) -> None:
+    p = sub.add_parser("plot", help="one figure of a run: montage, overview or distribution")
+    p.add_argument("kind", choices=["montage", "overview", "distribution"])
+    p.add_argument("run", metavar="RUN.h5")
+    p.add_argument("--layer", required=True)
+    p.add_argument("--channel", type=int, default=0, help="(montage, distribution)")
+    p.add_argument("--channels", default=None, help="(overview) default: the first 64")
+    p.add_argument("--out", required=True, help="image file (.png, .svg, .pdf)")
+    p.set_defaults(func=run_plot)
+
+
+def run_plot(args) -> int:
+    use_agg()
+    from ..viz import figures
+
+    if args.kind == "montage":
+        fig = figures.patch_montage(args.run, args.layer, args.channel)
+    elif args.kind == "distribution":
+        fig = figures.maxima_distribution(args.run, args.layer, args.channel)
+    else:
+        chans = channel_list(args.channels) if args.channels else None
+        fig = figures.layer_overview(args.run, args.layer, chans)
+    figures.save_figure(fig, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+COMMANDS = [add_top, add_report, add_plot]

@@ -1,0 +1,114 @@
+"""Commands that scan: scan (alone, by shard, or under torchrun) and merge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import add_model_args, add_progress_arg, load
+
+
+def add_scan(sub) -> None:
+    p = sub.add_parser("scan", help="top-k receptive-field patches per channel over an image "
+                       "library, to an HDF5 run file (resumable; under torchrun, distributed)",
+                       description="Under `torchrun --nproc_per_node=N -m cnnviz scan ...` every "
+                       "process scans its share (batch b goes to rank b % N) and rank 0 merges "
+                       "the shards into --out at the end.")
+    p.add_argument("library", metavar="LIBRARY",
+                   help="image folder (recursive; labels from class/ subfolders) or a text/CSV "
+                        "file of paths with an optional label column")
+    add_model_args(p)
+    p.add_argument("--layers", default=None,
+                   help="comma-separated tap names (default: the block outputs, see `cnnviz layers`)")
+    p.add_argument("--top-k", type=int, default=16, help="images kept per channel (default: 16)")
+    p.add_argument("--batch-size", type=int, default=32, help="(default: 32)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="image-decoding processes (default: CPU count - 1, at most 8)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1... (default: cpu)")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed-precision forward pass (reductions stay float32)")
+    p.add_argument("--out", required=True, help="run file to write (HDF5)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted scan of the same --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out and discard an interrupted scan")
+    p.add_argument("--maxima-dtype", default="float32", choices=["float32", "float16"],
+                   help="dtype of the stored images x channels maxima (default: float32)")
+    p.add_argument("--patch-size", type=int, default=64,
+                   help="largest stored patch side; larger fields are downsampled (default: 64)")
+    p.add_argument("--checkpoint-seconds", type=float, default=60.0,
+                   help="checkpoint at most this often (default: 60)")
+    p.add_argument("--checkpoint-images", type=int, default=None,
+                   help="also checkpoint after this many images (default: whenever 64 MB of "
+                        "per-image maxima are buffered)")
+    p.add_argument("--shard", default=None, metavar="RANK/WORLD",
+                   help="scan only this share of a distributed scan, without torchrun (e.g. to "
+                        "rerun a rank that died, with --resume); then `cnnviz merge`")
+    add_progress_arg(p)
+    p.set_defaults(func=run_scan)
+
+
+def _parse_shard(spec: str) -> tuple[int, int]:
+    from ..errors import UsageError
+
+    try:
+        rank, world = (int(v) for v in spec.split("/"))
+    except ValueError:
+        raise UsageError(f"`shard` {spec!r}: expected RANK/WORLD_SIZE, e.g. 2/4") from None
+    return rank, world
+
+
+def run_scan(args) -> int:
+    from ..scanner import ScanConfig, scan, scan_shard
+    from ..scanner.distributed import scan_distributed, torchrun_env
+
+    config = ScanConfig(
+        layers=args.layers, top_k=args.top_k, batch_size=args.batch_size, workers=args.workers,
+        device=args.device, amp=args.amp, resume=args.resume, overwrite=args.overwrite,
+        maxima_dtype=args.maxima_dtype, patch_size=args.patch_size,
+        checkpoint_seconds=args.checkpoint_seconds, checkpoint_images=args.checkpoint_images,
+        progress=not args.no_progress)
+    config.validate()  # before the model loads: a typo costs nothing
+    model = load(args)
+    if torchrun_env() is not None:
+        path = scan_distributed(args.library, model, args.out, config)
+        if path is None:
+            return 0
+    elif args.shard:
+        rank, world = _parse_shard(args.shard)
+        work = scan_shard(args.library, model, args.out, (rank, world), config=config)
+        print(f"shard {rank}/{world} done: {work}. When every shard is done: cnnviz merge "
+              f"{Path(args.out).name}.shard-*-of-{world}.work --out {args.out}")
+        return 0
+    else:
+        path = scan(args.library, model, args.out, config=config)
+    _print_summary(path)
+    return 0
+
+
+def _print_summary(path: Path) -> None:
+    from ..run.reader import RunReader
+
+    with RunReader(path) as r:
+        n, failed = int(r.attrs["n_images"]), int(r.attrs["n_failed"])
+    print(f"wrote {path}: {n} images, {failed} unreadable"
+          + (" (see /failures in the file)" if failed else ""))
+
+
+def add_merge(sub) -> None:
+    p = sub.add_parser("merge", help="merge the shard folders of a distributed scan into one run file")
+    p.add_argument("shards", nargs="+", metavar="SHARD", help="RUN.h5.shard-R-of-W.work folders")
+    p.add_argument("--out", required=True, help="run file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--keep-shards", action="store_true", help="keep the shard folders")
+    p.set_defaults(func=run_merge)
+
+
+def run_merge(args) -> int:
+    from ..scanner import merge
+
+    path = merge(args.shards, args.out, overwrite=args.overwrite, keep_shards=args.keep_shards)
+    print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = [add_scan, add_merge]

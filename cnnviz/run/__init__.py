@@ -1,0 +1,8 @@
+"""Reading run files: the schema (:mod:`.format`), format-checked access (:mod:`.reader`) and
+pandas tables (:mod:`.tables`). Nothing here imports torch."""
+
+from .reader import RunReader, open_run
+from .tables import channel_maxima, channel_stats, read_patches, run_layers, top_patches
+
+__all__ = ["RunReader", "open_run", "top_patches", "channel_maxima", "channel_stats", "run_layers",
+           "read_patches"]

@@ -1,0 +1,56 @@
+"""The run file's schema in one place: every dataset path and attribute name, and the version.
+
+``docs/run-file-format.md`` documents what each holds; writers (:mod:`cnnviz.scanner.assemble`,
+:func:`cnnviz.optim.store_in_run`) and readers (:mod:`cnnviz.run.reader`) take their names from
+here. Pure constants and numpy: importing it loads neither torch nor h5py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FORMAT = "cnnviz-run"
+FORMAT_VERSION = 1
+
+# root datasets
+IMAGE_PATH = "images/path"
+IMAGE_LABEL = "images/label"
+IMAGE_OK = "images/ok"
+IMAGE_GEOMETRY = "images/geometry"
+FAILURE_ID = "failures/image_id"
+FAILURE_PATH = "failures/path"
+FAILURE_REASON = "failures/reason"
+CLASS_NAMES = "class_names"
+
+# root attributes (JSON strings where noted)
+ATTR_FORMAT = "format"
+ATTR_VERSION = "format_version"
+ATTR_LAYERS = "layers"  # JSON list
+ATTR_PREPROCESSING = "preprocessing"  # JSON dict
+ATTR_WEIGHTS_SPEC = "weights_spec"  # JSON dict; absent in files written before cnnviz 0.2
+
+# inside layers/<name>/
+MAXIMA = "maxima"
+POSITION = "position"
+STATS = "stats"
+TOPK_ACTIVATION = "topk/activation"
+TOPK_IMAGE_ID = "topk/image_id"
+TOPK_Y = "topk/y"
+TOPK_X = "topk/x"
+TOPK_RF_BOX = "topk/rf_box"
+TOPK_PATCH_BOX = "topk/patch_box"
+TOPK_ORIG_BOX = "topk/orig_box"
+TOPK_PATCHES = "topk/patches"
+OPTIMIZED = "optimized"
+OPTIMIZED_IMAGES = "optimized/images"
+OPTIMIZED_DONE = "optimized/done"
+
+
+def layer_group(name: str) -> str:
+    """The group of a scanned layer: ``layers/<tap name>``."""
+    return f"layers/{name}"
+
+
+def position_dtype(height: int, width: int) -> type:
+    """Smallest unsigned dtype for a flat position ``y * W + x`` in a ``height x width`` map."""
+    return np.uint16 if height * width <= np.iinfo(np.uint16).max else np.uint32

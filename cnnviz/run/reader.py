@@ -1,0 +1,152 @@
+"""Reading a run file: format checks, and the few queries every reader needs.
+
+:class:`RunReader` wraps an open ``h5py.File`` (read-only); tables, figures, the report and
+attributions read through it, so a path or attribute name is spelled only in
+:mod:`cnnviz.run.format`. It imports neither torch nor captum: reading results in the morning
+costs h5py and numpy only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..errors import RunFileError, UsageError
+from . import format as fmt
+
+__all__ = ["open_run", "RunReader"]
+
+
+def open_run(path: str | Path) -> h5py.File:
+    """Open a run file read-only, checking its format and version."""
+    path = Path(path)
+    if not path.is_file():
+        work = path.with_name(path.name + ".work")
+        extra = (f" ({work} holds an unfinished scan: rerun the scan with `resume=True`)"
+                 if work.exists() else "")
+        raise RunFileError(f"run file {path} does not exist{extra}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise RunFileError(f"{path} is not an HDF5 file ({exc})") from None
+    if f.attrs.get(fmt.ATTR_FORMAT) != fmt.FORMAT:
+        f.close()
+        raise RunFileError(f"{path} is an HDF5 file but not a cnnviz run file")
+    version = int(f.attrs.get(fmt.ATTR_VERSION, -1))
+    if version > fmt.FORMAT_VERSION:
+        f.close()
+        from .. import __version__
+
+        raise RunFileError(f"{path} has run-file format {version}; this cnnviz ({__version__}) "
+                           f"reads up to {fmt.FORMAT_VERSION}: upgrade cnnviz")
+    return f
+
+
+def _strings(ds) -> np.ndarray:
+    return np.array([v.decode() if isinstance(v, bytes) else v for v in ds[()]], dtype=object)
+
+
+def _legacy_weights_spec(origin: str) -> dict | None:
+    """The weights spec of a file written before ``weights_spec`` was recorded, from the
+    ``weights_origin`` forms cnnviz 0.1 wrote; ``None`` when it cannot be rebuilt."""
+    if origin.startswith("file:"):
+        return {"weights": origin[len("file:"):], "seed": 0}
+    if origin.startswith("torchvision:"):
+        return {"weights": origin.rsplit(".", 1)[-1], "seed": 0}
+    if origin.startswith("pypi:"):
+        return {"weights": "DEFAULT", "seed": 0}
+    seed = re.fullmatch(r"random \(seed (\d+)\)", origin)
+    return {"weights": None, "seed": int(seed.group(1))} if seed else None
+
+
+class RunReader:
+    """A run file open for reading; use as a context manager.
+
+    Example:
+        >>> with RunReader("run.h5") as run:                      # doctest: +SKIP
+        ...     run.layers, run.layer("layer3.1")[fmt.TOPK_IMAGE_ID][12]
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.file = open_run(self.path)
+        self._cache: dict[str, np.ndarray | None] = {}
+
+    def __enter__(self) -> RunReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.file.close()
+
+    @property
+    def attrs(self):
+        return self.file.attrs
+
+    @property
+    def layers(self) -> list[str]:
+        """Scanned layer names, in order."""
+        return json.loads(self.attrs[fmt.ATTR_LAYERS])
+
+    def check_layer(self, layer: str | None) -> list[str]:
+        """``[layer]`` (checked to be in the run), or every layer for ``None``."""
+        names = self.layers
+        if layer is None:
+            return names
+        if layer not in names:
+            raise UsageError(f"`layer` {layer!r} is not in {self.path.name}; its layers are: "
+                               f"{', '.join(names)}")
+        return [layer]
+
+    def layer(self, name: str) -> h5py.Group:
+        self.check_layer(name)
+        return self.file[fmt.layer_group(name)]
+
+    def strings(self, path: str) -> np.ndarray | None:
+        """A string dataset as an object array (cached), or ``None`` when absent."""
+        if path not in self._cache:
+            self._cache[path] = _strings(self.file[path]) if path in self.file else None
+        return self._cache[path]
+
+    @property
+    def paths(self) -> np.ndarray:
+        return self.strings(fmt.IMAGE_PATH)
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return self.strings(fmt.IMAGE_LABEL)
+
+    @property
+    def library_root(self) -> Path:
+        return Path(str(self.attrs["library_root"]))
+
+    def weights_spec(self) -> dict | None:
+        """How to reload the run's weights (see :func:`cnnviz.model.reload_model`)."""
+        if fmt.ATTR_WEIGHTS_SPEC in self.attrs:
+            return json.loads(self.attrs[fmt.ATTR_WEIGHTS_SPEC])
+        return _legacy_weights_spec(str(self.attrs["weights_origin"]))
+
+    def maxima_blocks(self, layer: str, channels: Sequence[int] | None = None,
+                      block_bytes: int = 64 << 20) -> Iterator[np.ndarray]:
+        """The images x channels maxima of ``layer`` in row blocks (float64), restricted to
+        ``channels``: reading whole rows in large blocks is what HDF5's row chunks do fast
+        (one column costs about as much as the whole matrix)."""
+        ds = self.layer(layer)[fmt.MAXIMA]
+        n, c = ds.shape
+        rows = max(1, block_bytes // max(1, c * ds.dtype.itemsize))
+        cols = None if channels is None else np.asarray(list(channels), dtype=np.int64)
+        for start in range(0, n, rows):
+            block = ds[start: start + rows]
+            yield (block if cols is None else block[:, cols]).astype(np.float64)
+
+    def maxima_columns(self, layer: str, channels: Sequence[int]) -> np.ndarray:
+        """``(images, len(channels))`` float64 maxima, read once in row blocks."""
+        blocks = list(self.maxima_blocks(layer, channels))
+        return np.concatenate(blocks) if blocks else np.zeros((0, len(channels)))

@@ -1,0 +1,123 @@
+"""What a scan is asked to do, checked before any image is read.
+
+:class:`ScanConfig` holds every option of :func:`cnnviz.scan`; :meth:`ScanConfig.validate`
+and :func:`check_output` refuse what would fail later (a value out of range, a layer without a
+receptive field, an existing run file, a missing device), so an overnight job never fails at
+the end for something knowable at the start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ScanError, UsageError
+
+__all__ = ["ScanConfig", "check_output"]
+
+
+def _default_workers() -> int:
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """Options of a scan.
+
+    Attributes:
+        layers: tap names (list or comma-separated); ``None``: the model's block outputs.
+        top_k: images kept per channel.
+        batch_size: images per forward pass.
+        workers: decoding processes (``None``: CPU count - 1, at most 8; 0 decodes inline).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        amp: forward pass under float16 (CUDA) / bfloat16 (CPU) autocast; maxima and top-k are
+            still computed in float32 from the activations the network produced.
+        resume: continue from the output's work folder after an interruption.
+        overwrite: replace an existing output and discard an existing work folder.
+        maxima_dtype: dtype of the stored images x channels maxima (``float32``/``float16``).
+        patch_size: largest side of a stored patch; larger receptive fields are downsampled.
+        checkpoint_seconds: checkpoint at most this often (and at the end).
+        checkpoint_images: also checkpoint after this many images (``None``: when the buffered
+            per-image maxima reach 64 MB, so memory does not depend on the library size).
+        progress: show a tqdm progress bar.
+    """
+
+    layers: tuple[str, ...] | str | None = None
+    top_k: int = 16
+    batch_size: int = 32
+    workers: int | None = None
+    device: str = "cpu"
+    amp: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    maxima_dtype: str = "float32"
+    patch_size: int = 64
+    checkpoint_seconds: float = 60.0
+    checkpoint_images: int | None = None
+    progress: bool = True
+
+    @classmethod
+    def from_options(cls, options: dict) -> ScanConfig:
+        """A config from keyword options, naming any unknown one."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise UsageError(f"unknown scan option(s) {', '.join(unknown)}; the options are: "
+                             f"{', '.join(sorted(known))}")
+        if isinstance(options.get("layers"), list):
+            options = {**options, "layers": tuple(options["layers"])}
+        return cls(**options)
+
+    @property
+    def num_workers(self) -> int:
+        return _default_workers() if self.workers is None else self.workers
+
+    def validate(self) -> None:
+        """Refuse values out of range and a device this machine does not have."""
+        at_least_one = {"top_k": self.top_k, "batch_size": self.batch_size,
+                        "patch_size": self.patch_size}
+        if self.checkpoint_images is not None:
+            at_least_one["checkpoint_images"] = self.checkpoint_images
+        for name, value in at_least_one.items():
+            if not isinstance(value, int) or value < 1:
+                raise UsageError(f"`{name}` {value!r}: must be a whole number of at least 1")
+        if self.workers is not None and self.workers < 0:
+            raise UsageError(f"`workers` {self.workers}: must be 0 (decode in the main process) or more")
+        if not self.checkpoint_seconds > 0:
+            raise UsageError(f"`checkpoint_seconds` {self.checkpoint_seconds}: must be positive")
+        if self.maxima_dtype not in ("float32", "float16"):
+            raise UsageError(f"`maxima_dtype` {self.maxima_dtype!r}: choose float32 or float16")
+        _check_device(self.device)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"`device` {device!r}: not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"`device` {device}: this machine has no CUDA GPU that torch can use "
+                             "(use `device=cpu`)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"`device` {device}: there are {torch.cuda.device_count()} GPUs "
+                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type != "cpu":
+        raise UsageError(f"`device` {device}: scans run on cpu or cuda")
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    """The run file may be written: it is not there (or may be replaced) and its folder is.
+
+    Checked by every rank of a distributed scan too, before it scans its share."""
+    if out.is_dir():
+        raise UsageError(f"`out` {out} is a directory; name the run file to write, e.g. {out / 'run.h5'}")
+    if out.exists() and not overwrite:
+        raise ScanError(f"`out` {out} exists; pass `overwrite=True` to replace it, or choose another "
+                        "file (a finished run is never overwritten silently)")
+    if not out.parent.is_dir():
+        raise UsageError(f"`out` {out}: folder {out.parent} does not exist")

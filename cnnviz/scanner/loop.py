@@ -1,0 +1,282 @@
+"""The dataset scan: stream an image library through a network and keep, per channel, what
+fires it most.
+
+For every image and tapped channel the scan keeps the spatial maximum and its position; per
+channel an exact top-k over images and summary statistics (:mod:`.state`, :mod:`.reducers`).
+It checkpoints into a work folder (:mod:`.workdir`) so that ``resume=True`` continues after a
+crash with identical results, and writes one HDF5 run file at the end (:mod:`.assemble`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..errors import ScanError, ScanInterrupted
+from ..images.decoding import LibraryDataset, batch_ranges, collate
+from ..images.library import ImageLibrary
+from ..model.taps import LayerTap, capture, require_fields, resolve_layers
+from .assemble import assemble_run, tap_record
+from .config import ScanConfig, check_output
+from .reducers import spatial_max
+from .state import ScanState
+from .workdir import WorkDir, work_path
+
+__all__ = ["scan", "scan_shard", "ScanConfig"]
+
+
+def scan(library: str | Path | ImageLibrary, model, out: str | Path, layers=None,
+         config: ScanConfig | None = None, **options) -> Path:
+    """Scan a library and write the run file ``out``.
+
+    Args:
+        library: a directory, a list file, or an :class:`~cnnviz.images.ImageLibrary`.
+        model: a :class:`~cnnviz.model.LoadedModel`.
+        out: the HDF5 run file to write (never overwritten unless ``overwrite=True``).
+        layers: tap names (list or comma-separated); default: the model's block outputs.
+        config: a :class:`ScanConfig`; keyword ``options`` (any of its fields: ``top_k``,
+            ``batch_size``, ``device``, ``resume``...) override it.
+
+    Returns:
+        The path of the run file.
+
+    Example:
+        >>> from cnnviz import load_model, scan                                 # doctest: +SKIP
+        >>> scan("photos/", load_model("resnet50"), "run.h5", top_k=16)        # doctest: +SKIP
+    """
+    work = scan_shard(library, model, out, (0, 1), layers, config, **options)
+    try:
+        return assemble_run([WorkDir(work)], Path(out))
+    except KeyboardInterrupt:
+        Path(out).with_name(Path(out).name + ".tmp").unlink(missing_ok=True)
+        raise ScanInterrupted(
+            f"interrupted while writing {out}; every image is scanned and checkpointed in {work}. "
+            "Run the same scan again with `resume=True` to write the run file.") from None
+
+
+def scan_shard(library: str | Path | ImageLibrary, model, out: str | Path, shard: tuple[int, int],
+               layers=None, config: ScanConfig | None = None, **options) -> Path:
+    """Scan one share ``(rank, world_size)`` of the library into its work folder (batch ``b``
+    goes to rank ``b % world_size``); returns the folder. :func:`scan` is the one-share case;
+    :func:`cnnviz.scanner.merge` writes the run file from all shares."""
+    out = Path(out)
+    config = _with_options(config, layers, options)          # 1. validate everything first
+    config.validate()
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise ScanError(f"`shard` {rank}/{world}: the rank must be in 0..{world - 1}")
+    check_output(out, config.overwrite)
+    lib = library if isinstance(library, ImageLibrary) else ImageLibrary.open(library)
+    taps = resolve_layers(model, config.layers)
+    require_fields(taps)
+    device = torch.device(config.device)
+    work = WorkDir(work_path(out, rank, world))              # 2. resume, or start afresh
+    state = ScanState(taps, config.top_k, device, config.maxima_dtype)
+    resumed = work.prepare(scan_meta(lib, model, taps, config, shard), config.resume, config.overwrite)
+    if resumed is not None:
+        state.load(resumed)
+    work.segments(upto=state.next_batch * config.batch_size)  # drop a segment its state never counted
+    batches = [(b, ids) for b, ids in enumerate(batch_ranges(len(lib), config.batch_size))
+               if b % world == rank]                         # 3. plan batches
+    module = _module_on(model.module, device)
+    checkpointer = _Checkpointer(work, state, config, taps)
+    reduce = _spatial_max_of
+    with capture(module, [t.name for t in taps], reduce=reduce, stop_early=True) as cap:  # 4. taps
+        _run_batches(cap, lib, model.preprocessing, batches, state, checkpointer, config, out)
+    checkpointer.save()                                      # 5. the last checkpoint
+    return work.path
+
+
+def _spatial_max_of(name: str, output: torch.Tensor):
+    return spatial_max(output.detach())
+
+
+def _with_options(config: ScanConfig | None, layers, options: dict) -> ScanConfig:
+    if layers is not None:
+        options = {**options, "layers": layers}
+    if config is None:
+        return ScanConfig.from_options(options)
+    return ScanConfig.from_options({**config.__dict__, **options})
+
+
+def scan_meta(lib: ImageLibrary, model, taps: list[LayerTap], config: ScanConfig,
+              shard: tuple[int, int]) -> dict:
+    """What the scan is: a resume must match it, and merge/assemble need nothing else (no model)."""
+    meta = {
+        "format": "cnnviz-scan-work", "cnnviz_version": _version(), "model": model.name,
+        "weights_origin": model.weights_origin, "weights_spec": model.weights_spec,
+        "class_names": model.class_names, "preprocessing": model.preprocessing.to_dict(),
+        "layers": [t.name for t in taps], "taps": [tap_record(t) for t in taps],
+        "top_k": config.top_k, "batch_size": config.batch_size,
+        "library_source": str(Path(lib.source).resolve()), "library_root": str(Path(lib.root).resolve()),
+        "library_fingerprint": lib.fingerprint(), "n_images": len(lib),
+        "maxima_dtype": config.maxima_dtype, "patch_size": config.patch_size,
+        "shard": list(shard), "amp": bool(config.amp), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return json.loads(json.dumps(meta))  # tuples -> lists, as read back from meta.json
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def _module_on(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The module to run on ``device``: the caller's own when it is already there in its
+    layout, else a copy moved there (channels_last on CUDA): a scan never moves or converts
+    the user's model behind their back."""
+    param = next(module.parameters(), None)
+    current = param.device if param is not None else torch.device("cpu")
+    if device.type != "cuda" and current == device:
+        return module
+    moved = copy.deepcopy(module).to(device)
+    return moved.to(memory_format=torch.channels_last) if device.type == "cuda" else moved
+
+
+class _Checkpointer:
+    """Saves the buffered rows and the reducers every ``checkpoint_seconds`` or
+    ``checkpoint_images`` (default: when 64 MB of per-image rows are buffered)."""
+
+    def __init__(self, work: WorkDir, state: ScanState, config: ScanConfig, taps: list[LayerTap]):
+        self.work, self.state = work, state
+        self.seconds = config.checkpoint_seconds
+        self.images = config.checkpoint_images
+        if self.images is None:
+            row_bytes = sum(t.channels for t in taps) * (np.dtype(config.maxima_dtype).itemsize + 4)
+            self.images = max(config.batch_size, (64 << 20) // row_bytes)
+        self.elapsed_before = state.elapsed_seconds
+        self.session_start = self.last = time.monotonic()
+        self.pending = 0
+
+    def add(self, images: int) -> None:
+        self.pending += images
+        if time.monotonic() - self.last >= self.seconds or self.pending >= self.images:
+            self.save()
+
+    def save(self) -> None:
+        segment = self.state.take_segment()
+        if segment is not None:
+            ids = segment["ids"]
+            self.work.save_segment(int(ids[0]), int(ids[-1]) + 1, **segment)
+        self.state.elapsed_seconds = self.elapsed_before + time.monotonic() - self.session_start
+        self.work.save_state(**self.state.to_arrays())
+        self.last = time.monotonic()
+        self.pending = 0
+
+
+def _run_batches(cap, lib: ImageLibrary, preprocessing, batches, state: ScanState,
+                 checkpointer: _Checkpointer, config: ScanConfig, out: Path) -> None:
+    """Decode, forward and reduce every batch not done yet; Ctrl-C stops after a whole batch."""
+    device = torch.device(config.device)
+    todo = [(b, ids) for b, ids in batches if b >= state.next_batch]
+    total = sum(len(ids) for _, ids in batches)
+    done = total - sum(len(ids) for _, ids in todo)
+    workers = config.num_workers
+    loader = DataLoader(
+        LibraryDataset(lib, preprocessing), batch_sampler=[ids for _, ids in todo], collate_fn=collate,
+        num_workers=workers, pin_memory=device.type == "cuda", worker_init_fn=_ignore_sigint,
+        prefetch_factor=4 if workers else None,
+    )
+    bar = _progress_bar(config.progress, total, done, out)
+    interrupt = _InterruptFlag()
+    interrupt.install()
+    try:
+        for (b, _), (ids, crops, geoms, errors) in zip(todo, loader, strict=True):
+            reduced = _forward(cap, preprocessing, crops, errors, device, config.amp)
+            state.add_batch(b, ids, geoms, errors, reduced)
+            done += len(errors)
+            bar.update(len(errors))
+            if any(errors):
+                bar.set_postfix(unreadable=len(state.failures))
+            checkpointer.add(len(errors))
+            if interrupt.requested:
+                checkpointer.save()
+                raise ScanInterrupted(
+                    f"scan interrupted after {done} of {total} images; checkpoint saved in "
+                    f"{checkpointer.work.path}. Continue with the same scan plus `resume=True`.")
+    except KeyboardInterrupt:
+        # a second Ctrl-C, or one while waiting for data: keep the last checkpoint as it is
+        raise ScanInterrupted(
+            f"scan stopped; the last checkpoint in {checkpointer.work.path} is kept. Continue with "
+            "the same scan plus `resume=True`.") from None
+    finally:
+        interrupt.restore()
+        bar.close()
+
+
+def _forward(cap, preprocessing, crops: torch.Tensor, errors: list[str], device: torch.device,
+             amp: bool) -> dict:
+    """The reduced taps of the readable images of one batch (``{}`` when none was readable)."""
+    ok = np.array([e == "" for e in errors])
+    if not ok.any():
+        return {}
+    # copy the whole (pinned) batch asynchronously, then drop unreadable images on the device:
+    # indexing first would make a pageable copy and a blocking transfer
+    batch = crops.to(device, non_blocking=True)
+    if not ok.all():
+        batch = batch[torch.from_numpy(ok).to(device)]
+    x = preprocessing.normalize(batch)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), _autocast(device, amp):
+        cap.forward(x)
+    return cap.outputs
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """Decoding workers leave Ctrl-C to the main process, which finishes the batch and
+    checkpoints (a terminal sends SIGINT to the whole process group)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class _InterruptFlag:
+    """Ctrl-C during a scan: the first one is noted and honoured after the current batch (so
+    the checkpoint never holds half a batch); a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+        self._pid = os.getpid()
+
+    def _handler(self, signum, frame) -> None:
+        if os.getpid() != self._pid:  # a forked child that inherited the handler
+            return
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ninterrupt: finishing this batch and saving a checkpoint (Ctrl-C again to stop "
+              "now)", file=sys.stderr)
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+def _progress_bar(enabled: bool, total: int, initial: int, out: Path):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="img", desc=f"scan {out.name}",
+                disable=not enabled, dynamic_ncols=True, smoothing=0.05)
+
+
+def _autocast(device: torch.device, amp: bool):
+    if not amp:
+        return torch.autocast(device.type, enabled=False)
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype)

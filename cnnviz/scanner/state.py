@@ -1,0 +1,154 @@
+"""The state of a running scan, and the one place that names its checkpoint arrays.
+
+A scan's state is its reducers (per layer: exact top-k and statistics), the failures so far and
+the next batch to scan; the per-image rows (maxima and their positions) are buffered between
+checkpoints and written as a *segment*. :meth:`ScanState.to_arrays`/:meth:`ScanState.load`
+and :meth:`ScanState.take_segment`/:func:`read_segment` are the only code that knows the keys
+inside ``state.npz`` and ``seg-*.npz``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..model.taps import LayerTap
+from ..run.format import position_dtype
+from .reducers import ChannelStats, TopK, merge_topk
+
+__all__ = ["ScanState", "LayerReducer", "read_segment", "merge_states", "MergedLayer"]
+
+
+def _key(layer_index: int, name: str) -> str:
+    return f"l{layer_index}_{name}"
+
+
+@dataclass
+class LayerReducer:
+    """One layer's reducers, and its per-image rows buffered until the next checkpoint."""
+
+    tap: LayerTap
+    topk: TopK
+    stats: ChannelStats
+    maxima: list[np.ndarray] = field(default_factory=list)
+    positions: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, reduced, ok: np.ndarray, ok_ids: torch.Tensor, maxima_dtype: str) -> None:
+        """One batch: ``reduced`` is ``spatial_max`` of the readable images (``None`` if none
+        was); unreadable images get NaN rows."""
+        n, c = len(ok), self.tap.channels
+        maxima = np.full((n, c), np.nan, dtype=np.float32)
+        pos = np.zeros((n, c), dtype=position_dtype(*self.tap.shape[1:]))
+        if reduced is not None:
+            values, index, mean = reduced
+            self.topk.update(values, index, ok_ids.to(values.device))
+            v = values.cpu().numpy()
+            self.stats.update(v, mean.cpu().numpy())
+            maxima[ok] = v
+            pos[ok] = index.cpu().numpy()
+        self.maxima.append(maxima.astype(maxima_dtype))
+        self.positions.append(pos)
+
+
+class ScanState:
+    """Reducers, failures and progress of one scan (or one shard of a distributed one)."""
+
+    def __init__(self, taps: list[LayerTap], top_k: int, device, maxima_dtype: str):
+        self.layers = [LayerReducer(t, TopK(t.channels, top_k, device), ChannelStats.zeros(t.channels))
+                       for t in taps]
+        self.maxima_dtype = maxima_dtype
+        self.next_batch = 0
+        self.elapsed_seconds = 0.0
+        self.failures: list[tuple[int, str]] = []
+        self._ids: list[np.ndarray] = []
+        self._geometry: list[np.ndarray] = []
+
+    def add_batch(self, batch_index: int, ids: torch.Tensor, geometry: torch.Tensor,
+                  errors: list[str], reduced: dict) -> None:
+        """Fold one batch in: ``reduced[layer name]`` is the readable images' ``spatial_max``."""
+        ok = np.array([e == "" for e in errors])
+        self.failures += [(i, e) for i, e in zip(ids.tolist(), errors, strict=True) if e]
+        ok_ids = ids[torch.from_numpy(ok)]
+        for layer in self.layers:
+            layer.add(reduced.get(layer.tap.name), ok, ok_ids, self.maxima_dtype)
+        self._ids.append(ids.numpy())
+        self._geometry.append(geometry.numpy())
+        self.next_batch = batch_index + 1
+
+    def take_segment(self) -> dict[str, np.ndarray] | None:
+        """The rows buffered since the last checkpoint as segment arrays (buffers emptied), or
+        ``None`` when there are none."""
+        if not self._ids:
+            return None
+        arrays = {"ids": np.concatenate(self._ids), "geometry": np.concatenate(self._geometry)}
+        for i, layer in enumerate(self.layers):
+            arrays[_key(i, "max")] = np.concatenate(layer.maxima)
+            arrays[_key(i, "pos")] = np.concatenate(layer.positions)
+            layer.maxima.clear()
+            layer.positions.clear()
+        self._ids, self._geometry = [], []
+        return arrays
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Everything but the buffered rows, as the arrays of ``state.npz``."""
+        arrays = {"next_batch": np.int64(self.next_batch),
+                  "elapsed_seconds": np.float64(self.elapsed_seconds),
+                  "failure_ids": np.array([f[0] for f in self.failures], dtype=np.int64),
+                  "failure_reasons": np.array([f[1] for f in self.failures], dtype=str)}
+        for i, layer in enumerate(self.layers):
+            for k, v in layer.topk.state().items():
+                arrays[_key(i, k)] = v
+            for k, v in layer.stats.state().items():
+                arrays[_key(i, "stat_" + k)] = v
+        return arrays
+
+    def load(self, arrays: dict[str, np.ndarray]) -> None:
+        """Continue from :meth:`to_arrays`' output (a resumed scan)."""
+        self.next_batch = int(arrays["next_batch"])
+        self.elapsed_seconds = float(arrays["elapsed_seconds"])
+        self.failures = list(zip(arrays["failure_ids"].tolist(), arrays["failure_reasons"].tolist(),
+                                 strict=True))
+        for i, layer in enumerate(self.layers):
+            layer.topk.load({k: arrays[_key(i, k)] for k in ("values", "ids", "index")})
+            layer.stats = _stats(arrays, i)
+
+
+def _stats(arrays, i: int) -> ChannelStats:
+    return ChannelStats.from_state({k: arrays[_key(i, "stat_" + k)]
+                                    for k in ChannelStats.__dataclass_fields__})
+
+
+def read_segment(arrays, n_layers: int):
+    """``(ids, geometry, [(maxima, positions) per layer])`` of a segment file's arrays."""
+    return (arrays["ids"], arrays["geometry"],
+            [(arrays[_key(i, "max")], arrays[_key(i, "pos")]) for i in range(n_layers)])
+
+
+@dataclass
+class MergedLayer:
+    values: np.ndarray
+    ids: np.ndarray
+    index: np.ndarray
+    stats: ChannelStats
+
+
+def merge_states(states: list[dict[str, np.ndarray]], n_layers: int, top_k: int):
+    """Top-k, statistics and failures of several shards' states merged (order-independent).
+
+    Returns ``(layers, failure_ids, failure_reasons, scan_seconds)``: one :class:`MergedLayer`
+    per layer, failures sorted by image id, and the slowest shard's scanning time."""
+    layers = []
+    for i in range(n_layers):
+        cat = {k: np.concatenate([s[_key(i, k)] for s in states], axis=1) for k in ("values", "ids", "index")}
+        v, d, x = merge_topk(cat["values"], cat["ids"], top_k, cat["index"])
+        stats = _stats(states[0], i)
+        for s in states[1:]:
+            stats = stats.merged(_stats(s, i))
+        layers.append(MergedLayer(v, d, x, stats))
+    fids = np.concatenate([s["failure_ids"] for s in states]).astype(np.int64)
+    freasons = np.concatenate([s["failure_reasons"].astype(str) for s in states])
+    order = np.argsort(fids, kind="stable")
+    scan_seconds = max(float(s["elapsed_seconds"]) for s in states)
+    return layers, fids[order], freasons[order], scan_seconds

@@ -1,0 +1,156 @@
+"""Writing the report: images and pages from what :mod:`.collect` read.
+
+Layout of the output folder::
+
+    index.html            layers, each with a thumbnail (best patch) per channel
+    style.css
+    <layer>/index.html    one layer: every reported channel with its best patch
+    <layer>/c<N>.html     one channel: patches, statistics, distribution, attributions,
+                          optimized image, links to the neighbouring channels
+    <layer>/c<N>.png      the channel's top-k patches side by side (one image, used as sprite)
+    <layer>/c<N>-attr.png its attributions, when computed
+
+Pages come from the Jinja2 templates beside this file, with autoescaping on: a file or label
+name cannot inject markup. No script, font or stylesheet is loaded from the network; the pages
+need no server.
+"""
+
+from __future__ import annotations
+
+import math
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ...run.reader import RunReader
+from .collect import ChannelInfo, LayerInfo, RunInfo, channels_of, layer_info, run_info
+
+__all__ = ["write_report"]
+
+
+def _environment():
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.PackageLoader("cnnviz.viz.report", "templates"),
+                              autoescape=True, trim_blocks=True, lstrip_blocks=True,
+                              undefined=jinja2.StrictUndefined)
+
+
+def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=None,
+                 attributions: dict | None = None, model=None, scale: int = 2,
+                 progress: bool = True) -> Path:
+    """Write the HTML report of a run.
+
+    Args:
+        run: the run file.
+        out_dir: folder to write (created; existing files in it are replaced).
+        layers: layer names to include (default: all).
+        channels: channels per layer: ``None`` (all), an int ``n`` (the first n), or a list.
+        attributions: ``{layer: [channels]}`` for which to compute neuron attributions (needs
+            ``model``).
+        model: the :class:`~cnnviz.model.LoadedModel` of the run, for attributions.
+        scale: pixel magnification of the patch images (small patches are magnified more, to at
+            least 48 pixels).
+
+    Returns:
+        The path of ``index.html``.
+    """
+    from tqdm.auto import tqdm
+
+    from ...errors import UsageError
+
+    attributions = attributions or {}
+    if attributions and model is None:
+        raise UsageError("attributions need the run's model (pass `model`)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "style.css").write_text(resources.files(__package__).joinpath("style.css").read_text("utf-8"),
+                                   encoding="utf-8")
+    env = _environment()
+    with RunReader(run) as reader:
+        info = run_info(reader, layers)
+        shown = [layer_info(reader, name, channels, scale) for name in info.layers]
+        for layer in shown:
+            folder = out / layer.folder
+            folder.mkdir(exist_ok=True)
+            wanted = set(attributions.get(layer.name, []))
+            bar = tqdm(total=len(layer.shown), desc=f"report {layer.name}", disable=not progress,
+                       leave=False)
+            for pos, ch in enumerate(channels_of(reader, layer)):
+                attribution = ch.channel in wanted and _write_attribution(model, reader.path, ch,
+                                                                          layer, folder)
+                _write_channel(env, info, layer, ch, pos, folder, attribution)
+                bar.update()
+            bar.close()
+            _render(env, "layer.html", folder / "index.html", root="../", layer=layer)
+    index = out / "index.html"
+    _render(env, "index.html", index, root="", run=info, layers=shown)
+    return index
+
+
+def _render(env, template: str, path: Path, **context) -> None:
+    path.write_text(env.get_template(template).render(**context), encoding="utf-8")
+
+
+def _write_channel(env, info: RunInfo, layer: LayerInfo, ch: ChannelInfo, pos: int, folder: Path,
+                   attribution: bool) -> None:
+    c = ch.channel
+    _strip(ch.patches, layer.scale).save(folder / f"c{c}.png")
+    if ch.optimized is not None:
+        Image.fromarray(ch.optimized).save(folder / f"c{c}-optimized.png")
+    prev_c = layer.shown[pos - 1] if pos else None
+    next_c = layer.shown[pos + 1] if pos + 1 < len(layer.shown) else None
+    stats = [(key, _fmt(ch.stats[key])) for key in ch.stats.index if key != "layer"]
+    from markupsafe import Markup
+
+    _render(env, "channel.html", folder / f"c{c}.html", root="../", run=info, layer=layer, ch=ch,
+            prev=prev_c, next=next_c, stats=stats, attribution=attribution,
+            histogram=Markup(_histogram_svg(ch.maxima, ch.activations)))
+
+
+def _write_attribution(model, run: Path, ch: ChannelInfo, layer: LayerInfo, folder: Path) -> bool:
+    from ..attribution import attribution_image, neuron_attributions
+
+    attr = attribution_image(neuron_attributions(model, run, ch.layer, ch.channel))[: ch.k]
+    _strip((attr * 255).round().astype(np.uint8), layer.scale).save(folder / f"c{ch.channel}-attr.png")
+    return True
+
+
+def _strip(patches: np.ndarray, scale: int) -> Image.Image:
+    k, h, w = patches.shape[:3]
+    strip = np.concatenate(list(patches), axis=1) if k else np.zeros((h, w, 3), np.uint8)
+    img = Image.fromarray(strip)
+    return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
+
+
+def _histogram_svg(values: np.ndarray, top: np.ndarray, width: int = 420, height: int = 140) -> str:
+    """An SVG histogram of ``values`` with ``top`` marked in red (numbers only: safe markup)."""
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return "<p>no readable images</p>"
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        hi = lo + 1.0
+    counts, _ = np.histogram(values, bins=40, range=(lo, hi))
+    peak = max(1, counts.max())
+    bar_w = (width - 20) / len(counts)
+    bars = "".join(
+        f'<rect x="{10 + i * bar_w:.1f}" y="{height - 20 - c / peak * (height - 30):.1f}" '
+        f'width="{bar_w - 1:.1f}" height="{c / peak * (height - 30):.1f}" fill="#7aa6c2"/>'
+        for i, c in enumerate(counts))
+    marks = "".join(
+        f'<line x1="{10 + (v - lo) / (hi - lo) * (width - 20):.1f}" y1="5" '
+        f'x2="{10 + (v - lo) / (hi - lo) * (width - 20):.1f}" y2="{height - 20}" stroke="#c0392b" '
+        f'stroke-width="1"/>' for v in top[~np.isnan(top)])
+    labels = (f'<text x="10" y="{height - 5}" font-size="10">{lo:.3g}</text>'
+              f'<text x="{width - 10}" y="{height - 5}" font-size="10" text-anchor="end">{hi:.3g}</text>')
+    return (f'<svg width="{width}" height="{height}" role="img" aria-label="distribution of maxima">'
+            f"{bars}{marks}{labels}</svg>")
+
+
+def _fmt(v) -> str:
+    if isinstance(v, (float, np.floating)):
+        return "–" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
