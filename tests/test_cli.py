@@ -66,3 +66,50 @@ def test_class_vis_and_channel_vis_commands(photo_dir, tmp_path, capsys):
         "features.3-c4.png", "features.3-c5.png", "features.3-c6.png"]
     with h5py.File(run, "r") as f:
         assert f["layers/features.3/optimized/done"][()].nonzero()[0].tolist() == [4, 5, 6]
+
+
+def test_library_errors_are_spelled_as_flags_and_bugs_keep_their_traceback(
+        photo_dir, tmp_path, capsys, monkeypatch):
+    """A CnnvizError is one line naming the flag (the library names its parameter, the CLI
+    spells it); anything else is a bug: traceback plus one sentence, exit 1."""
+    out = tmp_path / "r.h5"
+    out.write_bytes(b"")
+    assert main(["scan", str(photo_dir), "--model", "resnet18", "--weights", "none",
+                 "--out", str(out), "--top-k", "2", "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--out {out} exists; pass --overwrite" in err
+    assert "overwrite=True" not in err and "Traceback" not in err
+    assert main(["scan", str(photo_dir), "--model", "resnet18", "--weights", "none",
+                 "--out", str(tmp_path / "s.h5"), "--top-k", "0"]) == 2
+    assert "error: --top-k 0: must be" in capsys.readouterr().err
+
+    import cnnviz.model.loading as loading
+
+    def broken(*args, **kwargs):
+        raise KeyError("an internal slip")
+
+    monkeypatch.setattr(loading, "available_models", broken)
+    assert main(["models"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyError: 'an internal slip'" in err and "this is a bug in cnnviz" in err
+
+
+def test_reading_results_and_help_do_not_import_torch(photo_dir, tmp_path):
+    """`cnnviz --help` and `cnnviz top` (reading results in the morning) load neither torch nor
+    captum: what made them take 9 s. (Their times are printed by scripts/bench_startup.py.)"""
+    import json
+    import subprocess
+    import sys
+
+    from cnnviz import load_model, scan
+
+    run = scan(photo_dir, load_model("resnet18", None), tmp_path / "r.h5", layers="layer2.0",
+               top_k=2, workers=0, progress=False)
+    code = ("import sys, json\nfrom cnnviz.cli import main\ntry:\n    main(sys.argv[1:])\n"
+            "except SystemExit:\n    pass\n"
+            "print(json.dumps(sorted(m for m in ('torch', 'captum') if m in sys.modules)))")
+    for argv in (["--help"], ["top", str(run), "--max-rows", "3"]):
+        res = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                             check=True)
+        assert json.loads(res.stdout.strip().splitlines()[-1]) == [], argv
+    assert "layer2.0" in res.stdout

@@ -13,7 +13,7 @@ from PIL import Image
 import cnnviz
 from cnnviz import load_model
 from cnnviz.errors import UsageError, WeightsUnavailableError
-from cnnviz.model.taps import capture, list_layers, resolve_layer
+from cnnviz.model.taps import capture, resolve_layer
 
 from .conftest import SQUEEZENET_WEIGHTS, needs_shared
 
@@ -148,14 +148,37 @@ def test_layer_names_and_errors():
                      for j in range(n)]
 
 
-def test_every_default_layer_of_several_architectures_has_a_field():
-    for name in ["vgg16", "densenet121", "googlenet", "efficientnet_b0", "mobilenet_v2"]:
-        model = load_model(name, None)
-        layers = list_layers(model)
-        default = cnnviz.model.default_layers(model)
-        assert len(default) >= 4, name
-        for tap in default:
-            assert tap.rf is not None and tap.tappable and tap in layers.values()
+# The blocks of each architecture as its paper defines them (block counts, not our code):
+# VGG16's 13 conv+ReLU layers; DenseNet-121's 4 dense blocks and 3 transitions; GoogLeNet's
+# 3 stem convolutions and 9 inception modules; EfficientNet-B0's stem, 16 MBConv blocks
+# (1, 2, 2, 3, 3, 4, 1 per stage) and head; MobileNetV2's stem, 17 bottlenecks and head;
+# SqueezeNet 1.1's 8 fire modules.
+EXPECTED_BLOCKS = {
+    "vgg16": [f"features.{i}" for i in (1, 3, 6, 8, 11, 13, 15, 18, 20, 22, 25, 27, 29)],
+    "densenet121": [f"features.{kind}{i}" for i in range(1, 5) for kind in ("denseblock", "transition")
+                    if not (kind == "transition" and i == 4)],
+    "googlenet": ["conv1", "conv2", "conv3"] + [f"inception{s}" for s in
+                                                ("3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b")],
+    "efficientnet_b0": ["features.0"] + [f"features.{stage}.{j}" for stage, n in
+                                         enumerate((1, 2, 2, 3, 3, 4, 1), start=1) for j in range(n)]
+                       + ["features.8"],
+    "mobilenet_v2": [f"features.{i}" for i in range(19)],
+    "squeezenet1_1": [f"features.{i}" for i in (3, 4, 6, 7, 9, 10, 11, 12)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_BLOCKS))
+def test_default_layers_are_the_architectures_blocks_and_all_scannable(name):
+    from cnnviz.model.taps import require_fields
+
+    model = load_model(name, None)
+    default = cnnviz.model.default_layers(model)
+    assert [t.name for t in default] == EXPECTED_BLOCKS[name]
+    require_fields(default)  # a scan of the defaults is accepted
+    # and the channel counts are those of the modules' real outputs
+    with capture(model.module, [t.name for t in default]) as cap, torch.no_grad():
+        cap.forward(model.preprocessing.normalize(torch.zeros(1, *model.input_size, 3, dtype=torch.uint8)))
+    assert [tuple(cap.outputs[t.name].shape[1:]) for t in default] == [t.shape for t in default]
 
 
 def test_feature_map_grid_uses_captum_and_keeps_order():

@@ -129,3 +129,22 @@ def test_redirected_relu_reaches_a_channel_that_starts_silent():
     assert plain.history.max() == 0
     assert redirected.history[-1, 0] > 0.05 and redirected.history[-1, 0] > redirected.history[20, 0]
     assert type(model.module[1]).forward is nn.ReLU.forward and "forward" not in vars(model.module[1])
+
+
+def test_render_leaves_the_callers_modules_alone_and_needs_no_grad_mode():
+    """During and after a render with the redirected ReLU, the caller's modules keep their own
+    ``forward`` and no hook; it works under ``torch.no_grad()`` and leaves that mode as it was."""
+    model = colour_net()
+    seen = []
+
+    def probe(acts, logits, image):
+        seen.append([("forward" in vars(m), len(m._forward_hooks)) for m in model.module.modules()])
+        return acts["1"][:, 0].mean(dim=(1, 2))
+
+    obj = objectives.Objective(probe, layers=("1",), name="probe")
+    with torch.no_grad():
+        res = render(model, obj, steps=3, lr=0.2, progress=False)
+        assert not torch.is_grad_enabled()
+    assert len(seen) == 3 and all(not patched and hooks == 0 for step in seen for patched, hooks in step)
+    assert res.history.shape == (3, 1) and np.isfinite(res.history).all()
+    assert all(not p.requires_grad for p in model.module.parameters())

@@ -12,6 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import cnnviz
@@ -64,6 +65,40 @@ def test_attribution_lies_inside_the_receptive_field(run, model):
         assert crops.shape == f["layers/layer3.0/topk/patches"].shape[1:]
     with pytest.raises(ValueError, match="`method`"):
         neuron_attributions(model, run, "layer3.0", 7, method="lrp")
+
+
+def test_attributions_follow_edited_weights(run):
+    """Attributions are computed from the model as it is now, not from a copy cached before the
+    caller changed its weights."""
+    model = load_model("resnet18", None, seed=2)
+    before = neuron_attributions(model, run, "layer3.0", 7)
+    with torch.no_grad():
+        model.module.layer3[0].conv1.weight.mul_(-1)
+    after = neuron_attributions(model, run, "layer3.0", 7)
+    fresh = load_model("resnet18", None, seed=2)
+    with torch.no_grad():
+        fresh.module.layer3[0].conv1.weight.mul_(-1)
+    np.testing.assert_array_equal(after, neuron_attributions(fresh, run, "layer3.0", 7))
+    assert not np.array_equal(before, after)
+
+
+def test_report_reads_each_layers_maxima_in_row_blocks(run, tmp_path, monkeypatch):
+    """The report reads a layer's images x channels maxima as whole rows (a few large reads),
+    never one column per channel."""
+    reads = []
+    original = h5py.Dataset.__getitem__
+
+    def spy(self, key):
+        if self.name.endswith("/maxima"):
+            reads.append((self.name, key))
+        return original(self, key)
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", spy)
+    write_report(run, tmp_path / "site", channels=16, progress=False)
+    assert reads, "the report shows distributions of the maxima"
+    for name, key in reads:
+        assert isinstance(key, slice) and key.step is None, (name, key)
+    assert len(reads) <= 2 * len(LAYERS.split(","))  # row blocks: here one per layer (+ selectivity)
 
 
 def _chromium() -> str | None:

@@ -289,11 +289,15 @@ def test_sigkill_then_resume_gives_the_uninterrupted_file(photo_dir, tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_checkpoints_and_resumes(photo_dir, tmp_path):
+    """Ctrl-C as a terminal sends it: SIGINT to the whole process group, decoding workers
+    included, without a progress bar. One message, and the count it reports is the count the
+    checkpoint holds."""
     lib = _big_library(photo_dir, tmp_path)
     common = ["--model", "resnet18", "--weights", "none", "--layers", "layer2.0", "--top-k", "3",
-              "--batch-size", "2", "--workers", "0", "--no-progress"]
+              "--batch-size", "2", "--workers", "2", "--no-progress"]
     out = tmp_path / "run.h5"
-    proc = _cli("scan", str(lib), *common, "--out", str(out), "--checkpoint-images", "4")
+    proc = _cli("scan", str(lib), *common, "--out", str(out), "--checkpoint-images", "4",
+                start_new_session=True)
     work = tmp_path / "run.h5.work"
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -302,17 +306,71 @@ def test_ctrl_c_checkpoints_and_resumes(photo_dir, tmp_path):
                 if int(z["next_batch"]) >= 4:
                     break
         time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
     text = proc.stdout.read()
     assert proc.wait() == 130, text
     assert "--resume" in text and "Traceback" not in text
+    assert text.count("interrupt: finishing this batch") == 1, text
     with np.load(work / "state.npz") as z:
-        assert 4 <= int(z["next_batch"]) < 30  # checkpointed at the interrupt, not at the end
+        next_batch = int(z["next_batch"])
+    n_images = len(ImageLibrary.open(lib))
+    assert 4 <= next_batch < n_images // 2  # checkpointed at the interrupt, not at the end
+    assert f"after {next_batch * 2} of {n_images} images" in text, text
     resumed = _cli("scan", str(lib), *common, "--out", str(out), "--resume", "--checkpoint-images", "4")
     assert resumed.wait(timeout=600) == 0, resumed.stdout.read()
     ref = scan(lib, load_model("resnet18", None), tmp_path / "ref.h5", layers="layer2.0", top_k=3,
                batch_size=2, workers=0, progress=False)
     assert_same_file(ref, out)
+
+
+def test_a_layer_without_receptive_field_is_refused_before_any_work(photo_dir, tmp_path):
+    """resnet18's avgpool (512x1x1) has no spatial map to cut patches from: refused at the start,
+    leaving nothing behind, instead of failing when the run file is written."""
+    out = tmp_path / "run.h5"
+    model = load_model("resnet18", None)
+    with pytest.raises(UsageError, match=r"avgpool \(AdaptiveAvgPool2d, 1x1\) has no receptive field"):
+        scan(photo_dir, model, out, layers="layer1.0,avgpool", top_k=2, workers=0, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("shard", [(0, 1), (1, 2)])
+def test_an_existing_run_file_is_refused_before_any_shard_scans(photo_dir, tiny_model, tmp_path, shard):
+    """A sharded (or torchrun) scan checks the output like a plain one, before scanning."""
+    from cnnviz.scanner import scan_shard
+
+    out = tmp_path / "run.h5"
+    out.write_bytes(b"a finished run")
+    with pytest.raises(ScanError, match="overwrite=True"):
+        scan_shard(photo_dir, tiny_model, out, shard, top_k=2, workers=0, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.h5"]
+    assert out.read_bytes() == b"a finished run"
+
+
+def test_bad_options_are_refused_before_any_work(photo_dir, tiny_model, tmp_path):
+    out = tmp_path / "run.h5"
+    for options, match in [({"top_k": 0}, "`top_k` 0"), ({"patch_size": -5}, "`patch_size` -5"),
+                           ({"workers": -3}, "`workers` -3"), ({"device": "cuda:7"}, "`device`"),
+                           ({"maxima_dtype": "int8"}, "`maxima_dtype`"),
+                           ({"topk": 3}, "unknown scan option")]:
+        with pytest.raises(UsageError, match=match):
+            scan(photo_dir, tiny_model, out, progress=False, **options)
+    (tmp_path / "dir.h5").mkdir()
+    with pytest.raises(UsageError, match="is a directory"):
+        scan(photo_dir, tiny_model, tmp_path / "dir.h5", progress=False, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.h5"]
+
+
+def test_the_callers_model_is_left_as_it_was(photo_dir, tmp_path):
+    """The scan runs the caller's module where it already is, and changes none of it."""
+    model = load_model("resnet18", None)
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    hooks_before = sum(len(m._forward_hooks) for m in model.module.modules())
+    scan(photo_dir, model, tmp_path / "r.h5", layers="layer2.0", top_k=2, workers=0, progress=False)
+    after = model.module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.is_contiguous() for p in model.module.parameters())
+    assert sum(len(m._forward_hooks) for m in model.module.modules()) == hooks_before == 0
+    assert not model.module.training and torch.is_grad_enabled()
 
 
 def test_downsampled_patches_are_block_means_of_the_grown_box(photo_dir, resnet18, tmp_path):
