@@ -112,8 +112,7 @@ def resolve_layer(model, name: str) -> LayerTap:
         why = ("has no 4-D feature-map output" if key in known
                else "is not a module of this model")
         hint = f" Closest valid names: {', '.join(close)}." if close else ""
-        raise UsageError(f"layer {name!r} {why}.{hint} cnnviz.list_layers(model) lists them all "
-                         "(on the command line: cnnviz layers --all).")
+        raise UsageError(f"layer {name!r} {why}.{hint} cnnviz.list_layers(model) lists them all.")
     tap = layers[key]
     if not tap.tappable:
         raise UsageError(
