@@ -31,7 +31,7 @@ def decoded_library(model, library_list: Path) -> torch.Tensor:
     """Every image of the (small) benchmark library, decoded to uint8 crops in memory: the bare
     forward pass runs on the very images the scan sees, since the speed of a random-weight
     network depends on its input (about 30 % slower on random noise than on photos here)."""
-    from cnnviz.images.decoding import LibraryDataset, collate
+    from cnnviz.images.dataset import LibraryDataset, collate
     from cnnviz.images.library import ImageLibrary
 
     ds = LibraryDataset(ImageLibrary.open(library_list), model.preprocessing)
@@ -66,7 +66,7 @@ def decode_throughput(library_list: Path, model, batch_size: int, workers: int |
     """Images/s of decoding alone (the scan's DataLoader, no network)."""
     from torch.utils.data import DataLoader
 
-    from cnnviz.images.decoding import LibraryDataset, batch_ranges, collate
+    from cnnviz.images.dataset import LibraryDataset, batch_ranges, collate
     from cnnviz.images.library import ImageLibrary
     from cnnviz.scanner.config import _default_workers
 

@@ -438,11 +438,11 @@ def test_amp_maxima_are_exact_for_the_activations_computed(photo_dir, tmp_path):
         stored = f["layers/layer2.1/maxima"][()]
         where = f["layers/layer2.1/position"][()]
         assert f.attrs["amp"]
-    from cnnviz.images.decoding import LibraryDataset, batch_ranges, collate
+    from cnnviz.images.dataset import LibraryDataset, batch_ranges, collate
 
     ds = LibraryDataset(lib, model.preprocessing)
     for ids in batch_ranges(len(lib), 4):
-        _, crops, _, errors = collate([ds[i] for i in ids])
+        _, crops, _, _, errors = collate([ds[i] for i in ids])
         ok = [i for i, e in zip(ids, errors, strict=True) if not e]
         x = model.preprocessing.normalize(crops[[j for j, e in enumerate(errors) if not e]])
         with capture(model.module, ["layer2.1"]) as rec, torch.no_grad(), \

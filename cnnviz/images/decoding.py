@@ -1,27 +1,121 @@
-"""Decoding library images into the network's uint8 crops, in DataLoader workers.
+"""Decoding image files into RGB pictures, as a photo viewer shows them.
 
-A bad file never raises here: it becomes an error string that the scan records in
-``/failures``.
+The rules (also in the README, "What happens when things go wrong"):
+
+* EXIF orientation is applied: a phone photo tagged "rotate 90" is seen upright, and its
+  original size is that of the upright photo.
+* 16-bit images are scaled from their 0..65535 range, 32-bit integer images from the range
+  their values use (0..255 or 0..65535); float images from 0..1 when their values lie there,
+  else from their own minimum..maximum. Grayscale becomes three equal channels; alpha is
+  dropped; palette images are expanded.
+* An image of more than :data:`MAX_PIXELS` pixels is refused before it is decoded (a small file
+  can declare gigapixels). A JPEG of more than :data:`DRAFT_PIXELS` is decoded at a reduced
+  scale (libjpeg's DCT scaling, ``Image.draft``), still at least twice the size the network's
+  resize needs, so memory per image stays bounded whatever its size; smaller photos (phone
+  photos included) are decoded exactly, as torchvision's own transforms would see them.
+* Every decoding also reports the file's identity (size, modification time, a 64-bit BLAKE2b
+  digest of its bytes), so a scan can tell that a file changed after it was scanned.
+
+Nothing here imports torch: the assembler and the readers decode too.
 """
 
 from __future__ import annotations
 
-import torch
-from PIL import Image
-from torch.utils.data import Dataset
+import hashlib
+import io
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
 
 from ..errors import UsageError
-from ..model.preprocessing import Preprocessing
-from .library import ImageLibrary
 
-__all__ = ["load_rgb", "read_image", "LibraryDataset", "collate", "batch_ranges"]
+__all__ = ["MAX_PIXELS", "DRAFT_PIXELS", "Decoded", "decode_file", "load_rgb", "read_image", "file_digest"]
+
+#: Pillow's own "decompression bomb" error threshold: larger images are refused unread.
+MAX_PIXELS = 178_956_970
+#: JPEGs larger than this (in pixels) are decoded at a reduced scale.
+DRAFT_PIXELS = 16_000_000
+_ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """An RGB picture, the size of the (upright) original in pixels, and the file's identity
+    ``(size, mtime_ns, digest)``."""
+
+    image: Image.Image
+    original_size: tuple[int, int]  # (width, height)
+    identity: tuple[int, int, int]
+
+
+def file_digest(data: bytes) -> int:
+    """A signed 64-bit BLAKE2b digest of a file's bytes (fits an int64 dataset)."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
+
+
+def decode_file(path: str | os.PathLike, min_side: int | None = None) -> Decoded:
+    """Decode ``path`` by the rules above; ``min_side`` is the shorter side the picture will be
+    resized to (JPEGs more than twice as large are decoded at a reduced scale).
+
+    Raises:
+        OSError, ValueError, Image.DecompressionBombError: unreadable or too large (the scan
+            records the reason; :func:`read_image` turns it into a UsageError).
+    """
+    path = Path(path)
+    stat = path.stat()
+    data = path.read_bytes()
+    identity = (stat.st_size, stat.st_mtime_ns, file_digest(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                raise Image.DecompressionBombError(
+                    f"{w}x{h} = {w * h:,} pixels, over the limit of {MAX_PIXELS:,} "
+                    "(cnnviz.images.decoding.MAX_PIXELS)")
+            orientation = im.getexif().get(0x0112, 1)
+            _draft(im, min_side)
+            im.load()
+            image = _to_rgb(ImageOps.exif_transpose(im))
+    original = (h, w) if orientation in _ROTATED else (w, h)
+    return Decoded(image, original, identity)
+
+
+def _draft(im: Image.Image, min_side: int | None) -> None:
+    w, h = im.size
+    if not min_side or im.format != "JPEG" or w * h <= DRAFT_PIXELS:
+        return
+    scale = min(w, h) / (2 * min_side)
+    if scale >= 2:
+        im.draft("RGB", (math.ceil(w / scale), math.ceil(h / scale)))
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode.startswith("I") or im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        if im.mode == "F":
+            finite = a[np.isfinite(a)]
+            lo, hi = (0.0, 1.0) if finite.size == 0 or (finite.min() >= 0 and finite.max() <= 1) \
+                else (float(finite.min()), float(finite.max()))
+        else:
+            top = float(a.max()) if a.size else 0.0
+            hi = 65535.0 if im.mode.startswith("I;16") or top > 255 else 255.0
+            lo, hi = 0.0, max(hi, top)
+        scaled = np.nan_to_num((a - lo) / max(hi - lo, 1e-12), nan=0.0)
+        gray = np.clip(np.round(scaled * 255), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    return im.convert("RGB")
 
 
 def load_rgb(path) -> Image.Image:
-    """Open and fully decode an image file as RGB (raises on unreadable files)."""
-    with Image.open(path) as im:
-        im.load()
-        return im.convert("RGB")
+    """Open and fully decode an image file as RGB by the rules above (raises on unreadable
+    files)."""
+    return decode_file(path).image
 
 
 def read_image(path, what: str = "image") -> Image.Image:
@@ -32,47 +126,3 @@ def read_image(path, what: str = "image") -> Image.Image:
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise UsageError(f"`{what}` {path}: cannot read it as an image "
                          f"({type(exc).__name__}: {exc})") from None
-
-
-class LibraryDataset(Dataset):
-    """Decodes library images to the network's uint8 crop; never raises on a bad file.
-
-    Each item is ``(image_id, crop, geometry, error)``: ``crop`` is a uint8 ``(H, W, 3)`` tensor
-    (zeros when unreadable), ``geometry`` a 6-int tensor (see
-    :class:`~cnnviz.preprocessing.Geometry`), ``error`` an empty string or the reason.
-    """
-
-    def __init__(self, library: ImageLibrary, preprocessing: Preprocessing):
-        self.library = library
-        self.preprocessing = preprocessing
-
-    def __len__(self) -> int:
-        return len(self.library)
-
-    def __getitem__(self, image_id: int):
-        h, w = self.preprocessing.crop
-        try:
-            crop, geom = self.preprocessing.crop_uint8(load_rgb(self.library.path(image_id)))
-            g = torch.tensor([geom.orig_height, geom.orig_width, geom.resized_height,
-                              geom.resized_width, geom.crop_top, geom.crop_left], dtype=torch.int64)
-            return image_id, torch.from_numpy(crop), g, ""
-        except Exception as exc:  # noqa: BLE001 - any decoding failure is recorded, not raised
-            reason = f"{type(exc).__name__}: {exc}".strip()
-            blank = torch.zeros((h, w, 3), dtype=torch.uint8)
-            return image_id, blank, torch.zeros(6, dtype=torch.int64), reason
-
-
-def collate(items):
-    """Batch of dataset items -> ids, crops, geometry (all images) and error strings."""
-    ids = torch.tensor([it[0] for it in items], dtype=torch.int64)
-    crops = torch.stack([it[1] for it in items])
-    geoms = torch.stack([it[2] for it in items])
-    errors = [it[3] for it in items]
-    return ids, crops, geoms, errors
-
-
-def batch_ranges(n: int, batch_size: int) -> list[list[int]]:
-    """Fixed batches ``[i*B, (i+1)*B)``: the same batches whether a scan resumed or not."""
-    return [list(range(s, min(s + batch_size, n)))
-            for s in range(0, n, batch_size)]
-

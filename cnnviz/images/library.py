@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from ..errors import UsageError
 __all__ = ["ImageLibrary", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
-                    ".pgm")
+                    ".pgm", ".avif", ".heic", ".heif")
 
 
 @dataclass
@@ -74,15 +75,20 @@ class ImageLibrary:
 
     @classmethod
     def _from_directory(cls, root: Path) -> ImageLibrary:
-        rel = sorted(
-            p.relative_to(root).as_posix()
-            for p in root.rglob("*")
-            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-        )
+        rel = sorted(_image_files(root))
         labels = None
         if rel and all("/" in r for r in rel):
             labels = [r.split("/", 1)[0] for r in rel]
         return cls(str(root), str(root), rel, labels)
+
+    def to_dict(self) -> dict:
+        """The listing as JSON-ready data: a scan freezes its library in its work folder, so
+        files added, removed or renamed while it runs change nothing about which image is which."""
+        return {"source": self.source, "root": self.root, "relpaths": self.relpaths, "labels": self.labels}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ImageLibrary:
+        return cls(d["source"], d["root"], list(d["relpaths"]), d["labels"])
 
     @classmethod
     def _from_list(cls, list_file: Path) -> ImageLibrary:
@@ -96,3 +102,21 @@ class ImageLibrary:
         rel = [e[0] for e in entries]
         labels = [e[1] for e in entries] if any(e[1] for e in entries) else None
         return cls(str(list_file), str(list_file.parent), rel, labels)
+
+
+def _image_files(root: Path):
+    """Relative paths of every file with an image extension under ``root``: symlinked folders
+    are followed (each real folder once, so a link loop ends), and links to files are listed
+    even when broken (the scan then records why they could not be read)."""
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        base = Path(folder)
+        for name in files:
+            if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                yield (base / name).relative_to(root).as_posix()

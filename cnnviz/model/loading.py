@@ -23,7 +23,7 @@ from ..errors import MissingDependencyError, UsageError, WeightsUnavailableError
 from .preprocessing import Preprocessing
 
 __all__ = ["LoadedModel", "load_model", "from_module", "available_models", "WeightsUnavailableError",
-           "imagenet_class_names", "reload_model"]
+           "imagenet_class_names", "reload_model", "weights_digest"]
 
 
 @dataclass
@@ -346,3 +346,16 @@ def reload_model(name: str, weights_spec: dict | None, weights_origin: str = "",
         raise UsageError(f"cnnviz cannot reload the model {name} ({origin}); pass it in Python "
                          "(`model=...`) or give `model` and `weights`")
     return load_model(name, weights_spec["weights"], seed=int(weights_spec.get("seed", 0)), device=device)
+
+
+def weights_digest(module: nn.Module) -> str:
+    """A digest of every parameter and buffer (names, shapes, dtypes, values): a resumed scan
+    checks it, so a weights file rewritten in place between two sessions cannot mix models."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

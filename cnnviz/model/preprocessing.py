@@ -83,10 +83,14 @@ class Preprocessing:
         return (f"{resize}CenterCrop({self.crop[0]}x{self.crop[1]}), ToTensor(), "
                 f"Normalize(mean={list(self.mean)}, std={list(self.std)})")
 
-    def crop_uint8(self, image: Image.Image) -> tuple[np.ndarray, Geometry]:
-        """The image as the network sees it, before normalization: uint8 ``(H, W, 3)``."""
+    def crop_uint8(self, image: Image.Image,
+                   original_size: tuple[int, int] | None = None) -> tuple[np.ndarray, Geometry]:
+        """The image as the network sees it, before normalization: uint8 ``(H, W, 3)``.
+
+        ``original_size`` ``(width, height)``: the photo's size when ``image`` was decoded at a
+        reduced scale (the geometry maps boxes back to the photo's own pixels)."""
         image = image.convert("RGB")
-        w, h = image.size
+        w, h = original_size or image.size
         if self.resize:
             mode = InterpolationMode(self.interpolation)
             image = TF.resize(image, self.resize, interpolation=mode, antialias=True)

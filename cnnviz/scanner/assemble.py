@@ -9,8 +9,10 @@ renamed when complete, so a crash never leaves a half-written run file.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -18,16 +20,17 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..errors import RunFileError, UsageError
-from ..images.decoding import load_rgb
+from ..errors import RunFileError, ScanError
+from ..images.dataset import decode_crop
 from ..images.library import ImageLibrary
 from ..images.patches import downsample, patch_box, patch_factor, patch_shape
 from ..model.preprocessing import Preprocessing, boxes_to_original
 from ..model.receptive_field import AxisField, ReceptiveField
 from ..model.taps import LayerTap
 from ..run import format as fmt
+from .space import check_space, run_file_bytes
 from .state import MergedLayer, merge_states, read_segment
-from .workdir import WorkDir
+from .workdir import WorkDir, fsync_dir, is_disk_full
 
 __all__ = ["assemble_run", "tap_record", "tap_from_record"]
 
@@ -75,44 +78,104 @@ def _load_states(works: list[WorkDir], metas: list[dict]) -> list[dict[str, np.n
     return states
 
 
-def open_library(meta: dict) -> ImageLibrary:
-    """The scanned library, checked to list the same images as when it was scanned."""
-    lib = ImageLibrary.open(meta["library_source"])
-    if lib.fingerprint() != meta["library_fingerprint"]:
-        raise UsageError(f"the library {meta['library_source']} lists other images than when it was "
-                         "scanned (files added, removed or renamed)")
-    return lib
-
-
 def assemble_run(works: list[WorkDir], out: Path, keep_work: bool = False) -> Path:
-    """Write the run file ``out`` from the checkpoints of one or more (shard) work folders."""
+    """Write the run file ``out`` from the checkpoints of one or more (shard) work folders.
+
+    The file is written as ``out.tmp``, flushed to disk and renamed; on any failure the ``.tmp``
+    is removed and the work folders are kept, so the same scan with ``resume=True`` writes it
+    again. A full disk becomes one :class:`ScanError` saying so."""
     metas = [w.read_meta() for w in works]
-    meta = metas[0]
     _check_shards_match(metas, works)
-    lib = open_library(meta)
-    taps = [tap_from_record(r) for r in meta["taps"]]
-    preprocessing = Preprocessing.from_dict(meta["preprocessing"])
-    started = time.monotonic()
     states = _load_states(works, metas)
-    merged, fail_ids, fail_reasons, scan_seconds = merge_states(states, len(taps), meta["top_k"])
+    started = time.monotonic()
+    inputs = _Inputs(metas[0], works[0])
+    check_space(out, _NoWork(), run_file_bytes(inputs.taps, len(inputs.lib), metas[0]["top_k"],
+                                               metas[0]["maxima_dtype"], metas[0]["patch_size"],
+                                               inputs.preprocessing.crop))
+    merged, fail_ids, fail_reasons, scan_seconds = merge_states(states, len(inputs.taps), metas[0]["top_k"])
     tmp = out.with_name(out.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        _write_header(f, meta, lib, n_failed=len(fail_ids), world=len(works))
-        geometry = _write_images(f, lib, works, fail_ids, fail_reasons, taps)
-        for tap, layer in zip(taps, merged, strict=True):
-            g = f[fmt.layer_group(tap.name)]
-            _write_topk(g, tap, layer, preprocessing.crop, meta["patch_size"], geometry)
-            for k, v in layer.stats.summary().items():
-                g.create_dataset(f"{fmt.STATS}/{k}", data=v)
-        _write_patches(f, taps, lib, preprocessing, meta["patch_size"])
-        f.attrs["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    f = h5py.File(tmp, "w")
+    try:
+        _write(f, inputs, works, merged, fail_ids, fail_reasons)
         f.attrs["scan_seconds"] = scan_seconds
         f.attrs["assemble_seconds"] = time.monotonic() - started
-    os.replace(tmp, out)
+        f.close()
+        _durable_rename(tmp, out)
+    except BaseException as exc:
+        _abandon(f, tmp)
+        if is_disk_full(exc):
+            raise ScanError(f"the disk of {out} filled up while the run file was written; the scan "
+                            f"itself is kept in {works[0].path}: free some space, then run the same "
+                            "scan with `resume=True` to write the run file") from None
+        raise
     if not keep_work:
         for w in works:
             w.remove()
     return out
+
+
+class _NoWork:
+    @staticmethod
+    def used_bytes() -> int:
+        return 0
+
+
+class _Inputs:
+    """What a run file is written from, all read from the (first) work folder."""
+
+    def __init__(self, meta: dict, work: WorkDir):
+        self.meta = meta
+        self.lib = ImageLibrary.from_dict(work.read_library())
+        self.taps = [tap_from_record(r) for r in meta["taps"]]
+        self.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
+
+
+def _write(f: h5py.File, inputs: _Inputs, works, merged, fail_ids, fail_reasons) -> None:
+    meta, lib = inputs.meta, inputs.lib
+    _write_header(f, meta, lib, n_failed=len(fail_ids), world=len(works))
+    geometry, identity = _write_images(f, lib, works, fail_ids, fail_reasons, inputs.taps)
+    for tap, layer in zip(inputs.taps, merged, strict=True):
+        g = f[fmt.layer_group(tap.name)]
+        _write_topk(g, tap, layer, inputs.preprocessing.crop, meta["patch_size"], geometry)
+        for k, v in layer.stats.summary().items():
+            _dataset(g, f"{fmt.STATS}/{k}", v)
+    cache = _CropCache(lib, inputs.preprocessing, identity)
+    _write_patches(f, inputs.taps, cache)
+    _strings(f, fmt.IMAGE_PATCH_ERROR, [cache.errors.get(i, "") for i in range(len(lib))])
+    f.attrs["n_patch_errors"] = len(cache.errors)
+    f.attrs["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _durable_rename(tmp: Path, out: Path) -> None:
+    """Flush the finished file to disk before it takes the run file's name, and the rename
+    after: a power cut leaves the old state or the whole new file."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, out)
+    fsync_dir(out.parent)
+
+
+def _abandon(f: h5py.File, tmp: Path) -> None:
+    """Close a file whose writing failed and remove it. HDF5 may fail to close a file on a full
+    disk the first time, and a file left open crashes the interpreter at exit (seen: SIGSEGV), so
+    closing is retried; its complaints about the unwritable buffers are not shown."""
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        for _ in range(3):
+            try:
+                if f.id.valid:
+                    f.close()
+                break
+            except Exception:  # noqa: BLE001 - closing a broken file: retry, then give up
+                continue
+        tmp.unlink(missing_ok=True)
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
 
 
 def _check_shards_match(metas: list[dict], works: list[WorkDir]) -> None:
@@ -139,6 +202,7 @@ def _write_header(f: h5py.File, meta: dict, lib: ImageLibrary, n_failed: int, wo
     a["weights_origin"] = meta["weights_origin"]
     if meta.get("weights_spec") is not None:
         a[fmt.ATTR_WEIGHTS_SPEC] = json.dumps(meta["weights_spec"])
+    a["weights_digest"] = meta["weights_digest"]
     a[fmt.ATTR_PREPROCESSING] = json.dumps(meta["preprocessing"])
     a[fmt.ATTR_LAYERS] = json.dumps(meta["layers"])
     a["top_k"] = meta["top_k"]
@@ -167,11 +231,12 @@ def _write_images(f, lib, works, fail_ids, fail_reasons, taps) -> np.ndarray:
         _strings(f, fmt.IMAGE_LABEL, lib.labels)
     ok = np.ones(n, dtype=bool)
     ok[fail_ids] = False
-    f.create_dataset(fmt.IMAGE_OK, data=ok)
-    f.create_dataset(fmt.FAILURE_ID, data=fail_ids)
+    _dataset(f, fmt.IMAGE_OK, ok)
+    _dataset(f, fmt.FAILURE_ID, fail_ids)
     _strings(f, fmt.FAILURE_PATH, [lib.relpaths[i] for i in fail_ids])
     _strings(f, fmt.FAILURE_REASON, fail_reasons)
     geometry = np.zeros((n, 6), dtype=np.int32)
+    identity = np.zeros((n, 3), dtype=np.int64)
     dsets = []
     for tap in taps:
         g = f.create_group(fmt.layer_group(tap.name))
@@ -179,21 +244,32 @@ def _write_images(f, lib, works, fail_ids, fail_reasons, taps) -> np.ndarray:
         itemsize = np.dtype(f.attrs["maxima_dtype"]).itemsize
         rows = int(max(1, min(n, (1 << 20) // max(1, c * itemsize))))
         mx = g.create_dataset(fmt.MAXIMA, shape=(n, c), dtype=f.attrs["maxima_dtype"], chunks=(rows, c),
-                              fillvalue=np.nan)
+                              fillvalue=np.nan, fletcher32=True)
         ps = g.create_dataset(fmt.POSITION, shape=(n, c), dtype=fmt.position_dtype(*tap.shape[1:]),
-                              chunks=(rows, c))
+                              chunks=(rows, c), fletcher32=True)
         dsets.append((mx, ps))
     segments = sorted((s for w in works for s in w.segments()), key=lambda s: s[0])
     for _, _, path in segments:
         with np.load(path) as z:
-            ids, geoms, layers = read_segment(z, len(taps))
+            ids, geoms, ident, layers = read_segment(z, len(taps))
             geometry[ids] = geoms
+            identity[ids] = ident
             for (mx, ps), (m, p) in zip(dsets, layers, strict=True):
                 for first, end, s, e in _contiguous_runs(ids):
                     mx[first:end] = m[s:e]
                     ps[first:end] = p[s:e]
-    f.create_dataset(fmt.IMAGE_GEOMETRY, data=geometry)
-    return geometry
+    _dataset(f, fmt.IMAGE_GEOMETRY, geometry)
+    _dataset(f, fmt.IMAGE_IDENTITY, identity)
+    return geometry, identity
+
+
+def _dataset(parent, path: str, data) -> None:
+    """A numeric dataset with HDF5's Fletcher-32 checksum (so damage is found when read)."""
+    data = np.asarray(data)
+    if data.size:
+        parent.create_dataset(path, data=data, fletcher32=True, chunks=True)
+    else:
+        parent.create_dataset(path, data=data)
 
 
 def _write_topk(g, tap: LayerTap, layer: MergedLayer, input_size, patch_size, geometry):
@@ -212,13 +288,13 @@ def _write_topk(g, tap: LayerTap, layer: MergedLayer, input_size, patch_size, ge
     with np.errstate(divide="ignore", invalid="ignore"):  # empty slots borrow a row; masked below
         o_box = boxes_to_original(clipped, geometry[np.maximum(ids, 0).reshape(-1)]).reshape(p_box.shape)
     o_box = np.where(valid[..., None], o_box, np.nan).astype(np.float32)
-    g.create_dataset(fmt.TOPK_ACTIVATION, data=np.where(valid, vals, np.nan).astype(np.float32))
-    g.create_dataset(fmt.TOPK_IMAGE_ID, data=ids.astype(np.int64))
-    g.create_dataset(fmt.TOPK_Y, data=y)
-    g.create_dataset(fmt.TOPK_X, data=x)
-    g.create_dataset(fmt.TOPK_RF_BOX, data=rf_box)
-    g.create_dataset(fmt.TOPK_PATCH_BOX, data=p_box)
-    g.create_dataset(fmt.TOPK_ORIG_BOX, data=o_box)
+    _dataset(g, fmt.TOPK_ACTIVATION, np.where(valid, vals, np.nan).astype(np.float32))
+    _dataset(g, fmt.TOPK_IMAGE_ID, ids.astype(np.int64))
+    _dataset(g, fmt.TOPK_Y, y)
+    _dataset(g, fmt.TOPK_X, x)
+    _dataset(g, fmt.TOPK_RF_BOX, rf_box)
+    _dataset(g, fmt.TOPK_PATCH_BOX, p_box)
+    _dataset(g, fmt.TOPK_ORIG_BOX, o_box)
     rf = tap.rf
     g.attrs.update({
         "type": tap.type, "channels": tap.channels, "height": tap.shape[1], "width": tap.shape[2],
@@ -229,27 +305,43 @@ def _write_topk(g, tap: LayerTap, layer: MergedLayer, input_size, patch_size, ge
 
 
 class _CropCache:
-    """Decoded network-input crops, least recently used dropped first."""
+    """Network-input crops of the top-k images, least recently used dropped first. An image
+    whose file changed or vanished since it was scanned gets no crop: ``errors`` says why (its
+    patches stay black), and the run file keeps everything else."""
 
-    def __init__(self, lib: ImageLibrary, preprocessing, size: int = 1024):
-        self.lib, self.pre, self.size = lib, preprocessing, size
-        self.items: OrderedDict[int, np.ndarray] = OrderedDict()
+    def __init__(self, lib: ImageLibrary, preprocessing, identity: np.ndarray, size: int = 1024):
+        self.lib, self.pre, self.identity, self.size = lib, preprocessing, identity, size
+        self.items: OrderedDict[int, np.ndarray | None] = OrderedDict()
+        self.errors: dict[int, str] = {}
 
-    def get(self, image_id: int) -> np.ndarray:
+    def get(self, image_id: int) -> np.ndarray | None:
         if image_id in self.items:
             self.items.move_to_end(image_id)
             return self.items[image_id]
-        crop, _ = self.pre.crop_uint8(load_rgb(self.lib.path(image_id)))
+        crop = self._decode(image_id)
         self.items[image_id] = crop
         if len(self.items) > self.size:
             self.items.popitem(last=False)
         return crop
 
+    def _decode(self, image_id: int) -> np.ndarray | None:
+        try:
+            crop, _, identity = decode_crop(self.lib, self.pre, image_id)
+        except FileNotFoundError:
+            self.errors[image_id] = "vanished after it was scanned"
+            return None
+        except Exception as exc:  # noqa: BLE001 - any failure costs this image's patches only
+            self.errors[image_id] = f"unreadable when its patches were cut: {type(exc).__name__}: {exc}"
+            return None
+        if tuple(identity) != tuple(int(v) for v in self.identity[image_id]):
+            self.errors[image_id] = "changed after it was scanned (size, time or content differ)"
+            return None
+        return crop
 
-def _write_patches(f, taps, lib, preprocessing, patch_size, block_bytes: int = 128 << 20) -> None:
+
+def _write_patches(f, taps, cache: _CropCache, block_bytes: int = 128 << 20) -> None:
     """Cut every top-k patch: per layer and block of channels, entries grouped by image (one
     padded copy per image), then all downsampled at once."""
-    cache = _CropCache(lib, preprocessing)
     for tap in taps:
         g = f[fmt.layer_group(tap.name)]
         ids = g[fmt.TOPK_IMAGE_ID][()]
@@ -259,7 +351,7 @@ def _write_patches(f, taps, lib, preprocessing, patch_size, block_bytes: int = 1
         eh, ew = ph * factor, pw * factor
         c_total, k = ids.shape
         ds = g.create_dataset(fmt.TOPK_PATCHES, shape=(c_total, k, ph, pw, 3), dtype=np.uint8,
-                              chunks=(1, k, ph, pw, 3))
+                              chunks=(1, k, ph, pw, 3), fletcher32=True)
         channel_block = max(1, block_bytes // (k * eh * ew * 3))
         for c0 in range(0, c_total, channel_block):
             c1 = min(c_total, c0 + channel_block)
@@ -273,7 +365,10 @@ def _write_patches(f, taps, lib, preprocessing, patch_size, block_bytes: int = 1
                     continue
                 if image_id != current:
                     current = image_id
-                    padded = np.pad(cache.get(image_id), ((eh, eh), (ew, ew), (0, 0)))
+                    crop = cache.get(image_id)
+                    padded = None if crop is None else np.pad(crop, ((eh, eh), (ew, ew), (0, 0)))
+                if padded is None:
+                    continue
                 y0, x0 = int(block_boxes[j, 0]) + eh, int(block_boxes[j, 1]) + ew
                 raw[j] = padded[y0: y0 + eh, x0: x0 + ew]
             ds[c0:c1] = downsample(raw, factor).reshape(c1 - c0, k, ph, pw, 3)

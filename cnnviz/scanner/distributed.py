@@ -19,6 +19,7 @@ from pathlib import Path
 from ..errors import ScanError, UsageError
 from .assemble import assemble_run
 from .config import ScanConfig, check_output
+from .lock import OutputLock
 from .workdir import WorkDir, work_path
 
 __all__ = ["torchrun_env", "scan_distributed", "merge"]
@@ -93,4 +94,7 @@ def merge(shards: Sequence[str | Path], out: str | Path, overwrite: bool = False
         raise ScanError("these shards were written by cnnviz 0.1, which merges them itself: merge "
                         "with that version, or scan again")
     works.sort(key=lambda w: metas[w.path]["shard"][0])
-    return assemble_run(works, out, keep_work=keep_shards)
+    with OutputLock(out, str(out)):
+        for w in works:
+            OutputLock(w.path, f"{w.path}").check_free()  # no rank is still scanning it
+        return assemble_run(works, out, keep_work=keep_shards)

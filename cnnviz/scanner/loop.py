@@ -9,6 +9,7 @@ crash with identical results, and writes one HDF5 run file at the end (:mod:`.as
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -22,15 +23,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..errors import ScanError, ScanInterrupted
-from ..images.decoding import LibraryDataset, batch_ranges, collate
+from ..errors import ScanError, ScanInterrupted, UsageError
+from ..images.dataset import LibraryDataset, batch_ranges, collate
 from ..images.library import ImageLibrary
+from ..model.loading import weights_digest
 from ..model.taps import LayerTap, capture, require_fields, resolve_layers
 from .assemble import assemble_run, tap_record
 from .config import ScanConfig, check_output
+from .lock import OutputLock
 from .reducers import spatial_max
+from .space import check_space, estimate_bytes
 from .state import ScanState
-from .workdir import WorkDir, work_path
+from .workdir import WorkDir, is_disk_full, work_path
 
 __all__ = ["scan", "scan_shard", "ScanConfig"]
 
@@ -54,47 +58,81 @@ def scan(library: str | Path | ImageLibrary, model, out: str | Path, layers=None
         >>> from cnnviz import load_model, scan                                 # doctest: +SKIP
         >>> scan("photos/", load_model("resnet50"), "run.h5", top_k=16)        # doctest: +SKIP
     """
-    work = scan_shard(library, model, out, (0, 1), layers, config, **options)
-    try:
-        return assemble_run([WorkDir(work)], Path(out))
-    except KeyboardInterrupt:
-        Path(out).with_name(Path(out).name + ".tmp").unlink(missing_ok=True)
-        raise ScanInterrupted(
-            f"interrupted while writing {out}; every image is scanned and checkpointed in {work}. "
-            "Run the same scan again with `resume=True` to write the run file.") from None
+    out = Path(out)
+    with OutputLock(out, str(out)):  # one writer for the run file and its work folder
+        work = scan_shard(library, model, out, (0, 1), layers, config, _locked=True, **options)
+        try:
+            return assemble_run([WorkDir(work)], out)
+        except KeyboardInterrupt:
+            raise ScanInterrupted(
+                f"interrupted while writing {out}; every image is scanned and checkpointed in {work}. "
+                "Run the same scan again with `resume=True` to write the run file.") from None
 
 
 def scan_shard(library: str | Path | ImageLibrary, model, out: str | Path, shard: tuple[int, int],
-               layers=None, config: ScanConfig | None = None, **options) -> Path:
+               layers=None, config: ScanConfig | None = None, _locked: bool = False, **options) -> Path:
     """Scan one share ``(rank, world_size)`` of the library into its work folder (batch ``b``
     goes to rank ``b % world_size``); returns the folder. :func:`scan` is the one-share case;
     :func:`cnnviz.scanner.merge` writes the run file from all shares."""
     out = Path(out)
-    config = _with_options(config, layers, options)          # 1. validate everything first
+    config = _with_options(config, layers, options)
     config.validate()
     rank, world = shard
     if not 0 <= rank < world:
-        raise ScanError(f"`shard` {rank}/{world}: the rank must be in 0..{world - 1}")
-    check_output(out, config.overwrite)
-    lib = library if isinstance(library, ImageLibrary) else ImageLibrary.open(library)
+        raise UsageError(f"`shard` {rank}/{world}: the rank must be in 0..{world - 1}")
+    work = WorkDir(work_path(out, rank, world))
+    with contextlib.ExitStack() as stack:
+        if not _locked:
+            stack.enter_context(OutputLock(work.path, f"{out} (shard {rank}/{world})"))
+        return _scan_share(library, model, out, shard, config, work)
+
+
+def _scan_share(library, model, out: Path, shard, config: ScanConfig, work: WorkDir) -> Path:
+    resuming = config.resume and work.exists()              # 1. validate everything first
+    check_output(out, config.overwrite or (resuming and work.read_meta().get("overwrite_output", False)))
+    lib = _library(library, work if resuming else None)
     taps = resolve_layers(model, config.layers)
     require_fields(taps)
-    device = torch.device(config.device)
-    work = WorkDir(work_path(out, rank, world))              # 2. resume, or start afresh
+    if config.top_k > len(lib):
+        raise UsageError(f"`top_k` {config.top_k} is more than the {len(lib)} images of the library; "
+                         f"use at most {len(lib)}")
+    meta = scan_meta(lib, model, taps, config, shard)
+    check_space(out, work, estimate_bytes(taps, len(lib) // shard[1] + 1, config, model.input_size))
+    device = torch.device(config.device)                    # 2. resume, or start afresh
     state = ScanState(taps, config.top_k, device, config.maxima_dtype)
-    resumed = work.prepare(scan_meta(lib, model, taps, config, shard), config.resume, config.overwrite)
+    resumed = work.prepare(meta, lib.to_dict(), config.resume, config.overwrite)
     if resumed is not None:
         state.load(resumed)
-    work.segments(upto=state.next_batch * config.batch_size)  # drop a segment its state never counted
+    rank, world = shard
     batches = [(b, ids) for b, ids in enumerate(batch_ranges(len(lib), config.batch_size))
                if b % world == rank]                         # 3. plan batches
     module = _module_on(model.module, device)
     checkpointer = _Checkpointer(work, state, config, taps)
-    reduce = _spatial_max_of
-    with capture(module, [t.name for t in taps], reduce=reduce, stop_early=True) as cap:  # 4. taps
-        _run_batches(cap, lib, model.preprocessing, batches, state, checkpointer, config, out)
+    with capture(module, [t.name for t in taps], reduce=_spatial_max_of, stop_early=True) as cap:
+        _run_batches(cap, lib, model.preprocessing, batches, state, checkpointer, config, out)  # 4.
     checkpointer.save()                                      # 5. the last checkpoint
     return work.path
+
+
+def _library(library, work: WorkDir | None) -> ImageLibrary:
+    """The library to scan: as listed now, or, for a resumed scan, as listed when it started
+    (files added or removed meanwhile are noted; a removed one is recorded as unreadable)."""
+    if work is None:
+        return library if isinstance(library, ImageLibrary) else ImageLibrary.open(library)
+    frozen = ImageLibrary.from_dict(work.read_library())
+    source = Path(library.source if isinstance(library, ImageLibrary) else library).expanduser().resolve()
+    if source != Path(frozen.source).resolve():
+        raise ScanError(f"`resume`: {work.path} is a scan of {frozen.source}, not of {source}")
+    try:
+        now = set((library if isinstance(library, ImageLibrary) else ImageLibrary.open(library)).relpaths)
+    except UsageError:
+        now = set()
+    added, removed = len(now - set(frozen.relpaths)), len(set(frozen.relpaths) - now)
+    if added or removed:
+        print(f"note: since this scan started, {added} images were added to and {removed} removed "
+              f"from {frozen.source}; it goes on with the {len(frozen)} images it started with",
+              file=sys.stderr)
+    return frozen
 
 
 def _spatial_max_of(name: str, output: torch.Tensor):
@@ -115,6 +153,7 @@ def scan_meta(lib: ImageLibrary, model, taps: list[LayerTap], config: ScanConfig
     meta = {
         "format": "cnnviz-scan-work", "cnnviz_version": _version(), "model": model.name,
         "weights_origin": model.weights_origin, "weights_spec": model.weights_spec,
+        "weights_digest": weights_digest(model.module), "overwrite_output": bool(config.overwrite),
         "class_names": model.class_names, "preprocessing": model.preprocessing.to_dict(),
         "layers": [t.name for t in taps], "taps": [tap_record(t) for t in taps],
         "top_k": config.top_k, "batch_size": config.batch_size,
@@ -165,12 +204,19 @@ class _Checkpointer:
             self.save()
 
     def save(self) -> None:
-        segment = self.state.take_segment()
-        if segment is not None:
-            ids = segment["ids"]
-            self.work.save_segment(int(ids[0]), int(ids[-1]) + 1, **segment)
-        self.state.elapsed_seconds = self.elapsed_before + time.monotonic() - self.session_start
-        self.work.save_state(**self.state.to_arrays())
+        try:
+            segment = self.state.take_segment()
+            if segment is not None:
+                ids = segment["ids"]
+                self.work.save_segment(int(ids[0]), int(ids[-1]) + 1, **segment)
+            self.state.elapsed_seconds = self.elapsed_before + time.monotonic() - self.session_start
+            self.work.save_state(**self.state.to_arrays())
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            raise ScanError(f"the disk holding {self.work.path} is full ({exc.strerror or exc}); the last "
+                            "complete checkpoint is kept: free some space, then run the same scan "
+                            "with `resume=True`") from None
         self.last = time.monotonic()
         self.pending = 0
 
@@ -192,9 +238,9 @@ def _run_batches(cap, lib: ImageLibrary, preprocessing, batches, state: ScanStat
     interrupt = _InterruptFlag()
     interrupt.install()
     try:
-        for (b, _), (ids, crops, geoms, errors) in zip(todo, loader, strict=True):
+        for (b, _), (ids, crops, geoms, identity, errors) in zip(todo, loader, strict=True):
             reduced = _forward(cap, preprocessing, crops, errors, device, config.amp)
-            state.add_batch(b, ids, geoms, errors, reduced)
+            state.add_batch(b, ids, geoms, identity, errors, reduced)
             done += len(errors)
             bar.update(len(errors))
             if any(errors):

@@ -64,10 +64,12 @@ class ScanState:
         self.failures: list[tuple[int, str]] = []
         self._ids: list[np.ndarray] = []
         self._geometry: list[np.ndarray] = []
+        self._identity: list[np.ndarray] = []
 
     def add_batch(self, batch_index: int, ids: torch.Tensor, geometry: torch.Tensor,
-                  errors: list[str], reduced: dict) -> None:
-        """Fold one batch in: ``reduced[layer name]`` is the readable images' ``spatial_max``."""
+                  identity: torch.Tensor, errors: list[str], reduced: dict) -> None:
+        """Fold one batch in: ``reduced[layer name]`` is the readable images' ``spatial_max``;
+        ``identity`` the files' ``(size, mtime_ns, digest)`` as they were read."""
         ok = np.array([e == "" for e in errors])
         self.failures += [(i, e) for i, e in zip(ids.tolist(), errors, strict=True) if e]
         ok_ids = ids[torch.from_numpy(ok)]
@@ -75,6 +77,7 @@ class ScanState:
             layer.add(reduced.get(layer.tap.name), ok, ok_ids, self.maxima_dtype)
         self._ids.append(ids.numpy())
         self._geometry.append(geometry.numpy())
+        self._identity.append(identity.numpy())
         self.next_batch = batch_index + 1
 
     def take_segment(self) -> dict[str, np.ndarray] | None:
@@ -82,13 +85,14 @@ class ScanState:
         ``None`` when there are none."""
         if not self._ids:
             return None
-        arrays = {"ids": np.concatenate(self._ids), "geometry": np.concatenate(self._geometry)}
+        arrays = {"ids": np.concatenate(self._ids), "geometry": np.concatenate(self._geometry),
+                  "identity": np.concatenate(self._identity)}
         for i, layer in enumerate(self.layers):
             arrays[_key(i, "max")] = np.concatenate(layer.maxima)
             arrays[_key(i, "pos")] = np.concatenate(layer.positions)
             layer.maxima.clear()
             layer.positions.clear()
-        self._ids, self._geometry = [], []
+        self._ids, self._geometry, self._identity = [], [], []
         return arrays
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -121,8 +125,8 @@ def _stats(arrays, i: int) -> ChannelStats:
 
 
 def read_segment(arrays, n_layers: int):
-    """``(ids, geometry, [(maxima, positions) per layer])`` of a segment file's arrays."""
-    return (arrays["ids"], arrays["geometry"],
+    """``(ids, geometry, identity, [(maxima, positions) per layer])`` of a segment file's arrays."""
+    return (arrays["ids"], arrays["geometry"], arrays["identity"],
             [(arrays[_key(i, "max")], arrays[_key(i, "pos")]) for i in range(n_layers)])
 
 

@@ -1,0 +1,57 @@
+"""Disk space: what a scan will write, checked against what its disk has before any work, and
+again before the run file is written."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ScanError
+from ..images.patches import patch_shape
+from ..run.format import position_dtype
+
+__all__ = ["estimate_bytes", "run_file_bytes", "check_space"]
+
+_TOPK_ENTRY_BYTES = 4 + 8 + 4 + 4 + 16 + 16 + 16  # activation, id, y, x, three boxes
+
+
+def run_file_bytes(taps, n_images: int, top_k: int, maxima_dtype: str, patch_size: int,
+                   input_size: tuple[int, int]) -> int:
+    """About the size of the run file: the per-image maxima and positions, the top-k records and
+    the patches (uncompressed), plus the per-image records."""
+    total = n_images * (6 * 4 + 3 * 8 + 256)  # geometry, identity, path strings (generous)
+    for tap in taps:
+        c = tap.channels
+        row = np.dtype(maxima_dtype).itemsize + np.dtype(position_dtype(*tap.shape[1:])).itemsize
+        ph, pw = patch_shape(tap.rf, input_size, patch_size)
+        total += n_images * c * row + c * top_k * (_TOPK_ENTRY_BYTES + ph * pw * 3)
+    return int(total * 1.05) + (1 << 20)
+
+
+def estimate_bytes(taps, n_images: int, config, input_size: tuple[int, int]) -> int:
+    """A whole scan's need at its peak, while the run file is written: the work folder's
+    checkpoints (per-image rows) and the run file side by side."""
+    rows = sum(tap.channels * (np.dtype(config.maxima_dtype).itemsize + 4) for tap in taps) * n_images
+    return rows + run_file_bytes(taps, n_images, config.top_k, config.maxima_dtype, config.patch_size,
+                                 input_size)
+
+
+def check_space(out: Path, work, need: int) -> None:
+    """Refuse to start (or to write the run file) when the disk of ``out`` cannot hold ``need``
+    bytes more than the work folder already holds."""
+    free = shutil.disk_usage(Path(out).parent).free
+    need -= work.used_bytes()
+    if need > free:
+        raise ScanError(f"the disk of {out} has {_size(free)} free, and this needs about {_size(need)} "
+                        "more: free some space, choose another `out`, or write less (`maxima_dtype=float16`, "
+                        "fewer `layers`, a smaller `patch_size` or `top_k`)")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n} B"
