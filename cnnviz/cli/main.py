@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import traceback
 
@@ -74,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\ncnnviz {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # the machine said no (disk full, permissions, a file gone): not a bug
+        where = f": {exc.filename}" if exc.filename else ""
+        hint = " (the disk is full: free some space and run the same command again)" \
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        print(f"cnnviz {args.command}: error: {exc.strerror or exc}{where}{hint}", file=sys.stderr)
+        return 2
     except Exception:  # noqa: BLE001 - anything else is a bug: show where it happened
         traceback.print_exc()
         print(f"\ncnnviz {args.command}: this is a bug in cnnviz {__version__}, not something you did; "

@@ -72,18 +72,39 @@ def decode_file(path: str | os.PathLike, min_side: int | None = None) -> Decoded
     identity = (stat.st_size, stat.st_mtime_ns, file_digest(data))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
-        with Image.open(io.BytesIO(data)) as im:
+        try:
+            im = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError:
+            raise _too_large(*_declared_size(data)) from None
+        with im:
             w, h = im.size
             if w * h > MAX_PIXELS:
-                raise Image.DecompressionBombError(
-                    f"{w}x{h} = {w * h:,} pixels, over the limit of {MAX_PIXELS:,} "
-                    "(cnnviz.images.decoding.MAX_PIXELS)")
+                raise _too_large(w, h)
             orientation = im.getexif().get(0x0112, 1)
             _draft(im, min_side)
             im.load()
             image = _to_rgb(ImageOps.exif_transpose(im))
     original = (h, w) if orientation in _ROTATED else (w, h)
     return Decoded(image, original, identity)
+
+
+def _too_large(w: int, h: int) -> Image.DecompressionBombError:
+    size = f"{w}x{h} = {w * h:,} pixels" if w and h else "too many pixels"
+    return Image.DecompressionBombError(f"{size}, over the limit of {MAX_PIXELS:,} "
+                                        "(cnnviz.images.decoding.MAX_PIXELS)")
+
+
+def _declared_size(data: bytes) -> tuple[int, int]:
+    """The size an image declares, read without Pillow's own size limit."""
+    saved = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 - only for the message
+        return (0, 0)
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def _draft(im: Image.Image, min_side: int | None) -> None:

@@ -80,8 +80,12 @@ class RunReader:
     def __enter__(self) -> RunReader:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         self.close()
+        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+            # HDF5 reports a failed checksum (Fletcher-32) or an unreadable block as OSError
+            raise RunFileError(f"{self.path} is damaged ({exc}); scan again, or restore it from a "
+                               "copy") from exc
 
     def close(self) -> None:
         self.file.close()
@@ -122,6 +126,12 @@ class RunReader:
     @property
     def labels(self) -> np.ndarray | None:
         return self.strings(fmt.IMAGE_LABEL)
+
+    @property
+    def patch_errors(self) -> np.ndarray | None:
+        """Per image, why its patches could not be cut at the end ('' when they were); ``None``
+        in files written before cnnviz 0.2."""
+        return self.strings(fmt.IMAGE_PATCH_ERROR)
 
     @property
     def library_root(self) -> Path:

@@ -30,7 +30,9 @@ def top_patches(run: str | Path, layer: str | None = None, channel: int | None =
     position in the layer's map), ``rf_y0, rf_x0, rf_y1, rf_x1`` (receptive field, network-input
     pixels, half-open), ``patch_y0 ... patch_x1`` (the stored patch's box) and ``orig_y0 ...
     orig_x1`` (the patch box inside the image, in original-photo pixels). Empty slots (fewer
-    readable images than k) are left out. ``label`` is empty when the library has no labels.
+    readable images than k) are left out. ``label`` is empty when the library has no labels;
+    ``patch_error`` says why a patch is missing (black): its image changed or vanished after it
+    was scanned (empty when the patch is there).
 
     Example:
         >>> df = top_patches("run.h5", layer="layer3.1")           # doctest: +SKIP
@@ -38,7 +40,7 @@ def top_patches(run: str | Path, layer: str | None = None, channel: int | None =
     """
     frames = []
     with RunReader(run) as r:
-        paths, labels = r.paths, r.labels
+        paths, labels, patch_errors = r.paths, r.labels, r.patch_errors
         for name in r.check_layer(layer):
             g = r.layer(name)
             ids = g[fmt.TOPK_IMAGE_ID][()]
@@ -53,6 +55,8 @@ def top_patches(run: str | Path, layer: str | None = None, channel: int | None =
                 "label": (np.where(flat_ids >= 0, labels[np.maximum(flat_ids, 0)], "")
                           if labels is not None else np.full(c_n * k, "", dtype=object)),
                 "y": g[fmt.TOPK_Y][()].reshape(-1), "x": g[fmt.TOPK_X][()].reshape(-1),
+                "patch_error": (np.where(flat_ids >= 0, patch_errors[np.maximum(flat_ids, 0)], "")
+                                if patch_errors is not None else np.full(c_n * k, "", dtype=object)),
             }
             for prefix, key in (("rf", fmt.TOPK_RF_BOX), ("patch", fmt.TOPK_PATCH_BOX),
                                 ("orig", fmt.TOPK_ORIG_BOX)):
@@ -68,6 +72,7 @@ def top_patches(run: str | Path, layer: str | None = None, channel: int | None =
     out["layer"] = out["layer"].astype(str)
     out["image_path"] = out["image_path"].astype(str)
     out["label"] = out["label"].astype(str)
+    out["patch_error"] = out["patch_error"].astype(str)
     return out
 
 

@@ -9,11 +9,13 @@ renamed when complete, so a crash never leaves a half-written run file.
 
 from __future__ import annotations
 
-import gc
 import json
+import multiprocessing
 import os
+import signal
 import sys
 import time
+import traceback
 from collections import OrderedDict
 from pathlib import Path
 
@@ -94,20 +96,20 @@ def assemble_run(works: list[WorkDir], out: Path, keep_work: bool = False) -> Pa
                                                inputs.preprocessing.crop))
     merged, fail_ids, fail_reasons, scan_seconds = merge_states(states, len(inputs.taps), metas[0]["top_k"])
     tmp = out.with_name(out.name + ".tmp")
-    f = h5py.File(tmp, "w")
-    try:
+
+    def write(f: h5py.File) -> None:
         _write(f, inputs, works, merged, fail_ids, fail_reasons)
         f.attrs["scan_seconds"] = scan_seconds
         f.attrs["assemble_seconds"] = time.monotonic() - started
-        f.close()
-        _durable_rename(tmp, out)
-    except BaseException as exc:
-        _abandon(f, tmp)
-        if is_disk_full(exc):
-            raise ScanError(f"the disk of {out} filled up while the run file was written; the scan "
-                            f"itself is kept in {works[0].path}: free some space, then run the same "
-                            "scan with `resume=True` to write the run file") from None
-        raise
+
+    outcome, detail = _write_isolated(write, tmp)
+    if outcome == "disk full":
+        raise ScanError(f"the disk of {out} filled up while the run file was written; the scan "
+                        f"itself is kept in {works[0].path}: free some space, then run the same "
+                        "scan with `resume=True` to write the run file")
+    if outcome != "ok":
+        raise RuntimeError(f"writing {tmp} failed in its writer process:\n{detail}")
+    _durable_rename(tmp, out)
     if not keep_work:
         for w in works:
             w.remove()
@@ -158,24 +160,54 @@ def _durable_rename(tmp: Path, out: Path) -> None:
     fsync_dir(out.parent)
 
 
-def _abandon(f: h5py.File, tmp: Path) -> None:
-    """Close a file whose writing failed and remove it. HDF5 may fail to close a file on a full
-    disk the first time, and a file left open crashes the interpreter at exit (seen: SIGSEGV), so
-    closing is retried; its complaints about the unwritable buffers are not shown."""
-    previous = sys.unraisablehook
-    sys.unraisablehook = lambda unraisable: None
+def _write_isolated(write, tmp: Path) -> tuple[str, str]:
+    """Run ``write(h5py.File(tmp, "w"))`` in a forked process; returns ``("ok", "")``,
+    ``("disk full", why)`` or ``("failed", traceback)``, and leaves no ``tmp`` unless ok.
+
+    Why a process: when the disk fills, HDF5 cannot flush or close the file, keeps it open in
+    its own state, and crashes the interpreter when it tries again at exit (seen: SIGSEGV, after
+    pages of "Exception ignored" messages). The writer process ends with ``os._exit``, so none
+    of that reaches the scan or the user's notebook."""
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_writer, args=(write, tmp, send), daemon=True)
+    proc.start()
+    send.close()
     try:
-        for _ in range(3):
-            try:
-                if f.id.valid:
-                    f.close()
-                break
-            except Exception:  # noqa: BLE001 - closing a broken file: retry, then give up
-                continue
+        outcome = receive.recv()
+    except EOFError:
+        outcome = ("failed", f"the writer process ended with exit code {proc.exitcode}")
+    except BaseException:
+        proc.terminate()
+        proc.join()
         tmp.unlink(missing_ok=True)
-        gc.collect()
+        raise
     finally:
-        sys.unraisablehook = previous
+        receive.close()
+    proc.join()
+    if outcome[0] != "ok":
+        tmp.unlink(missing_ok=True)
+    return outcome
+
+
+def _writer(write, tmp: Path, send) -> None:
+    # HDF5 prints pages of complaints while it fails to clean up after a full disk; what went
+    # wrong goes to the scan process through the pipe instead
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    sys.unraisablehook = lambda unraisable: None
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the scan process handles Ctrl-C
+    outcome = ("ok", "")
+    try:
+        f = h5py.File(tmp, "w")
+        write(f)
+        f.close()
+    except BaseException as exc:  # noqa: BLE001 - reported to the scan process
+        outcome = ("disk full" if is_disk_full(exc) else "failed", traceback.format_exc())
+    try:
+        send.send(outcome)
+    finally:
+        os._exit(0)
 
 
 def _check_shards_match(metas: list[dict], works: list[WorkDir]) -> None:
@@ -333,8 +365,8 @@ class _CropCache:
         except Exception as exc:  # noqa: BLE001 - any failure costs this image's patches only
             self.errors[image_id] = f"unreadable when its patches were cut: {type(exc).__name__}: {exc}"
             return None
-        if tuple(identity) != tuple(int(v) for v in self.identity[image_id]):
-            self.errors[image_id] = "changed after it was scanned (size, time or content differ)"
+        if identity[2] != int(self.identity[image_id][2]):  # the content's digest
+            self.errors[image_id] = "changed after it was scanned (its content differs)"
             return None
         return crop
 

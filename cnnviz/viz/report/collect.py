@@ -64,6 +64,7 @@ class ChannelInfo:
     activations: np.ndarray  # (k,) of the filled slots, best first
     image_names: list[str]
     labels: list[str] | None
+    patch_errors: list[str]  # why a patch is missing ('' when it is there)
     patches: np.ndarray  # uint8 (k, h, w, 3)
     stats: pd.Series
     maxima: np.ndarray  # float64 (images,), NaN for unreadable images
@@ -107,7 +108,7 @@ def channels_of(reader: RunReader, layer: LayerInfo) -> Iterator[ChannelInfo]:
     g = reader.layer(layer.name)
     stats = channel_stats(reader.path, layer.name).set_index("channel")
     maxima = reader.maxima_columns(layer.name, layer.shown)
-    paths, labels = reader.paths, reader.labels
+    paths, labels, errors = reader.paths, reader.labels, reader.patch_errors
     done = g[fmt.OPTIMIZED_DONE][()] if fmt.OPTIMIZED_DONE in g else None
     for j, c in enumerate(layer.shown):
         ids = g[fmt.TOPK_IMAGE_ID][c]
@@ -117,5 +118,6 @@ def channels_of(reader: RunReader, layer: LayerInfo) -> Iterator[ChannelInfo]:
         yield ChannelInfo(
             layer.name, c, g[fmt.TOPK_ACTIVATION][c][:k], [Path(str(paths[i])).name for i in ids],
             [str(labels[i]) for i in ids] if labels is not None else None,
+            [str(errors[i]) if errors is not None else "" for i in ids],
             g[fmt.TOPK_PATCHES][c][:k], stats.loc[c], maxima[:, j], optimized,
             str(g[fmt.OPTIMIZED].attrs["recipe"]) if optimized is not None else None)

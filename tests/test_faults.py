@@ -1,0 +1,459 @@
+"""Faults an overnight scan meets, made for real: two processes on one output, kill -9 at
+several points, files that change under the scan, damaged checkpoints and run files, a full
+disk (a small tmpfs where the test may mount one), and bad images of every kind.
+
+Each test names the outcome a user must get: the run is never lost or silently wrong, and the
+command line says in one line what happened and what to do (exit 2), never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import cnnviz
+from cnnviz import load_model, scan
+from cnnviz.errors import RunFileError, ScanError
+from cnnviz.images.decoding import MAX_PIXELS, decode_file
+from cnnviz.images.library import ImageLibrary
+from cnnviz.scanner import scan_shard
+
+from .test_scan import _big_library, _cli, assert_same_file
+
+COMMON = ["--model", "resnet18", "--weights", "none", "--layers", "layer1.1,layer3.0", "--top-k", "3",
+          "--batch-size", "2", "--workers", "0", "--no-progress"]
+KW = dict(layers="layer1.1,layer3.0", top_k=3, batch_size=2, workers=0, progress=False)
+
+
+def _wait_for(predicate, timeout: float = 300, what: str = "") -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _checkpointed(work: Path, batches: int):
+    def done() -> bool:
+        try:
+            with np.load(work / "state.npz") as z:
+                return int(z["next_batch"]) >= batches
+        except (OSError, ValueError, KeyError, EOFError):
+            return False
+    return done
+
+
+def _one_line_error(text: str) -> None:
+    assert "Traceback" not in text, text
+    errors = [line for line in text.splitlines() if "error:" in line]
+    assert len(errors) == 1, text
+
+
+# -- one writer per output ------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_second_scan_on_the_same_output_is_refused_and_the_first_is_unharmed(photo_dir, tmp_path):
+    lib = _big_library(photo_dir, tmp_path, copies=2)
+    out = tmp_path / "run.h5"
+    a = _cli("scan", str(lib), *COMMON, "--out", str(out), "--checkpoint-images", "2")
+    _wait_for(_checkpointed(tmp_path / "run.h5.work", 2), what="A's first checkpoints")
+    os.kill(a.pid, signal.SIGSTOP)  # A holds its lock while stopped: B and C meet it for sure
+    try:
+        for extra in (["--resume"], ["--overwrite"], []):
+            b = _cli("scan", str(lib), *COMMON, "--out", str(out), *extra)
+            text = b.stdout.read()
+            assert b.wait(timeout=120) == 2, text
+            _one_line_error(text)
+            assert f"another cnnviz process (pid {a.pid} on " in text, text
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    text = a.stdout.read()
+    assert a.wait(timeout=600) == 0, text
+    ref = scan(lib, load_model("resnet18", None), tmp_path / "ref.h5", **KW)
+    assert_same_file(ref, out)
+    assert not (tmp_path / "run.h5.lock").exists()
+
+
+# -- intent survives interruption -----------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("again", [["--overwrite", "--resume"], ["--resume"]])
+def test_an_interrupted_overwrite_resumes(photo_dir, tmp_path, again):
+    lib = _big_library(photo_dir, tmp_path, copies=2)
+    out = tmp_path / "run.h5"
+    out.write_bytes(b"yesterday's run")
+    proc = _cli("scan", str(lib), *COMMON, "--out", str(out), "--overwrite", "--checkpoint-images", "2")
+    _wait_for(_checkpointed(tmp_path / "run.h5.work", 3), what="checkpoints")
+    proc.send_signal(signal.SIGINT)
+    text = proc.stdout.read()
+    assert proc.wait() == 130 and "--resume" in text, text
+    assert out.read_bytes() == b"yesterday's run"  # not replaced before the new run is whole
+    resumed = _cli("scan", str(lib), *COMMON, "--out", str(out), *again)
+    text = resumed.stdout.read()
+    assert resumed.wait(timeout=600) == 0, text
+    assert "interrupted scan" not in text
+    ref = scan(lib, load_model("resnet18", None), tmp_path / "ref.h5", **KW)
+    assert_same_file(ref, out)
+
+
+# -- kill -9 during the final write; a library that changes between sessions ----------------
+
+@pytest.mark.slow
+def test_kill_during_assembly_then_resume_writes_the_same_file(photo_dir, tmp_path):
+    lib = _big_library(photo_dir, tmp_path, copies=1)
+    out = tmp_path / "run.h5"
+    common = [*COMMON[:4], "--layers", "layer1.0,layer2.0,layer3.0,layer4.0", *COMMON[6:],
+              "--patch-size", "128"]
+    proc = _cli("scan", str(lib), *common, "--out", str(out))
+    tmp = tmp_path / "run.h5.tmp"
+    _wait_for(lambda: tmp.exists() or proc.poll() is not None, what="the run file being written")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists(), "the run file was complete before the kill"
+    assert (tmp_path / "run.h5.work" / "state.npz").exists()
+    resumed = _cli("scan", str(lib), *common, "--out", str(out), "--resume")
+    assert resumed.wait(timeout=600) == 0, resumed.stdout.read()
+    assert not tmp.exists() and not (tmp_path / "run.h5.work").exists()
+    ref = scan(lib, load_model("resnet18", None), tmp_path / "ref.h5",
+               layers="layer1.0,layer2.0,layer3.0,layer4.0", top_k=3, batch_size=2, workers=0,
+               progress=False, patch_size=128)
+    assert_same_file(ref, out)
+
+
+@pytest.mark.slow
+def test_images_removed_and_added_between_sessions(photo_dir, tmp_path):
+    """kill -9 mid-scan; then a not-yet-scanned image is deleted and a new one added. The resumed
+    scan keeps the listing it started with: the deleted image is a recorded failure, the new one
+    is not part of this scan, and every other image has its exact results."""
+    lib = _big_library(photo_dir, tmp_path, copies=2)
+    out = tmp_path / "run.h5"
+    proc = _cli("scan", str(lib), *COMMON, "--out", str(out), "--checkpoint-images", "2")
+    _wait_for(_checkpointed(tmp_path / "run.h5.work", 2), what="checkpoints")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    listing = ImageLibrary.open(lib)
+    victim = listing.relpaths[-2]
+    (lib / victim).unlink()
+    shutil.copy(photo_dir / "animals" / "chelsea.png", lib / "copy0" / "animals" / "zz-new.png")
+    resumed = _cli("scan", str(lib), *COMMON, "--out", str(out), "--resume")
+    text = resumed.stdout.read()
+    assert resumed.wait(timeout=600) == 0, text
+    assert "1 images were added to and 1 removed" in text
+    with h5py.File(out, "r") as f:
+        paths = [p.decode() for p in f["images/path"][()]]
+        failures = dict(zip(f["failures/path"].asstr()[()], f["failures/reason"].asstr()[()], strict=True))
+    assert paths == listing.relpaths
+    assert "FileNotFoundError" in failures[victim]
+    # the same as a scan of the library with that one image unreadable from the start
+    (lib / victim).write_bytes(b"gone")
+    (lib / "copy0" / "animals" / "zz-new.png").unlink()
+    ref = scan(lib, load_model("resnet18", None), tmp_path / "ref.h5", **KW)
+    with h5py.File(ref, "r") as f, h5py.File(out, "r") as g:
+        for name in ("layer1.1", "layer3.0"):
+            for key in ("topk/image_id", "topk/activation", "maxima", "topk/patches"):
+                np.testing.assert_array_equal(f[f"layers/{name}/{key}"][()], g[f"layers/{name}/{key}"][()])
+
+
+def test_images_that_change_after_they_were_scanned_lose_their_patches_only(photo_dir, tmp_path):
+    lib = tmp_path / "lib"
+    shutil.copytree(photo_dir, lib)
+    model = load_model("resnet18", None)
+    ref = scan(lib, model, tmp_path / "ref.h5", **KW)
+    top = cnnviz.top_patches(ref, layer="layer3.0")
+    counts = top.image_path.value_counts()
+    vanished, garbage, replaced = list(counts.index[:3])
+    out = tmp_path / "run.h5"
+    scan_shard(lib, model, out, (0, 1), **KW)  # every image scanned; the run file not written yet
+    (lib / vanished).unlink()
+    (lib / garbage).write_bytes(b"\x89PNG not any more")
+    other = next(p for p in counts.index[3:] if Path(p).suffix == Path(replaced).suffix)
+    shutil.copy(lib / other, lib / replaced)
+    scan(lib, model, out, resume=True, **KW)
+    df = cnnviz.top_patches(out)
+    reasons = df.groupby("image_path").patch_error.first()
+    assert reasons[vanished] == "vanished after it was scanned"
+    assert reasons[garbage].startswith("unreadable when its patches were cut")
+    assert reasons[replaced] == "changed after it was scanned (its content differs)"
+    assert (reasons.drop([vanished, garbage, replaced]) == "").all()
+    with h5py.File(ref, "r") as f, h5py.File(out, "r") as g:
+        assert g.attrs["n_patch_errors"] == 3
+        for name in ("layer1.1", "layer3.0"):
+            ids = g[f"layers/{name}/topk/image_id"][()]
+            paths = g["images/path"].asstr()[()]
+            lost = np.isin(paths[np.maximum(ids, 0)], [vanished, garbage, replaced]) & (ids >= 0)
+            got, want = g[f"layers/{name}/topk/patches"][()], f[f"layers/{name}/topk/patches"][()]
+            assert (got[lost] == 0).all() and lost.any()
+            np.testing.assert_array_equal(got[~lost], want[~lost])
+            np.testing.assert_array_equal(g[f"layers/{name}/maxima"][()], f[f"layers/{name}/maxima"][()])
+
+
+@pytest.mark.slow
+def test_resume_with_rewritten_weights_is_refused(photo_dir, tmp_path):
+    weights = tmp_path / "w.pt"
+    torch.save(load_model("resnet18", None, seed=0).module.state_dict(), weights)
+    lib = _big_library(photo_dir, tmp_path, copies=2)
+    common = ["--weights", str(weights), *COMMON[4:]]
+    out = tmp_path / "run.h5"
+    proc = _cli("scan", str(lib), "--model", "resnet18", *common, "--out", str(out),
+                "--checkpoint-images", "2")
+    _wait_for(_checkpointed(tmp_path / "run.h5.work", 2), what="checkpoints")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    torch.save(load_model("resnet18", None, seed=1).module.state_dict(), weights)  # same path
+    resumed = _cli("scan", str(lib), "--model", "resnet18", *common, "--out", str(out), "--resume")
+    text = resumed.stdout.read()
+    assert resumed.wait(timeout=300) == 2, text
+    _one_line_error(text)
+    assert "not the same scan" in text and "weights_digest" in text
+
+
+# -- damaged checkpoints and run files ------------------------------------------------------
+
+def _interrupted_work(photo_dir, tmp_path) -> tuple[Path, Path, Path]:
+    """A work folder with several checkpoints, as a crash leaves it."""
+    lib = _big_library(photo_dir, tmp_path, copies=1)
+    out = tmp_path / "run.h5"
+    work = scan_shard(lib, load_model("resnet18", None), out, (0, 1), checkpoint_images=2, **KW)
+    state = dict(np.load(work / "state.npz"))
+    state["next_batch"] = np.int64(3)  # as if it had stopped after batch 2
+    np.savez(work / "state.npz", **state)
+    return lib, out, work
+
+
+def test_a_truncated_state_falls_back_to_the_previous_checkpoint(photo_dir, tmp_path):
+    lib, out, work = _interrupted_work(photo_dir, tmp_path)
+    data = (work / "state.npz").read_bytes()
+    (work / "state.npz").write_bytes(data[: len(data) // 2])
+    scan(lib, load_model("resnet18", None), out, resume=True, **KW)
+    ref = scan(lib, load_model("resnet18", None), tmp_path / "ref.h5", **KW)
+    assert_same_file(ref, out)
+
+
+def test_damaged_checkpoints_are_named_before_scanning(photo_dir, tmp_path):
+    lib, out, work = _interrupted_work(photo_dir, tmp_path)
+    seg = sorted(work.glob("seg-*.npz"))[0]
+    seg.write_bytes(seg.read_bytes()[:200])
+    text = _run_cli("scan", str(lib), *COMMON, "--out", str(out), "--resume", code=2)
+    assert f"checkpoint {seg} is damaged" in text and "--overwrite" in text
+    (work / "meta.json").write_text('{"format": "cnnviz-scan-work", "mod')
+    text = _run_cli("scan", str(lib), *COMMON, "--out", str(out), "--resume", code=2)
+    assert f"{work / 'meta.json'} is damaged" in text and "--overwrite" in text
+
+
+def _run_cli(*args, code: int) -> str:
+    proc = _cli(*args)
+    text = proc.stdout.read()
+    assert proc.wait(timeout=300) == code, text
+    if code == 2:
+        _one_line_error(text)
+    return text
+
+
+def test_a_damaged_run_file_is_reported_not_shown(photo_dir, tmp_path):
+    run = scan(photo_dir, load_model("resnet18", None), tmp_path / "run.h5", **KW)
+    with h5py.File(run, "r") as f:
+        info = f["layers/layer3.0/topk/patches"].id.get_chunk_info(5)
+    with open(run, "r+b") as fh:
+        fh.seek(info.byte_offset + info.size // 2)
+        fh.write(bytes(64))
+    with pytest.raises(RunFileError, match="is damaged"):
+        cnnviz.run.read_patches(run, "layer3.0", 5)
+    text = _run_cli("report", str(run), "--out", str(tmp_path / "site"), "--no-progress", code=2)
+    assert "run.h5 is damaged" in text
+    assert "layer3.0" in _run_cli("top", str(run), "--max-rows", "3", code=0)  # the rest still reads
+
+
+# -- a full disk ----------------------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 24 MB tmpfs, where the test may mount one (root on Linux); else skipped."""
+    mnt = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
+    mnt.mkdir()
+    if shutil.which("mount") is None or os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root")
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], capture_output=True)
+    if res.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    free = shutil.disk_usage(disk).free
+    filler = disk / "filler"
+    with open(filler, "wb") as f:
+        f.write(b"\0" * max(0, free - leave))
+    return filler
+
+
+def test_a_scan_that_cannot_fit_is_refused_before_any_work(photo_dir, small_disk):
+    out = small_disk / "run.h5"
+    text = _run_cli("scan", str(photo_dir), *COMMON[:4], "--layers", "layer1.0,layer2.0,layer3.0,layer4.0",
+                    "--top-k", "8", "--patch-size", "128", "--workers", "0", "--no-progress",
+                    "--out", str(out), code=2)
+    assert f"the disk of {out} has" in text and "--maxima-dtype float16" in text
+    assert list(small_disk.iterdir()) == []
+
+
+_FULL_DURING = """
+import sys
+from pathlib import Path
+import cnnviz.scanner.assemble as assemble
+import cnnviz.scanner.loop as loop
+from cnnviz import load_model, scan
+from cnnviz.errors import ScanError
+assemble.check_space = loop.check_space = lambda *a, **k: None   # as if it filled after the checks
+try:
+    scan(sys.argv[1], load_model("resnet18", None), sys.argv[2], resume=True, layers="layer1.1,layer3.0",
+         top_k=3, batch_size=2, workers=0, progress=False)
+except ScanError as exc:
+    print("ScanError:", exc)
+    sys.exit(2)
+"""
+
+
+def test_a_disk_that_fills_while_the_run_file_is_written(photo_dir, small_disk, tmp_path):
+    """No segfault, no traceback, no .tmp left behind; the scan is kept and resumes."""
+    out = small_disk / "run.h5"
+    work = scan_shard(photo_dir, load_model("resnet18", None), out, (0, 1), **KW)
+    filler = _fill(small_disk, leave=200_000)
+    res = subprocess.run([sys.executable, "-c", _FULL_DURING, str(photo_dir), str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
+    assert "filled up while the run file was written" in res.stdout and "resume=True" in res.stdout
+    assert "Traceback" not in res.stderr and "Exception ignored" not in res.stderr, res.stderr
+    assert not Path(str(out) + ".tmp").exists() and (work / "state.npz").exists()
+    filler.unlink()
+    scan(photo_dir, load_model("resnet18", None), out, resume=True, **KW)
+    assert_same_file(scan(photo_dir, load_model("resnet18", None), tmp_path / "ref.h5", **KW), out)
+
+
+def test_a_disk_that_fills_while_checkpointing(photo_dir, small_disk, tmp_path):
+    lib = _big_library(photo_dir, tmp_path, copies=2)
+    out = small_disk / "run.h5"
+    _fill(small_disk, leave=3_000_000)
+    text = _run_cli("scan", str(lib), *COMMON, "--out", str(out), "--checkpoint-images", "2",
+                    "--maxima-dtype", "float32", code=2)
+    # either refused up front (not enough room for the run), or the checkpoint that hit the
+    # full disk is named and the last good one kept
+    assert ("has" in text and "free" in text) or "the last complete checkpoint is kept" in text, text
+    assert not list(small_disk.glob("run.h5.work/*.tmp"))
+
+
+def test_a_full_disk_at_a_checkpoint_keeps_the_last_good_one(photo_dir, tmp_path, monkeypatch):
+    """The same, simulated where no filesystem can be mounted: ENOSPC from the checkpoint write."""
+    import errno
+
+    import cnnviz.scanner.workdir as workdir
+
+    calls = {"n": 0}
+    real = np.savez
+
+    def savez(f, **arrays):
+        calls["n"] += 1
+        if calls["n"] > 6:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(f, **arrays)
+
+    monkeypatch.setattr(workdir.np, "savez", savez)
+    lib = _big_library(photo_dir, tmp_path, copies=1)
+    out = tmp_path / "run.h5"
+    with pytest.raises(ScanError, match="the last complete checkpoint is kept"):
+        scan(lib, load_model("resnet18", None), out, checkpoint_images=2, **KW)
+    work = tmp_path / "run.h5.work"
+    assert not list(work.glob("*.tmp")) and not list(work.glob("state.next.npz"))
+    monkeypatch.setattr(workdir.np, "savez", real)
+    scan(lib, load_model("resnet18", None), out, resume=True, **KW)
+    assert_same_file(scan(lib, load_model("resnet18", None), tmp_path / "ref.h5", **KW), out)
+
+
+# -- bad images -----------------------------------------------------------------------------
+
+def test_decoding_rules_against_known_pixels(tmp_path):
+    ramp = np.tile(np.arange(0, 65536, 257, dtype=np.uint16)[None, :], (8, 1))  # 0..65535 in 256 steps
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    got = np.asarray(decode_file(tmp_path / "g16.png").image)
+    np.testing.assert_array_equal(got[..., 0], np.tile(np.arange(256, dtype=np.uint8), (8, 1)))
+    assert (got[..., 0] == got[..., 2]).all()
+
+    floats = np.linspace(0, 1, 256, dtype=np.float32)[None, :].repeat(4, 0)
+    Image.fromarray(floats, "F").save(tmp_path / "f32.tiff")
+    np.testing.assert_array_equal(np.asarray(decode_file(tmp_path / "f32.tiff").image)[..., 1],
+                                  np.round(floats * 255).astype(np.uint8))
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)  # landscape, stored as is
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    Image.fromarray(pixels).save(tmp_path / "phone.png", exif=exif)
+    decoded = decode_file(tmp_path / "phone.png")
+    np.testing.assert_array_equal(np.asarray(decoded.image), np.rot90(pixels, k=-1))
+    assert decoded.original_size == (20, 30)  # upright: 20 wide, 30 high
+
+
+def test_a_big_jpeg_is_decoded_at_reduced_scale_with_the_original_geometry(tmp_path):
+    Image.new("RGB", (6000, 4000), (200, 30, 40)).save(tmp_path / "big.jpg", quality=90)
+    decoded = decode_file(tmp_path / "big.jpg", min_side=256)
+    assert decoded.original_size == (6000, 4000)
+    assert min(decoded.image.size) >= 512 and decoded.image.size[0] < 6000
+    from cnnviz.model import Preprocessing
+
+    pre = Preprocessing(resize=256, crop=(224, 224))
+    crop, geometry = pre.crop_uint8(decoded.image, decoded.original_size)
+    box = geometry.to_original((0, 0, 224, 224))  # the whole crop, in the photo's pixels
+    # resized to 384x256 (scale 15.625), crop offset (16, 80): the box in the photo is exact
+    assert box == pytest.approx((16 * 15.625, 80 * 15.625, 240 * 15.625, 304 * 15.625), abs=1)
+
+
+def test_every_listed_file_is_scanned_or_recorded(photo_dir, tmp_path, recwarn):
+    lib = tmp_path / "lib"
+    (lib / "things").mkdir(parents=True)
+    elsewhere = tmp_path / "cats-elsewhere"
+    elsewhere.mkdir()
+    for name in ("chelsea.png", "horse.png"):
+        shutil.copy(photo_dir / "animals" / name, elsewhere / name)
+    (lib / "cats").symlink_to(elsewhere, target_is_directory=True)  # a symlinked class folder
+    (lib / "things" / "loop").symlink_to(lib, target_is_directory=True)  # a link loop
+    (lib / "things" / "broken.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    shutil.copy(photo_dir / "things" / "coffee.png", lib / "things" / "coffee.png")
+    Image.open(photo_dir / "things" / "coffee.png").convert("RGB").save(lib / "things" / "coffee.avif")
+    bomb = Image.new("1", (20000, MAX_PIXELS // 20000 + 1000))
+    bomb.save(lib / "things" / "bomb.png")
+    assert (lib / "things" / "bomb.png").stat().st_size < 1_000_000
+    listing = ImageLibrary.open(lib)
+    assert sorted(listing.relpaths) == ["cats/chelsea.png", "cats/horse.png", "things/bomb.png",
+                                        "things/broken.jpg", "things/coffee.avif", "things/coffee.png"]
+    run = scan(lib, load_model("resnet18", None), tmp_path / "run.h5", layers="layer2.0", top_k=2,
+               workers=0, progress=False)
+    with h5py.File(run, "r") as f:
+        failed = dict(zip(f["failures/path"].asstr()[()], f["failures/reason"].asstr()[()], strict=True))
+        ok = dict(zip(f["images/path"].asstr()[()], f["images/ok"][()], strict=True))
+    assert set(failed) == {"things/bomb.png", "things/broken.jpg"}
+    assert "over the limit" in failed["things/bomb.png"]
+    assert "FileNotFoundError" in failed["things/broken.jpg"]
+    assert ok["cats/chelsea.png"] and ok["things/coffee.avif"]
+    assert not [w for w in recwarn if "DecompressionBomb" in type(w.message).__name__]
+
+
+def test_cli_turns_machine_errors_into_one_line(photo_dir, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "run.h5.work").write_text("a file where the work folder should go")
+    text = _run_cli("scan", str(photo_dir), *COMMON, "--out", str(ro / "run.h5"), code=2)
+    assert "run.h5.work" in text
+    assert json.loads(json.dumps(text))  # printable
