@@ -342,16 +342,28 @@ def test_a_disk_that_fills_while_the_run_file_is_written(photo_dir, small_disk, 
     assert_same_file(scan(photo_dir, load_model("resnet18", None), tmp_path / "ref.h5", **KW), out)
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_while_checkpointing(photo_dir, small_disk, tmp_path):
+    """The disk fills after the scan started (its up-front check passed): the checkpoint that
+    meets the full disk is abandoned cleanly, the last good one kept, and --resume finishes."""
     lib = _big_library(photo_dir, tmp_path, copies=2)
     out = small_disk / "run.h5"
-    _fill(small_disk, leave=3_000_000)
-    text = _run_cli("scan", str(lib), *COMMON, "--out", str(out), "--checkpoint-images", "2",
-                    "--maxima-dtype", "float32", code=2)
-    # either refused up front (not enough room for the run), or the checkpoint that hit the
-    # full disk is named and the last good one kept
-    assert ("has" in text and "free" in text) or "the last complete checkpoint is kept" in text, text
-    assert not list(small_disk.glob("run.h5.work/*.tmp"))
+    common = [*COMMON, "--patch-size", "16", "--top-k", "2"]
+    proc = _cli("scan", str(lib), *common, "--out", str(out), "--checkpoint-images", "2")
+    _wait_for(_checkpointed(small_disk / "run.h5.work", 2), what="checkpoints")
+    os.kill(proc.pid, signal.SIGSTOP)
+    filler = _fill(small_disk, leave=0)
+    os.kill(proc.pid, signal.SIGCONT)
+    text = proc.stdout.read()
+    assert proc.wait(timeout=300) == 2, text
+    _one_line_error(text)
+    assert "is full" in text and "the last complete checkpoint is kept" in text and "--resume" in text
+    assert not list(small_disk.glob("run.h5.work/*.tmp")) and not list(small_disk.glob("run.h5.work/*next*"))
+    filler.unlink()
+    resumed = _cli("scan", str(lib), *common, "--out", str(out), "--resume")
+    assert resumed.wait(timeout=600) == 0, resumed.stdout.read()
+    ref = scan(lib, load_model("resnet18", None), tmp_path / "ref.h5", **{**KW, "top_k": 2}, patch_size=16)
+    assert_same_file(ref, out)
 
 
 def test_a_full_disk_at_a_checkpoint_keeps_the_last_good_one(photo_dir, tmp_path, monkeypatch):

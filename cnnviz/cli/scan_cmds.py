@@ -10,9 +10,11 @@ from .common import add_model_args, add_progress_arg, load
 def add_scan(sub) -> None:
     p = sub.add_parser("scan", help="top-k receptive-field patches per channel over an image "
                        "library, to an HDF5 run file (resumable; under torchrun, distributed)",
-                       description="Under `torchrun --nproc_per_node=N -m cnnviz scan ...` every "
-                       "process scans its share (batch b goes to rank b % N) and rank 0 merges "
-                       "the shards into --out at the end.")
+                       description="One scan writes an --out at a time (a lock beside it). Under "
+                       "`torchrun --nproc_per_node=N -m cnnviz scan ...` every process scans its "
+                       "share (batch b goes to rank b % N) and rank 0 merges the shards into --out "
+                       "at the end. What happens on faults: README, 'What happens when things go "
+                       "wrong'.")
     p.add_argument("library", metavar="LIBRARY",
                    help="image folder (recursive; labels from class/ subfolders) or a text/CSV "
                         "file of paths with an optional label column")
@@ -28,9 +30,11 @@ def add_scan(sub) -> None:
                    help="mixed-precision forward pass (reductions stay float32)")
     p.add_argument("--out", required=True, help="run file to write (HDF5)")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted scan of the same --out")
+                   help="continue an interrupted scan of the same --out (the images listed when it "
+                        "started; an interrupted --overwrite scan too)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --out and discard an interrupted scan")
+                   help="replace an existing --out once the new run is complete; without --resume, "
+                        "also discard an interrupted scan")
     p.add_argument("--maxima-dtype", default="float32", choices=["float32", "float16"],
                    help="dtype of the stored images x channels maxima (default: float32)")
     p.add_argument("--patch-size", type=int, default=64,

@@ -9,6 +9,7 @@ renamed when complete, so a crash never leaves a half-written run file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -16,13 +17,14 @@ import signal
 import sys
 import time
 import traceback
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from ..errors import RunFileError, ScanError
+from ..errors import CnnvizError, RunFileError, ScanError
 from ..images.dataset import decode_crop
 from ..images.library import ImageLibrary
 from ..images.patches import downsample, patch_box, patch_factor, patch_shape
@@ -107,6 +109,8 @@ def assemble_run(works: list[WorkDir], out: Path, keep_work: bool = False) -> Pa
         raise ScanError(f"the disk of {out} filled up while the run file was written; the scan "
                         f"itself is kept in {works[0].path}: free some space, then run the same "
                         "scan with `resume=True` to write the run file")
+    if outcome == "refused":
+        raise ScanError(detail)
     if outcome != "ok":
         raise RuntimeError(f"writing {tmp} failed in its writer process:\n{detail}")
     _durable_rename(tmp, out)
@@ -202,6 +206,8 @@ def _writer(write, tmp: Path, send) -> None:
         f = h5py.File(tmp, "w")
         write(f)
         f.close()
+    except CnnvizError as exc:
+        outcome = ("refused", str(exc))
     except BaseException as exc:  # noqa: BLE001 - reported to the scan process
         outcome = ("disk full" if is_disk_full(exc) else "failed", traceback.format_exc())
     try:
@@ -282,7 +288,7 @@ def _write_images(f, lib, works, fail_ids, fail_reasons, taps) -> np.ndarray:
         dsets.append((mx, ps))
     segments = sorted((s for w in works for s in w.segments()), key=lambda s: s[0])
     for _, _, path in segments:
-        with np.load(path) as z:
+        with _segment(path) as z:
             ids, geoms, ident, layers = read_segment(z, len(taps))
             geometry[ids] = geoms
             identity[ids] = ident
@@ -293,6 +299,16 @@ def _write_images(f, lib, works, fail_ids, fail_reasons, taps) -> np.ndarray:
     _dataset(f, fmt.IMAGE_GEOMETRY, geometry)
     _dataset(f, fmt.IMAGE_IDENTITY, identity)
     return geometry, identity
+
+
+@contextlib.contextmanager
+def _segment(path: Path):
+    try:
+        with np.load(path) as z:
+            yield z
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise ScanError(f"checkpoint {path} is damaged ({type(exc).__name__}: {exc}): the per-image "
+                        "maxima in it are lost; start the scan again with `overwrite=True`") from None
 
 
 def _dataset(parent, path: str, data) -> None:
