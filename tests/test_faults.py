@@ -469,3 +469,55 @@ def test_cli_turns_machine_errors_into_one_line(photo_dir, tmp_path):
     text = _run_cli("scan", str(photo_dir), *COMMON, "--out", str(ro / "run.h5"), code=2)
     assert "run.h5.work" in text
     assert json.loads(json.dumps(text))  # printable
+
+
+def test_hostile_files_in_a_library(photo_dir, tmp_path):
+    """A FIFO named like a photo (would block a reader forever), an empty file, a truncated
+    JPEG and a file name that is not UTF-8: all listed, the bad ones recorded, the scan whole."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    shutil.copy(photo_dir / "animals" / "chelsea.png", lib / "chelsea.png")
+    os.mkfifo(lib / "pipe.jpg")
+    (lib / "empty.png").write_bytes(b"")
+    data = (photo_dir / "things" / "coffee.png").read_bytes()
+    Image.open(photo_dir / "things" / "coffee.png").convert("RGB").save(lib / "cut.jpg")
+    (lib / "cut.jpg").write_bytes((lib / "cut.jpg").read_bytes()[:2000])
+    odd = os.fsencode(str(lib)) + b"/caf\xe9.png"  # Latin-1 bytes: not UTF-8
+    with open(odd, "wb") as f:
+        f.write(data)
+    run = scan(lib, load_model("resnet18", None), tmp_path / "run.h5", layers="layer2.0", top_k=2,
+               workers=1, progress=False)
+    with h5py.File(run, "r") as f:
+        failed = dict(zip(f["failures/path"].asstr()[()], f["failures/reason"].asstr()[()], strict=True))
+        paths = list(f["images/path"].asstr()[()])
+        ok = dict(zip(paths, f["images/ok"][()], strict=True))
+    assert set(failed) == {"pipe.jpg", "empty.png", "cut.jpg"}
+    assert "not a regular file" in failed["pipe.jpg"]
+    assert ok["chelsea.png"] and ok["caf\ufffd.png"]
+
+
+@pytest.mark.parametrize("make", ["image", "binary"])
+def test_a_library_that_is_not_a_library(photo_dir, tmp_path, make):
+    target = tmp_path / ("photo.png" if make == "image" else "blob.bin")
+    if make == "image":
+        shutil.copy(photo_dir / "animals" / "chelsea.png", target)
+    else:
+        target.write_bytes(bytes(range(256)) * 4)
+    text = _run_cli("scan", str(target), *COMMON, "--out", str(tmp_path / "r.h5"), code=2)
+    assert "LIBRARY" in text and ("is an image" in text or "not a UTF-8 text file" in text)
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_like_ctrl_c(photo_dir, tmp_path):
+    """What Slurm sends at the time limit: the batch is finished, checkpointed, and resumable."""
+    lib = _big_library(photo_dir, tmp_path, copies=2)
+    out = tmp_path / "run.h5"
+    proc = _cli("scan", str(lib), *COMMON, "--out", str(out), "--checkpoint-images", "2")
+    _wait_for(_checkpointed(tmp_path / "run.h5.work", 3), what="checkpoints")
+    proc.send_signal(signal.SIGTERM)
+    text = proc.stdout.read()
+    assert proc.wait() == 130, text
+    assert "checkpoint saved" in text and "--resume" in text and "Traceback" not in text
+    resumed = _cli("scan", str(lib), *COMMON, "--out", str(out), "--resume")
+    assert resumed.wait(timeout=600) == 0, resumed.stdout.read()
+    assert_same_file(scan(lib, load_model("resnet18", None), tmp_path / "ref.h5", **KW), out)

@@ -9,10 +9,12 @@ The rules (also in the README, "What happens when things go wrong"):
   else from their own minimum..maximum. Grayscale becomes three equal channels; alpha is
   dropped; palette images are expanded.
 * An image of more than :data:`MAX_PIXELS` pixels is refused before it is decoded (a small file
-  can declare gigapixels). A JPEG of more than :data:`DRAFT_PIXELS` is decoded at a reduced
-  scale (libjpeg's DCT scaling, ``Image.draft``), still at least twice the size the network's
-  resize needs, so memory per image stays bounded whatever its size; smaller photos (phone
-  photos included) are decoded exactly, as torchvision's own transforms would see them.
+  can declare gigapixels), and so is a file over :data:`MAX_FILE_BYTES` or one that is not a
+  regular file (a FIFO named ``x.jpg`` would block a worker forever). A JPEG of more than
+  :data:`DRAFT_PIXELS` is decoded at a reduced scale (libjpeg's DCT scaling, ``Image.draft``),
+  still at least twice the size the network's resize needs, so memory per image stays bounded
+  whatever its size; smaller photos (phone photos included) are decoded exactly, as
+  torchvision's own transforms would see them.
 * Every decoding also reports the file's identity (size, modification time, a 64-bit BLAKE2b
   digest of its bytes), so a scan can tell that a file changed after it was scanned.
 
@@ -28,6 +30,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -40,6 +43,8 @@ __all__ = ["MAX_PIXELS", "DRAFT_PIXELS", "Decoded", "decode_file", "load_rgb", "
 MAX_PIXELS = 178_956_970
 #: JPEGs larger than this (in pixels) are decoded at a reduced scale.
 DRAFT_PIXELS = 16_000_000
+#: Files larger than this are refused unread (a decoder holds the whole file in memory).
+MAX_FILE_BYTES = 512 * 1024 * 1024
 _ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
@@ -68,6 +73,11 @@ def decode_file(path: str | os.PathLike, min_side: int | None = None) -> Decoded
     """
     path = Path(path)
     stat = path.stat()
+    if not S_ISREG(stat.st_mode):  # a FIFO or device named like an image would block or never end
+        raise ValueError(f"{path.name} is not a regular file")
+    if stat.st_size > MAX_FILE_BYTES:
+        raise ValueError(f"{stat.st_size:,} bytes, over the limit of {MAX_FILE_BYTES:,} "
+                         "(cnnviz.images.decoding.MAX_FILE_BYTES)")
     data = path.read_bytes()
     identity = (stat.st_size, stat.st_mtime_ns, file_digest(data))
     with warnings.catch_warnings():

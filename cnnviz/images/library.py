@@ -49,7 +49,7 @@ class ImageLibrary:
         """Hash of the ordered relative paths: a resumed scan checks it is the same library."""
         h = hashlib.sha256()
         for p in self.relpaths:
-            h.update(p.encode("utf-8") + b"\0")
+            h.update(p.encode("utf-8", "surrogateescape") + b"\0")
         return h.hexdigest()[:16]
 
     @classmethod
@@ -92,7 +92,14 @@ class ImageLibrary:
 
     @classmethod
     def _from_list(cls, list_file: Path) -> ImageLibrary:
-        text = list_file.read_text(encoding="utf-8")
+        if list_file.suffix.lower() in IMAGE_EXTENSIONS:
+            raise UsageError(f"`library` {list_file} is an image; a library is a folder of images or "
+                             "a text file listing them")
+        try:
+            text = list_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UsageError(f"`library` {list_file} is not a UTF-8 text file listing image paths "
+                             "(one per line, optionally a label after a comma or tab)") from None
         dialect = "excel-tab" if "\t" in text.split("\n", 1)[0] else "excel"
         rows = [r for r in csv.reader(text.splitlines(), dialect=dialect) if r and r[0].strip()]
         if rows and rows[0][0].strip().lower() in ("path", "file", "filename", "image"):

@@ -259,7 +259,10 @@ def _write_header(f: h5py.File, meta: dict, lib: ImageLibrary, n_failed: int, wo
 
 
 def _strings(f: h5py.File, path: str, values) -> None:
-    f.create_dataset(path, data=np.array(list(values), dtype=object), dtype=_STR)
+    """UTF-8 strings; a file name that is not valid UTF-8 (possible on Linux) is stored with
+    its undecodable bytes replaced (U+FFFD) rather than failing the run file."""
+    clean = [v.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for v in map(str, values)]
+    f.create_dataset(path, data=np.array(clean, dtype=object), dtype=_STR)
 
 
 def _write_images(f, lib, works, fail_ids, fail_reasons, taps) -> np.ndarray:

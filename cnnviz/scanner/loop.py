@@ -281,18 +281,22 @@ def _forward(cap, preprocessing, crops: torch.Tensor, errors: list[str], device:
 
 
 def _ignore_sigint(worker_id: int) -> None:
-    """Decoding workers leave Ctrl-C to the main process, which finishes the batch and
-    checkpoints (a terminal sends SIGINT to the whole process group)."""
+    """Decoding workers leave Ctrl-C (and a closed terminal's SIGHUP) to the main process, which
+    finishes the batch and checkpoints (a terminal signals the whole process group)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 class _InterruptFlag:
     """Ctrl-C during a scan: the first one is noted and honoured after the current batch (so
-    the checkpoint never holds half a batch); a second one stops at once."""
+    the checkpoint never holds half a batch); a second one stops at once. SIGTERM (what Slurm
+    and ``kill`` send before the end) and SIGHUP (the terminal closed) are treated alike."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self._previous: dict = {}
         self._pid = os.getpid()
 
     def _handler(self, signum, frame) -> None:
@@ -306,12 +310,12 @@ class _InterruptFlag:
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+            self._previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
 
     def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
+        self._previous = {}
 
 
 def _progress_bar(enabled: bool, total: int, initial: int, out: Path):
