@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -108,9 +109,12 @@ def _scan_share(library, model, out: Path, shard, config: ScanConfig, work: Work
                if b % world == rank]                         # 3. plan batches
     module = _module_on(model.module, device)
     checkpointer = _Checkpointer(work, state, config, taps)
-    with capture(module, [t.name for t in taps], reduce=_spatial_max_of, stop_early=True) as cap:
-        _run_batches(cap, lib, model.preprocessing, batches, state, checkpointer, config, out)  # 4.
-    checkpointer.save()                                      # 5. the last checkpoint
+    try:
+        with capture(module, [t.name for t in taps], reduce=_spatial_max_of, stop_early=True) as cap:
+            _run_batches(cap, lib, model.preprocessing, batches, state, checkpointer, config, out)  # 4.
+        checkpointer.save()                                  # 5. the last checkpoint
+    finally:
+        checkpointer.close()
     return work.path
 
 
@@ -172,20 +176,20 @@ def _version() -> str:
 
 
 def _module_on(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """The module to run on ``device``: the caller's own when it is already there in its
-    layout, else a copy moved there (channels_last on CUDA): a scan never moves or converts
-    the user's model behind their back."""
-    param = next(module.parameters(), None)
-    current = param.device if param is not None else torch.device("cpu")
-    if device.type != "cuda" and current == device:
-        return module
-    moved = copy.deepcopy(module).to(device)
-    return moved.to(memory_format=torch.channels_last) if device.type == "cuda" else moved
+    """A copy of the module on ``device`` in the channels_last layout (convolutions run faster
+    in it on CPUs and GPUs alike: 33 vs 26 img/s for ResNet50 on 2 CPU cores): a scan never
+    moves or converts the user's model behind their back."""
+    return copy.deepcopy(module).to(device).to(memory_format=torch.channels_last)
 
 
 class _Checkpointer:
     """Saves the buffered rows and the reducers every ``checkpoint_seconds`` or
-    ``checkpoint_images`` (default: when 64 MB of per-image rows are buffered)."""
+    ``checkpoint_images`` (default: when 64 MB of per-image rows are buffered).
+
+    The files are written by one background thread while the next batches run (a checkpoint is
+    tens of MB, fsync'd: on a GPU, writing them in line took most of the scan's time). Order
+    holds: a checkpoint's segment before its state, one checkpoint after the other; at most one
+    is in flight. :meth:`save` takes the snapshot; :meth:`flush` waits until it is on disk."""
 
     def __init__(self, work: WorkDir, state: ScanState, config: ScanConfig, taps: list[LayerTap]):
         self.work, self.state = work, state
@@ -197,28 +201,53 @@ class _Checkpointer:
         self.elapsed_before = state.elapsed_seconds
         self.session_start = self.last = time.monotonic()
         self.pending = 0
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cnnviz-checkpoint")
+        self._in_flight: Future | None = None
 
     def add(self, images: int) -> None:
         self.pending += images
         if time.monotonic() - self.last >= self.seconds or self.pending >= self.images:
-            self.save()
+            self.save(wait=False)
 
-    def save(self) -> None:
+    def save(self, wait: bool = True) -> None:
+        """Checkpoint what has been scanned so far (``wait``: until it is on disk)."""
+        self.flush()
+        segment = self.state.take_segment()
+        self.state.elapsed_seconds = self.elapsed_before + time.monotonic() - self.session_start
+        arrays = self.state.to_arrays()
+        self._in_flight = self._writer.submit(self._write, segment, arrays)
+        self.last = time.monotonic()
+        self.pending = 0
+        if wait:
+            self.flush()
+
+    def _write(self, segment, arrays) -> None:
+        if segment is not None:
+            ids = segment["ids"]
+            self.work.save_segment(int(ids[0]), int(ids[-1]) + 1, **segment)
+        self.work.save_state(**arrays)
+
+    def flush(self) -> None:
+        """Wait for the checkpoint in flight; a failure to write it is raised here."""
+        job, self._in_flight = self._in_flight, None
+        if job is None:
+            return
         try:
-            segment = self.state.take_segment()
-            if segment is not None:
-                ids = segment["ids"]
-                self.work.save_segment(int(ids[0]), int(ids[-1]) + 1, **segment)
-            self.state.elapsed_seconds = self.elapsed_before + time.monotonic() - self.session_start
-            self.work.save_state(**self.state.to_arrays())
+            job.result()
         except OSError as exc:
             if not is_disk_full(exc):
                 raise
             raise ScanError(f"the disk holding {self.work.path} is full ({exc.strerror or exc}); the last "
                             "complete checkpoint is kept: free some space, then run the same scan "
                             "with `resume=True`") from None
-        self.last = time.monotonic()
-        self.pending = 0
+
+    def close(self) -> None:
+        """Stop the writer thread once what is in flight is written (errors were raised by
+        :meth:`flush`; here they are let go, as the scan already stops for another reason)."""
+        job = self._in_flight
+        if job is not None:
+            wait([job])
+        self._writer.shutdown(wait=True)
 
 
 def _run_batches(cap, lib: ImageLibrary, preprocessing, batches, state: ScanState,
@@ -272,9 +301,7 @@ def _forward(cap, preprocessing, crops: torch.Tensor, errors: list[str], device:
     batch = crops.to(device, non_blocking=True)
     if not ok.all():
         batch = batch[torch.from_numpy(ok).to(device)]
-    x = preprocessing.normalize(batch)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = preprocessing.normalize(batch).contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), _autocast(device, amp):
         cap.forward(x)
     return cap.outputs

@@ -16,7 +16,7 @@ import torch
 
 from ..model.taps import LayerTap
 from ..run.format import position_dtype
-from .reducers import ChannelStats, TopK, merge_topk
+from .reducers import ChannelStats, RunningStats, TopK, merge_topk
 
 __all__ = ["ScanState", "LayerReducer", "read_segment", "merge_states", "MergedLayer"]
 
@@ -31,33 +31,21 @@ class LayerReducer:
 
     tap: LayerTap
     topk: TopK
-    stats: ChannelStats
+    stats: RunningStats
     maxima: list[np.ndarray] = field(default_factory=list)
     positions: list[np.ndarray] = field(default_factory=list)
 
-    def add(self, reduced, ok: np.ndarray, ok_ids: torch.Tensor, maxima_dtype: str) -> None:
-        """One batch: ``reduced`` is ``spatial_max`` of the readable images (``None`` if none
-        was); unreadable images get NaN rows."""
-        n, c = len(ok), self.tap.channels
-        maxima = np.full((n, c), np.nan, dtype=np.float32)
-        pos = np.zeros((n, c), dtype=position_dtype(*self.tap.shape[1:]))
-        if reduced is not None:
-            values, index, mean = reduced
-            self.topk.update(values, index, ok_ids.to(values.device))
-            v = values.cpu().numpy()
-            self.stats.update(v, mean.cpu().numpy())
-            maxima[ok] = v
-            pos[ok] = index.cpu().numpy()
-        self.maxima.append(maxima.astype(maxima_dtype))
-        self.positions.append(pos)
-
 
 class ScanState:
-    """Reducers, failures and progress of one scan (or one shard of a distributed one)."""
+    """Reducers, failures and progress of one scan (or one shard of a distributed one).
+
+    The reducers live on the device of the activations; per batch, the rows of every layer go
+    to the host in one copy (maxima already in their stored dtype)."""
 
     def __init__(self, taps: list[LayerTap], top_k: int, device, maxima_dtype: str):
-        self.layers = [LayerReducer(t, TopK(t.channels, top_k, device), ChannelStats.zeros(t.channels))
-                       for t in taps]
+        self.device = torch.device(device)
+        self.layers = [LayerReducer(t, TopK(t.channels, top_k, self.device),
+                                    RunningStats(t.channels, self.device)) for t in taps]
         self.maxima_dtype = maxima_dtype
         self.next_batch = 0
         self.elapsed_seconds = 0.0
@@ -70,15 +58,37 @@ class ScanState:
                   identity: torch.Tensor, errors: list[str], reduced: dict) -> None:
         """Fold one batch in: ``reduced[layer name]`` is the readable images' ``spatial_max``;
         ``identity`` the files' ``(size, mtime_ns, digest)`` as they were read."""
-        ok = np.array([e == "" for e in errors])
+        ok = torch.tensor([e == "" for e in errors])
         self.failures += [(i, e) for i, e in zip(ids.tolist(), errors, strict=True) if e]
-        ok_ids = ids[torch.from_numpy(ok)]
+        ok_dev = ok.to(self.device)
+        ok_ids = ids[ok].to(self.device)
+        dtype = getattr(torch, self.maxima_dtype)
+        rows, where = [], []
         for layer in self.layers:
-            layer.add(reduced.get(layer.tap.name), ok, ok_ids, self.maxima_dtype)
+            n, c = len(errors), layer.tap.channels
+            maxima = torch.full((n, c), float("nan"), dtype=dtype, device=self.device)
+            pos = torch.zeros((n, c), dtype=torch.int32, device=self.device)
+            if layer.tap.name in reduced:
+                values, index, mean = reduced[layer.tap.name]
+                layer.topk.update(values, index, ok_ids)
+                layer.stats.update(values, mean)
+                maxima[ok_dev] = values.to(dtype)
+                pos[ok_dev] = index.to(torch.int32)
+            rows.append(maxima)
+            where.append(pos)
+        self._buffer_rows(torch.cat(rows, dim=1).cpu().numpy(), torch.cat(where, dim=1).cpu().numpy())
         self._ids.append(ids.numpy())
         self._geometry.append(geometry.numpy())
         self._identity.append(identity.numpy())
         self.next_batch = batch_index + 1
+
+    def _buffer_rows(self, maxima: np.ndarray, positions: np.ndarray) -> None:
+        start = 0
+        for layer in self.layers:
+            end = start + layer.tap.channels
+            layer.maxima.append(maxima[:, start:end])
+            layer.positions.append(positions[:, start:end].astype(position_dtype(*layer.tap.shape[1:])))
+            start = end
 
     def take_segment(self) -> dict[str, np.ndarray] | None:
         """The rows buffered since the last checkpoint as segment arrays (buffers emptied), or
@@ -104,7 +114,7 @@ class ScanState:
         for i, layer in enumerate(self.layers):
             for k, v in layer.topk.state().items():
                 arrays[_key(i, k)] = v
-            for k, v in layer.stats.state().items():
+            for k, v in layer.stats.to_stats().state().items():
                 arrays[_key(i, "stat_" + k)] = v
         return arrays
 
@@ -116,7 +126,7 @@ class ScanState:
                                  strict=True))
         for i, layer in enumerate(self.layers):
             layer.topk.load({k: arrays[_key(i, k)] for k in ("values", "ids", "index")})
-            layer.stats = _stats(arrays, i)
+            layer.stats = RunningStats.from_stats(_stats(arrays, i), self.device)
 
 
 def _stats(arrays, i: int) -> ChannelStats:
