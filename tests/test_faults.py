@@ -521,3 +521,11 @@ def test_sigterm_checkpoints_like_ctrl_c(photo_dir, tmp_path):
     resumed = _cli("scan", str(lib), *COMMON, "--out", str(out), "--resume")
     assert resumed.wait(timeout=600) == 0, resumed.stdout.read()
     assert_same_file(scan(lib, load_model("resnet18", None), tmp_path / "ref.h5", **KW), out)
+
+
+def test_a_layer_named_twice_is_scanned_once(photo_dir, tmp_path):
+    run = scan(photo_dir, load_model("resnet18", None), tmp_path / "run.h5",
+               layers="layer2.0,layer2[0],layer1.0", top_k=2, workers=0, progress=False)
+    assert cnnviz.run.run_layers(run) == ["layer2.0", "layer1.0"]
+    text = _run_cli("top", str(tmp_path), code=2)
+    assert "is a folder" in text

@@ -123,12 +123,17 @@ def resolve_layer(model, name: str) -> LayerTap:
 
 
 def resolve_layers(model, names: Sequence[str] | str | None) -> list[LayerTap]:
-    """Several taps: a list, a comma-separated string, or ``None`` for :func:`default_layers`."""
-    if names is None or names == "" or names == []:
-        return default_layers(model)
+    """Several taps: a list, a comma-separated string, or ``None`` for :func:`default_layers`.
+    A layer named twice (``layer2.0,layer2[0]``) is tapped once, where it first appears."""
     if isinstance(names, str):
         names = [n for n in names.split(",") if n.strip()]
-    return [resolve_layer(model, n) for n in names]
+    if not names:
+        return default_layers(model)
+    taps = {}
+    for n in names:
+        tap = resolve_layer(model, n)
+        taps.setdefault(tap.name, tap)
+    return list(taps.values())
 
 
 def default_layers(model) -> list[LayerTap]:

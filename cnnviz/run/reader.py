@@ -25,6 +25,8 @@ __all__ = ["open_run", "RunReader"]
 def open_run(path: str | Path) -> h5py.File:
     """Open a run file read-only, checking its format and version."""
     path = Path(path)
+    if path.is_dir():
+        raise RunFileError(f"{path} is a folder; give the run file (RUN.h5) itself")
     if not path.is_file():
         work = path.with_name(path.name + ".work")
         extra = (f" ({work} holds an unfinished scan: rerun the scan with `resume=True`)"
