@@ -305,7 +305,7 @@ def test_a_scan_that_cannot_fit_is_refused_before_any_work(photo_dir, small_disk
     text = _run_cli("scan", str(photo_dir), *COMMON[:4], "--layers", "layer1.0,layer2.0,layer3.0,layer4.0",
                     "--top-k", "8", "--patch-size", "128", "--workers", "0", "--no-progress",
                     "--out", str(out), code=2)
-    assert f"the disk of {out} has" in text and "--maxima-dtype float16" in text
+    assert f"the disk of {out} has" in text and "--maxima float16" in text
     assert list(small_disk.iterdir()) == []
 
 

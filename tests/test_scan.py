@@ -453,3 +453,34 @@ def test_amp_maxima_are_exact_for_the_activations_computed(photo_dir, tmp_path):
         flat = act.float().flatten(2).numpy()
         np.testing.assert_array_equal(stored[ok], flat.max(axis=2))
         np.testing.assert_array_equal(where[ok], flat.argmax(axis=2))
+
+
+def test_maxima_can_be_left_out_or_kept_for_some_layers(photo_dir, resnet18, run_file, tmp_path):
+    """Without per-image maxima a run keeps the same top-k, patches and statistics; whatever
+    needs the maxima says they were not kept."""
+    import warnings
+
+    none = scan(photo_dir, resnet18, tmp_path / "none.h5", layers=LAYERS, top_k=K, batch_size=4,
+                workers=1, progress=False, patch_size=512, maxima_dtype="none")
+    some = scan(photo_dir, resnet18, tmp_path / "some.h5", layers=LAYERS, top_k=K, batch_size=4,
+                workers=1, progress=False, patch_size=512, maxima_layers="layer2.1")
+    pd.testing.assert_frame_equal(cnnviz.top_patches(none), cnnviz.top_patches(run_file))
+    with h5py.File(none, "r") as f, h5py.File(run_file, "r") as g:
+        for name in LAYERS:
+            assert "maxima" not in f[f"layers/{name}"] and not f[f"layers/{name}"].attrs["maxima_kept"]
+            key = f"layers/{name}/topk/patches"
+            np.testing.assert_array_equal(f[key][()], g[key][()])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stats = cnnviz.channel_stats(none)
+    assert stats.selectivity.isna().all() and any("did not keep" in str(w.message) for w in caught)
+    ref = cnnviz.channel_stats(run_file)
+    for col in ("count", "mean_max", "std_max", "max_max", "fire_rate", "top_label"):
+        pd.testing.assert_series_equal(stats[col], ref[col])
+    with pytest.raises(UsageError, match="did not keep the per-image maxima of layer1.0"):
+        cnnviz.channel_maxima(none, "layer1.0")
+    pd.testing.assert_frame_equal(cnnviz.channel_maxima(some, "layer2.1"),
+                                  cnnviz.channel_maxima(run_file, "layer2.1"))
+    with pytest.raises(UsageError, match="did not keep"):
+        cnnviz.channel_maxima(some, "layer4.1")
+    assert none.stat().st_size < run_file.stat().st_size

@@ -35,8 +35,13 @@ def add_scan(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out once the new run is complete; without --resume, "
                         "also discard an interrupted scan")
-    p.add_argument("--maxima-dtype", default="float32", choices=["float32", "float16"],
-                   help="dtype of the stored images x channels maxima (default: float32)")
+    p.add_argument("--maxima-dtype", "--maxima", dest="maxima_dtype", default="float32",
+                   choices=["float32", "float16", "none"],
+                   help="the per-image maxima (images x channels, with their positions): float32, "
+                        "float16 (a third smaller) or none (top-k, patches and statistics are kept "
+                        "all the same) (default: float32)")
+    p.add_argument("--maxima-layers", default=None,
+                   help="keep the per-image maxima of these layers only (comma-separated; default: all)")
     p.add_argument("--patch-size", type=int, default=64,
                    help="largest stored patch side; larger fields are downsampled (default: 64)")
     p.add_argument("--checkpoint-seconds", type=float, default=60.0,
@@ -68,7 +73,7 @@ def run_scan(args) -> int:
     config = ScanConfig(
         layers=args.layers, top_k=args.top_k, batch_size=args.batch_size, workers=args.workers,
         device=args.device, amp=args.amp, resume=args.resume, overwrite=args.overwrite,
-        maxima_dtype=args.maxima_dtype, patch_size=args.patch_size,
+        maxima_dtype=args.maxima_dtype, maxima_layers=args.maxima_layers, patch_size=args.patch_size,
         checkpoint_seconds=args.checkpoint_seconds, checkpoint_images=args.checkpoint_images,
         progress=not args.no_progress)
     config.validate()  # before the model loads: a typo costs nothing

@@ -145,12 +145,24 @@ class RunReader:
             return json.loads(self.attrs[fmt.ATTR_WEIGHTS_SPEC])
         return _legacy_weights_spec(str(self.attrs["weights_origin"]))
 
+    def has_maxima(self, layer: str) -> bool:
+        """Whether the run kept the per-image maxima of ``layer``."""
+        return fmt.MAXIMA in self.layer(layer)
+
+    def maxima_dataset(self, layer: str, positions: bool = False) -> h5py.Dataset:
+        """The images x channels maxima (or their positions) of ``layer``."""
+        if not self.has_maxima(layer):
+            raise UsageError(f"{self.path.name} did not keep the per-image maxima of {layer} (it was "
+                             "scanned with `maxima_dtype=none` or other `maxima_layers`): scan again "
+                             "keeping them to get per-image values, distributions and selectivity")
+        return self.layer(layer)[fmt.POSITION if positions else fmt.MAXIMA]
+
     def maxima_blocks(self, layer: str, channels: Sequence[int] | None = None,
                       block_bytes: int = 64 << 20) -> Iterator[np.ndarray]:
         """The images x channels maxima of ``layer`` in row blocks (float64), restricted to
         ``channels``: reading whole rows in large blocks is what HDF5's row chunks do fast
         (one column costs about as much as the whole matrix)."""
-        ds = self.layer(layer)[fmt.MAXIMA]
+        ds = self.maxima_dataset(layer)
         n, c = ds.shape
         rows = max(1, block_bytes // max(1, c * ds.dtype.itemsize))
         cols = None if channels is None else np.asarray(list(channels), dtype=np.int64)

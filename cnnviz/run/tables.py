@@ -6,6 +6,7 @@ parquet as it is.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +84,7 @@ def channel_maxima(run: str | Path, layer: str, positions: bool = False) -> pd.D
     position of each maximum.
     """
     with RunReader(run) as r:
-        data = r.layer(layer)[fmt.POSITION if positions else fmt.MAXIMA][()]
+        data = r.maxima_dataset(layer, positions)[()]
         index = pd.Index(r.paths.astype(str), name="image_path")
     return pd.DataFrame(data, index=index, columns=pd.RangeIndex(data.shape[1], name="channel"))
 
@@ -108,12 +109,13 @@ def channel_stats(run: str | Path, layer: str | None = None) -> pd.DataFrame:
             df.insert(0, "layer", name)
             df["top1"] = g[fmt.TOPK_ACTIVATION][:, 0]
             if labels is not None:
-                _label_columns(df, labels, g[fmt.TOPK_IMAGE_ID][()], r.maxima_blocks(name))
+                maxima = r.maxima_blocks(name) if r.has_maxima(name) else None
+                _label_columns(df, labels, g[fmt.TOPK_IMAGE_ID][()], maxima, name)
             frames.append(df)
     return pd.concat(frames, ignore_index=True)
 
 
-def _label_columns(df: pd.DataFrame, labels: np.ndarray, topk_ids: np.ndarray, maxima_blocks):
+def _label_columns(df: pd.DataFrame, labels: np.ndarray, topk_ids: np.ndarray, maxima_blocks, layer: str):
     top_label, share = [], []
     for row in topk_ids:
         row = row[row >= 0]
@@ -126,6 +128,11 @@ def _label_columns(df: pd.DataFrame, labels: np.ndarray, topk_ids: np.ndarray, m
         share.append(counts.max() / len(row))
     df["top_label"] = top_label
     df["top_label_share"] = share
+    if maxima_blocks is None:
+        warnings.warn(f"selectivity of {layer} is NaN: the run did not keep its per-image maxima",
+                      stacklevel=3)
+        df["selectivity"] = np.nan
+        return
     codes, uniques = pd.factorize(pd.Series(labels.astype(str)))
     # per-label mean of the maxima, streamed over rows (the matrix can be larger than memory)
     sums = np.zeros((len(uniques), len(df)))

@@ -95,7 +95,7 @@ def assemble_run(works: list[WorkDir], out: Path, keep_work: bool = False) -> Pa
     inputs = _Inputs(metas[0], works[0])
     check_space(out, _NoWork(), run_file_bytes(inputs.taps, len(inputs.lib), metas[0]["top_k"],
                                                metas[0]["maxima_dtype"], metas[0]["patch_size"],
-                                               inputs.preprocessing.crop))
+                                               inputs.preprocessing.crop, set(metas[0]["maxima_layers"])))
     merged, fail_ids, fail_reasons, scan_seconds = merge_states(states, len(inputs.taps), metas[0]["top_k"])
     tmp = out.with_name(out.name + ".tmp")
 
@@ -139,7 +139,8 @@ class _Inputs:
 def _write(f: h5py.File, inputs: _Inputs, works, merged, fail_ids, fail_reasons) -> None:
     meta, lib = inputs.meta, inputs.lib
     _write_header(f, meta, lib, n_failed=len(fail_ids), world=len(works))
-    geometry, identity = _write_images(f, lib, works, fail_ids, fail_reasons, inputs.taps)
+    geometry, identity = _write_images(f, lib, works, fail_ids, fail_reasons, inputs.taps,
+                                       set(meta["maxima_layers"]))
     boxes = []
     for tap, layer in zip(inputs.taps, merged, strict=True):
         g = f[fmt.layer_group(tap.name)]
@@ -267,7 +268,7 @@ def _strings(f: h5py.File, path: str, values) -> None:
     f.create_dataset(path, data=np.array(clean, dtype=object), dtype=_STR)
 
 
-def _write_images(f, lib, works, fail_ids, fail_reasons, taps) -> np.ndarray:
+def _write_images(f, lib, works, fail_ids, fail_reasons, taps, kept: set[str]):
     n = len(lib)
     _strings(f, fmt.IMAGE_PATH, lib.relpaths)
     if lib.labels is not None:
@@ -283,6 +284,10 @@ def _write_images(f, lib, works, fail_ids, fail_reasons, taps) -> np.ndarray:
     dsets = []
     for tap in taps:
         g = f.create_group(fmt.layer_group(tap.name))
+        g.attrs["maxima_kept"] = tap.name in kept
+        if tap.name not in kept:
+            dsets.append(None)
+            continue
         c = tap.channels
         itemsize = np.dtype(f.attrs["maxima_dtype"]).itemsize
         rows = int(max(1, min(n, (1 << 20) // max(1, c * itemsize))))
@@ -297,7 +302,10 @@ def _write_images(f, lib, works, fail_ids, fail_reasons, taps) -> np.ndarray:
             ids, geoms, ident, layers = read_segment(z, len(taps))
             geometry[ids] = geoms
             identity[ids] = ident
-            for (mx, ps), (m, p) in zip(dsets, layers, strict=True):
+            for dset, rows in zip(dsets, layers, strict=True):
+                if dset is None:
+                    continue
+                (mx, ps), (m, p) = dset, rows
                 for first, end, s, e in _contiguous_runs(ids):
                     mx[first:end] = m[s:e]
                     ps[first:end] = p[s:e]

@@ -36,7 +36,10 @@ class ScanConfig:
             still computed in float32 from the activations the network produced.
         resume: continue from the output's work folder after an interruption.
         overwrite: replace an existing output and discard an existing work folder.
-        maxima_dtype: dtype of the stored images x channels maxima (``float32``/``float16``).
+        maxima_dtype: dtype of the stored images x channels maxima (``float32``, ``float16``), or
+            ``none`` to keep none (top-k, patches and statistics are kept all the same).
+        maxima_layers: the layers whose per-image maxima are kept (names or comma-separated;
+            ``None``: every scanned layer).
         patch_size: largest side of a stored patch; larger receptive fields are downsampled.
         checkpoint_seconds: checkpoint at most this often (and at the end).
         checkpoint_images: also checkpoint after this many images (``None``: when the buffered
@@ -53,6 +56,7 @@ class ScanConfig:
     resume: bool = False
     overwrite: bool = False
     maxima_dtype: str = "float32"
+    maxima_layers: tuple[str, ...] | str | None = None
     patch_size: int = 64
     checkpoint_seconds: float = 60.0
     checkpoint_images: int | None = None
@@ -66,9 +70,25 @@ class ScanConfig:
         if unknown:
             raise UsageError(f"unknown scan option(s) {', '.join(unknown)}; the options are: "
                              f"{', '.join(sorted(known))}")
-        if isinstance(options.get("layers"), list):
-            options = {**options, "layers": tuple(options["layers"])}
+        for key in ("layers", "maxima_layers"):
+            if isinstance(options.get(key), list):
+                options = {**options, key: tuple(options[key])}
         return cls(**options)
+
+    def kept_maxima(self, taps) -> set[str]:
+        """Names of the taps whose per-image maxima are kept (checked against the taps)."""
+        if self.maxima_dtype == "none":
+            return set()
+        if self.maxima_layers is None:
+            return {t.name for t in taps}
+        wanted = self.maxima_layers.split(",") if isinstance(self.maxima_layers, str) else self.maxima_layers
+        wanted = [w.strip().replace("[", ".").replace("]", "") for w in wanted if w.strip()]
+        names = {t.name for t in taps}
+        unknown = [w for w in wanted if w not in names]
+        if unknown:
+            raise UsageError(f"`maxima_layers` {', '.join(unknown)}: not among the scanned layers "
+                             f"({', '.join(t.name for t in taps)})")
+        return set(wanted)
 
     @property
     def num_workers(self) -> int:
@@ -87,8 +107,8 @@ class ScanConfig:
             raise UsageError(f"`workers` {self.workers}: must be 0 (decode in the main process) or more")
         if not self.checkpoint_seconds > 0:
             raise UsageError(f"`checkpoint_seconds` {self.checkpoint_seconds}: must be positive")
-        if self.maxima_dtype not in ("float32", "float16"):
-            raise UsageError(f"`maxima_dtype` {self.maxima_dtype!r}: choose float32 or float16")
+        if self.maxima_dtype not in ("float32", "float16", "none"):
+            raise UsageError(f"`maxima_dtype` {self.maxima_dtype!r}: choose float32, float16 or none")
         _check_device(self.device)
 
 

@@ -100,7 +100,7 @@ def _scan_share(library, model, out: Path, shard, config: ScanConfig, work: Work
     meta = scan_meta(lib, model, taps, config, shard)
     check_space(out, work, estimate_bytes(taps, len(lib) // shard[1] + 1, config, model.input_size))
     device = torch.device(config.device)                    # 2. resume, or start afresh
-    state = ScanState(taps, config.top_k, device, config.maxima_dtype)
+    state = ScanState(taps, config.top_k, device, config.maxima_dtype, config.kept_maxima(taps))
     resumed = work.prepare(meta, lib.to_dict(), config.resume, config.overwrite)
     if resumed is not None:
         state.load(resumed)
@@ -164,6 +164,7 @@ def scan_meta(lib: ImageLibrary, model, taps: list[LayerTap], config: ScanConfig
         "library_source": str(Path(lib.source).resolve()), "library_root": str(Path(lib.root).resolve()),
         "library_fingerprint": lib.fingerprint(), "n_images": len(lib),
         "maxima_dtype": config.maxima_dtype, "patch_size": config.patch_size,
+        "maxima_layers": [t.name for t in taps if t.name in config.kept_maxima(taps)],
         "shard": list(shard), "amp": bool(config.amp), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     return json.loads(json.dumps(meta))  # tuples -> lists, as read back from meta.json
@@ -196,7 +197,7 @@ class _Checkpointer:
         self.seconds = config.checkpoint_seconds
         self.images = config.checkpoint_images
         if self.images is None:
-            row_bytes = sum(t.channels for t in taps) * (np.dtype(config.maxima_dtype).itemsize + 4)
+            row_bytes = 8 + sum(t.channels for t in taps if t.name in state.kept) * 6
             self.images = max(config.batch_size, (64 << 20) // row_bytes)
         self.elapsed_before = state.elapsed_seconds
         self.session_start = self.last = time.monotonic()

@@ -18,24 +18,29 @@ _TOPK_ENTRY_BYTES = 4 + 8 + 4 + 4 + 16 + 16 + 16  # activation, id, y, x, three 
 
 
 def run_file_bytes(taps, n_images: int, top_k: int, maxima_dtype: str, patch_size: int,
-                   input_size: tuple[int, int]) -> int:
-    """About the size of the run file: the per-image maxima and positions, the top-k records and
-    the patches (uncompressed), plus the per-image records."""
+                   input_size: tuple[int, int], kept: set[str] | None = None) -> int:
+    """About the size of the run file: the per-image maxima and positions (of the ``kept``
+    layers; default all), the top-k records and the patches (uncompressed), plus the per-image
+    records."""
     total = n_images * (6 * 4 + 3 * 8 + 256)  # geometry, identity, path strings (generous)
     for tap in taps:
         c = tap.channels
-        row = np.dtype(maxima_dtype).itemsize + np.dtype(position_dtype(*tap.shape[1:])).itemsize
+        if maxima_dtype != "none" and (kept is None or tap.name in kept):
+            total += n_images * c * (np.dtype(maxima_dtype).itemsize
+                                     + np.dtype(position_dtype(*tap.shape[1:])).itemsize)
         ph, pw = patch_shape(tap.rf, input_size, patch_size)
-        total += n_images * c * row + c * top_k * (_TOPK_ENTRY_BYTES + ph * pw * 3)
+        total += c * top_k * (_TOPK_ENTRY_BYTES + ph * pw * 3)
     return int(total * 1.05) + (1 << 20)
 
 
 def estimate_bytes(taps, n_images: int, config, input_size: tuple[int, int]) -> int:
     """A whole scan's need at its peak, while the run file is written: the work folder's
     checkpoints (per-image rows) and the run file side by side."""
-    rows = sum(tap.channels * (np.dtype(config.maxima_dtype).itemsize + 4) for tap in taps) * n_images
-    return rows + run_file_bytes(taps, n_images, config.top_k, config.maxima_dtype, config.patch_size,
-                                 input_size)
+    kept = config.kept_maxima(taps)
+    rows = 0 if config.maxima_dtype == "none" else sum(
+        tap.channels * (np.dtype(config.maxima_dtype).itemsize + 4) for tap in taps if tap.name in kept)
+    return rows * n_images + run_file_bytes(taps, n_images, config.top_k, config.maxima_dtype,
+                                            config.patch_size, input_size, kept)
 
 
 def check_space(out: Path, work, need: int) -> None:

@@ -42,11 +42,13 @@ class ScanState:
     The reducers live on the device of the activations; per batch, the rows of every layer go
     to the host in one copy (maxima already in their stored dtype)."""
 
-    def __init__(self, taps: list[LayerTap], top_k: int, device, maxima_dtype: str):
+    def __init__(self, taps: list[LayerTap], top_k: int, device, maxima_dtype: str,
+                 kept: set[str] | None = None):
         self.device = torch.device(device)
         self.layers = [LayerReducer(t, TopK(t.channels, top_k, self.device),
                                     RunningStats(t.channels, self.device)) for t in taps]
         self.maxima_dtype = maxima_dtype
+        self.kept = {t.name for t in taps} if kept is None else set(kept)  # layers keeping maxima
         self.next_batch = 0
         self.elapsed_seconds = 0.0
         self.failures: list[tuple[int, str]] = []
@@ -62,29 +64,37 @@ class ScanState:
         self.failures += [(i, e) for i, e in zip(ids.tolist(), errors, strict=True) if e]
         ok_dev = ok.to(self.device)
         ok_ids = ids[ok].to(self.device)
-        dtype = getattr(torch, self.maxima_dtype)
         rows, where = [], []
         for layer in self.layers:
-            n, c = len(errors), layer.tap.channels
-            maxima = torch.full((n, c), float("nan"), dtype=dtype, device=self.device)
-            pos = torch.zeros((n, c), dtype=torch.int32, device=self.device)
             if layer.tap.name in reduced:
                 values, index, mean = reduced[layer.tap.name]
                 layer.topk.update(values, index, ok_ids)
                 layer.stats.update(values, mean)
-                maxima[ok_dev] = values.to(dtype)
-                pos[ok_dev] = index.to(torch.int32)
-            rows.append(maxima)
-            where.append(pos)
-        self._buffer_rows(torch.cat(rows, dim=1).cpu().numpy(), torch.cat(where, dim=1).cpu().numpy())
+            if layer.tap.name in self.kept:
+                maxima, pos = self._rows(layer, reduced.get(layer.tap.name), ok_dev)
+                rows.append(maxima)
+                where.append(pos)
+        if rows:
+            self._buffer_rows(torch.cat(rows, dim=1).cpu().numpy(), torch.cat(where, dim=1).cpu().numpy())
         self._ids.append(ids.numpy())
         self._geometry.append(geometry.numpy())
         self._identity.append(identity.numpy())
         self.next_batch = batch_index + 1
 
+    def _rows(self, layer: LayerReducer, reduced, ok: torch.Tensor):
+        """A batch's rows of maxima (NaN for unreadable images) and positions, on the device."""
+        n, c = len(ok), layer.tap.channels
+        maxima = torch.full((n, c), float("nan"), dtype=getattr(torch, self.maxima_dtype), device=self.device)
+        pos = torch.zeros((n, c), dtype=torch.int32, device=self.device)
+        if reduced is not None:
+            values, index, _ = reduced
+            maxima[ok] = values.to(maxima.dtype)
+            pos[ok] = index.to(torch.int32)
+        return maxima, pos
+
     def _buffer_rows(self, maxima: np.ndarray, positions: np.ndarray) -> None:
         start = 0
-        for layer in self.layers:
+        for layer in (la for la in self.layers if la.tap.name in self.kept):
             end = start + layer.tap.channels
             layer.maxima.append(maxima[:, start:end])
             layer.positions.append(positions[:, start:end].astype(position_dtype(*layer.tap.shape[1:])))
@@ -98,6 +108,8 @@ class ScanState:
         arrays = {"ids": np.concatenate(self._ids), "geometry": np.concatenate(self._geometry),
                   "identity": np.concatenate(self._identity)}
         for i, layer in enumerate(self.layers):
+            if layer.tap.name not in self.kept:
+                continue
             arrays[_key(i, "max")] = np.concatenate(layer.maxima)
             arrays[_key(i, "pos")] = np.concatenate(layer.positions)
             layer.maxima.clear()
@@ -135,9 +147,11 @@ def _stats(arrays, i: int) -> ChannelStats:
 
 
 def read_segment(arrays, n_layers: int):
-    """``(ids, geometry, identity, [(maxima, positions) per layer])`` of a segment file's arrays."""
+    """``(ids, geometry, identity, [(maxima, positions) or None per layer])`` of a segment
+    file's arrays (``None`` for a layer whose maxima are not kept)."""
     return (arrays["ids"], arrays["geometry"], arrays["identity"],
-            [(arrays[_key(i, "max")], arrays[_key(i, "pos")]) for i in range(n_layers)])
+            [(arrays[_key(i, "max")], arrays[_key(i, "pos")]) if _key(i, "max") in arrays else None
+             for i in range(n_layers)])
 
 
 @dataclass

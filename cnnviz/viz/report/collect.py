@@ -67,7 +67,7 @@ class ChannelInfo:
     patch_errors: list[str]  # why a patch is missing ('' when it is there)
     patches: np.ndarray  # uint8 (k, h, w, 3)
     stats: pd.Series
-    maxima: np.ndarray  # float64 (images,), NaN for unreadable images
+    maxima: np.ndarray | None  # float64 (images,), NaN for unreadable images; None: not kept
     optimized: np.ndarray | None
     optimized_recipe: str | None
 
@@ -107,7 +107,7 @@ def channels_of(reader: RunReader, layer: LayerInfo) -> Iterator[ChannelInfo]:
     """The shown channels of a layer, in order."""
     g = reader.layer(layer.name)
     stats = channel_stats(reader.path, layer.name).set_index("channel")
-    maxima = reader.maxima_columns(layer.name, layer.shown)
+    maxima = reader.maxima_columns(layer.name, layer.shown) if reader.has_maxima(layer.name) else None
     paths, labels, errors = reader.paths, reader.labels, reader.patch_errors
     done = g[fmt.OPTIMIZED_DONE][()] if fmt.OPTIMIZED_DONE in g else None
     for j, c in enumerate(layer.shown):
@@ -119,5 +119,5 @@ def channels_of(reader: RunReader, layer: LayerInfo) -> Iterator[ChannelInfo]:
             layer.name, c, g[fmt.TOPK_ACTIVATION][c][:k], [Path(str(paths[i])).name for i in ids],
             [str(labels[i]) for i in ids] if labels is not None else None,
             [str(errors[i]) if errors is not None else "" for i in ids],
-            g[fmt.TOPK_PATCHES][c][:k], stats.loc[c], maxima[:, j], optimized,
+            g[fmt.TOPK_PATCHES][c][:k], stats.loc[c], None if maxima is None else maxima[:, j], optimized,
             str(g[fmt.OPTIMIZED].attrs["recipe"]) if optimized is not None else None)

@@ -107,7 +107,8 @@ def _write_channel(env, info: RunInfo, layer: LayerInfo, ch: ChannelInfo, pos: i
 
     _render(env, "channel.html", folder / f"c{c}.html", root="../", run=info, layer=layer, ch=ch,
             prev=prev_c, next=next_c, stats=stats, attribution=attribution,
-            histogram=Markup(_histogram_svg(ch.maxima, ch.activations)))
+            histogram=Markup(_histogram_svg(ch.maxima, ch.activations) if ch.maxima is not None
+                             else "<p>not kept in this run (scanned without per-image maxima)</p>"))
 
 
 def _write_attribution(model, run: Path, ch: ChannelInfo, layer: LayerInfo, folder: Path) -> bool:
