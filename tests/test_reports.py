@@ -204,3 +204,41 @@ def test_cli_top_and_report(run, tmp_path, capsys):
     assert main(["plot", "montage", str(run), "--layer", "layer1.1", "--channel", "1",
                  "--out", str(tmp_path / "m.png")]) == 0
     assert Image.open(tmp_path / "m.png").size[0] > 100
+
+
+def test_synthetic_runs_have_the_format_of_real_ones(run, model, tmp_path):
+    """The benchmark's synthetic run file has every dataset and attribute a real scan writes,
+    with the same dtypes and per-layer shapes, and every reader works on it."""
+    from cnnviz.model import resolve_layers
+    from cnnviz.scanner.synthetic import write_synthetic_run
+
+    taps = resolve_layers(model, LAYERS)
+    syn = write_synthetic_run(tmp_path / "syn.h5", taps, n_images=300, top_k=4, block_rows=64)
+
+    def layout(path):
+        out = {}
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda name, obj: out.__setitem__(
+                name, (obj.dtype.kind, obj.shape[1:] if name.startswith(("images", "layers")) and
+                       not name.endswith(("topk/activation", "topk/image_id", "topk/y", "topk/x"))
+                       else None) if isinstance(obj, h5py.Dataset) else sorted(obj.attrs)))
+            out["/"] = sorted(f.attrs)
+        return out
+
+    real, fake = layout(run), layout(syn)
+    # (no network, so no weights spec and no class names)
+    assert set(fake["/"]) == set(real["/"]) - {"weights_spec"} | {"synthetic"}
+    del real["/"], fake["/"]
+    real.pop("class_names")
+    assert fake == real
+    df = cnnviz.top_patches(syn, layer="layer3.0")
+    assert len(df) == 256 * 4
+    assert df.groupby("channel").activation.apply(lambda a: a.is_monotonic_decreasing).all()
+    with h5py.File(syn, "r") as f:
+        maxima = f["layers/layer3.0/maxima"][()]
+        top = f["layers/layer3.0/topk/image_id"][()]
+    brute = np.argsort(-maxima, axis=0, kind="stable")[:4].T  # exact top-k of the stored values
+    np.testing.assert_array_equal(top, brute)
+    stats = cnnviz.channel_stats(syn)
+    np.testing.assert_allclose(stats[stats.layer == "layer3.0"].mean_max, maxima.mean(0), rtol=1e-6)
+    write_report(syn, tmp_path / "site", channels=2, progress=False)

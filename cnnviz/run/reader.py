@@ -158,8 +158,8 @@ class RunReader:
         return self.layer(layer)[fmt.POSITION if positions else fmt.MAXIMA]
 
     def maxima_blocks(self, layer: str, channels: Sequence[int] | None = None,
-                      block_bytes: int = 64 << 20) -> Iterator[np.ndarray]:
-        """The images x channels maxima of ``layer`` in row blocks (float64), restricted to
+                      block_bytes: int = 64 << 20, dtype=np.float64) -> Iterator[np.ndarray]:
+        """The images x channels maxima of ``layer`` in row blocks (``dtype``), restricted to
         ``channels``: reading whole rows in large blocks is what HDF5's row chunks do fast
         (one column costs about as much as the whole matrix)."""
         ds = self.maxima_dataset(layer)
@@ -168,7 +168,7 @@ class RunReader:
         cols = None if channels is None else np.asarray(list(channels), dtype=np.int64)
         for start in range(0, n, rows):
             block = ds[start: start + rows]
-            yield (block if cols is None else block[:, cols]).astype(np.float64)
+            yield (block if cols is None else block[:, cols]).astype(dtype, copy=False)
 
     def maxima_columns(self, layer: str, channels: Sequence[int]) -> np.ndarray:
         """``(images, len(channels))`` float64 maxima, read once in row blocks."""

@@ -86,7 +86,8 @@ def channel_maxima(run: str | Path, layer: str, positions: bool = False) -> pd.D
     with RunReader(run) as r:
         data = r.maxima_dataset(layer, positions)[()]
         index = pd.Index(r.paths.astype(str), name="image_path")
-    return pd.DataFrame(data, index=index, columns=pd.RangeIndex(data.shape[1], name="channel"))
+    # copy=False: the array was just read and is ours; pandas would otherwise copy it transposed
+    return pd.DataFrame(data, index=index, columns=pd.RangeIndex(data.shape[1], name="channel"), copy=False)
 
 
 def channel_stats(run: str | Path, layer: str | None = None) -> pd.DataFrame:
@@ -109,7 +110,7 @@ def channel_stats(run: str | Path, layer: str | None = None) -> pd.DataFrame:
             df.insert(0, "layer", name)
             df["top1"] = g[fmt.TOPK_ACTIVATION][:, 0]
             if labels is not None:
-                maxima = r.maxima_blocks(name) if r.has_maxima(name) else None
+                maxima = r.maxima_blocks(name, dtype=np.float32) if r.has_maxima(name) else None
                 _label_columns(df, labels, g[fmt.TOPK_IMAGE_ID][()], maxima, name)
             frames.append(df)
     return pd.concat(frames, ignore_index=True)
@@ -142,8 +143,7 @@ def _label_columns(df: pd.DataFrame, labels: np.ndarray, topk_ids: np.ndarray, m
         block_codes = codes[start: start + len(m)]
         start += len(m)
         ok = ~np.isnan(m).any(axis=1)
-        np.add.at(sums, block_codes[ok], m[ok])
-        np.add.at(counts, block_codes[ok], 1)
+        _add_by_label(sums, counts, block_codes[ok], m[ok])
     present = counts > 0
     if present.sum() < 2:
         df["selectivity"] = np.nan
@@ -154,6 +154,19 @@ def _label_columns(df: pd.DataFrame, labels: np.ndarray, topk_ids: np.ndarray, m
     rest = (per_class.sum(axis=0) - best) / max(1, n_cls - 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         df["selectivity"] = (best - rest) / (best + rest)
+
+
+def _add_by_label(sums: np.ndarray, counts: np.ndarray, codes: np.ndarray, rows: np.ndarray) -> None:
+    """``sums[code] += row`` for every row, ``counts[code] += 1``: rows sorted by label and
+    summed per run (``np.add.at`` is ten times slower at this)."""
+    if len(codes) == 0:
+        return
+    if not (np.diff(codes) >= 0).all():  # libraries in class folders come sorted: no copy then
+        order = np.argsort(codes, kind="stable")
+        codes, rows = codes[order], rows[order]
+    labels, starts = np.unique(codes, return_index=True)
+    sums[labels] += np.add.reduceat(rows, starts, axis=0, dtype=np.float64)
+    counts[labels] += np.diff(np.append(starts, len(codes)))
 
 
 def read_patches(run: str | Path, layer: str, channel: int) -> np.ndarray:

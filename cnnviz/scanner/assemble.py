@@ -36,7 +36,8 @@ from .space import check_space, run_file_bytes
 from .state import MergedLayer, merge_states, read_segment
 from .workdir import WorkDir, fsync_dir, is_disk_full
 
-__all__ = ["assemble_run", "tap_record", "tap_from_record"]
+__all__ = ["assemble_run", "tap_record", "tap_from_record", "write_header", "write_image_records",
+           "create_layer_maxima", "write_topk", "write_stats"]
 
 _STR = h5py.string_dtype()
 
@@ -138,16 +139,15 @@ class _Inputs:
 
 def _write(f: h5py.File, inputs: _Inputs, works, merged, fail_ids, fail_reasons) -> None:
     meta, lib = inputs.meta, inputs.lib
-    _write_header(f, meta, lib, n_failed=len(fail_ids), world=len(works))
+    write_header(f, meta, len(lib), n_failed=len(fail_ids), world=len(works))
     geometry, identity = _write_images(f, lib, works, fail_ids, fail_reasons, inputs.taps,
                                        set(meta["maxima_layers"]))
     boxes = []
     for tap, layer in zip(inputs.taps, merged, strict=True):
         g = f[fmt.layer_group(tap.name)]
-        boxes.append(_write_topk(g, tap, layer, inputs.preprocessing.crop, meta["patch_size"],
+        boxes.append(write_topk(g, tap, layer, inputs.preprocessing.crop, meta["patch_size"],
                                  geometry))
-        for k, v in layer.stats.summary().items():
-            _dataset(g, f"{fmt.STATS}/{k}", v)
+        write_stats(g, layer.stats)
     cache = _CropCache(lib, inputs.preprocessing, identity)
     _write_patches(f, inputs.taps, [m.ids for m in merged], boxes, cache)
     _strings(f, fmt.IMAGE_PATCH_ERROR, [cache.errors.get(i, "") for i in range(len(lib))])
@@ -233,7 +233,8 @@ def _check_shards_match(metas: list[dict], works: list[WorkDir]) -> None:
                            f"0..{metas[0]['shard'][1] - 1} is needed exactly once")
 
 
-def _write_header(f: h5py.File, meta: dict, lib: ImageLibrary, n_failed: int, world: int):
+def write_header(f: h5py.File, meta: dict, n_images: int, n_failed: int, world: int):
+    """The root attributes and class names, from a work folder's meta."""
     a = f.attrs
     a[fmt.ATTR_FORMAT] = fmt.FORMAT
     a[fmt.ATTR_VERSION] = fmt.FORMAT_VERSION
@@ -251,7 +252,7 @@ def _write_header(f: h5py.File, meta: dict, lib: ImageLibrary, n_failed: int, wo
     a["library"] = meta["library_source"]
     a["library_root"] = meta["library_root"]
     a["library_fingerprint"] = meta["library_fingerprint"]
-    a["n_images"] = len(lib)
+    a["n_images"] = n_images
     a["n_failed"] = n_failed
     a["maxima_dtype"] = meta["maxima_dtype"]
     a["patch_size"] = meta["patch_size"]
@@ -270,32 +271,10 @@ def _strings(f: h5py.File, path: str, values) -> None:
 
 def _write_images(f, lib, works, fail_ids, fail_reasons, taps, kept: set[str]):
     n = len(lib)
-    _strings(f, fmt.IMAGE_PATH, lib.relpaths)
-    if lib.labels is not None:
-        _strings(f, fmt.IMAGE_LABEL, lib.labels)
-    ok = np.ones(n, dtype=bool)
-    ok[fail_ids] = False
-    _dataset(f, fmt.IMAGE_OK, ok)
-    _dataset(f, fmt.FAILURE_ID, fail_ids)
-    _strings(f, fmt.FAILURE_PATH, [lib.relpaths[i] for i in fail_ids])
-    _strings(f, fmt.FAILURE_REASON, fail_reasons)
+    write_image_records(f, lib.relpaths, lib.labels, fail_ids, fail_reasons)
     geometry = np.zeros((n, 6), dtype=np.int32)
     identity = np.zeros((n, 3), dtype=np.int64)
-    dsets = []
-    for tap in taps:
-        g = f.create_group(fmt.layer_group(tap.name))
-        g.attrs["maxima_kept"] = tap.name in kept
-        if tap.name not in kept:
-            dsets.append(None)
-            continue
-        c = tap.channels
-        itemsize = np.dtype(f.attrs["maxima_dtype"]).itemsize
-        rows = int(max(1, min(n, (1 << 20) // max(1, c * itemsize))))
-        mx = g.create_dataset(fmt.MAXIMA, shape=(n, c), dtype=f.attrs["maxima_dtype"], chunks=(rows, c),
-                              fillvalue=np.nan, fletcher32=True)
-        ps = g.create_dataset(fmt.POSITION, shape=(n, c), dtype=fmt.position_dtype(*tap.shape[1:]),
-                              chunks=(rows, c), fletcher32=True)
-        dsets.append((mx, ps))
+    dsets = create_layer_maxima(f, taps, n, kept)
     segments = sorted((s for w in works for s in w.segments()), key=lambda s: s[0])
     for _, _, path in segments:
         with _segment(path) as z:
@@ -312,6 +291,40 @@ def _write_images(f, lib, works, fail_ids, fail_reasons, taps, kept: set[str]):
     _dataset(f, fmt.IMAGE_GEOMETRY, geometry)
     _dataset(f, fmt.IMAGE_IDENTITY, identity)
     return geometry, identity
+
+
+def write_image_records(f, relpaths, labels, fail_ids, fail_reasons) -> None:
+    """Image paths, labels, the readable flags and the failures."""
+    _strings(f, fmt.IMAGE_PATH, relpaths)
+    if labels is not None:
+        _strings(f, fmt.IMAGE_LABEL, labels)
+    ok = np.ones(len(relpaths), dtype=bool)
+    ok[fail_ids] = False
+    _dataset(f, fmt.IMAGE_OK, ok)
+    _dataset(f, fmt.FAILURE_ID, fail_ids)
+    _strings(f, fmt.FAILURE_PATH, [relpaths[i] for i in fail_ids])
+    _strings(f, fmt.FAILURE_REASON, fail_reasons)
+
+
+def create_layer_maxima(f, taps, n: int, kept: set[str]) -> list:
+    """Each layer's group, with empty ``(maxima, position)`` datasets (row chunks of about
+    1 MB) where its maxima are kept, else ``None``."""
+    dsets = []
+    for tap in taps:
+        g = f.create_group(fmt.layer_group(tap.name))
+        g.attrs["maxima_kept"] = tap.name in kept
+        if tap.name not in kept:
+            dsets.append(None)
+            continue
+        c = tap.channels
+        itemsize = np.dtype(f.attrs["maxima_dtype"]).itemsize
+        rows = int(max(1, min(n, (1 << 20) // max(1, c * itemsize))))
+        mx = g.create_dataset(fmt.MAXIMA, shape=(n, c), dtype=f.attrs["maxima_dtype"], chunks=(rows, c),
+                              fillvalue=np.nan, fletcher32=True)
+        ps = g.create_dataset(fmt.POSITION, shape=(n, c), dtype=fmt.position_dtype(*tap.shape[1:]),
+                              chunks=(rows, c), fletcher32=True)
+        dsets.append((mx, ps))
+    return dsets
 
 
 @contextlib.contextmanager
@@ -333,7 +346,7 @@ def _dataset(parent, path: str, data) -> None:
         parent.create_dataset(path, data=data)
 
 
-def _write_topk(g, tap: LayerTap, layer: MergedLayer, input_size, patch_size, geometry) -> np.ndarray:
+def write_topk(g, tap: LayerTap, layer: MergedLayer, input_size, patch_size, geometry) -> np.ndarray:
     """The top-k records of a layer; returns the patch boxes ``(C, k, 4)``."""
     vals, ids, index = layer.values, layer.ids, layer.index
     width = tap.shape[2]
@@ -400,6 +413,12 @@ class _CropCache:
             self.errors[image_id] = "changed after it was scanned (its content differs)"
             return None
         return crop
+
+
+def write_stats(g, stats) -> None:
+    """A layer's statistics (:meth:`ChannelStats.summary`)."""
+    for k, v in stats.summary().items():
+        _dataset(g, f"{fmt.STATS}/{k}", v)
 
 
 def _write_patches(f, taps, layer_ids: list[np.ndarray], layer_boxes: list[np.ndarray], cache: _CropCache,
