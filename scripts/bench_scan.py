@@ -5,7 +5,8 @@
 
 Prints, measured in one run: bare eager forward images/s in both layouts (NCHW and
 channels_last, ``inference_mode``, the library's photos already decoded in memory; the ratio is
-taken against the faster), scan
+taken against the faster), the bare pipeline (the scan's own decoding DataLoader feeding that
+forward, nothing kept: the scan minus cnnviz), scan
 images/s (decoding, hooks on every default layer, exact top-k and statistics, checkpointing;
 the final patch-cutting pass reported separately), their ratio, and the peak memory of scans of
 N and 2N images (each in its own process) to show that memory does not grow with the library.
@@ -73,6 +74,64 @@ def bare_forward(model, crops: torch.Tensor, batch_size: int, device: str, amp: 
     return done / (time.perf_counter() - t)
 
 
+def bare_compiled(model, crops: torch.Tensor, batch_size: int, device: str, amp: bool,
+                  total: int) -> tuple[float, float]:
+    """Images/s of ``torch.compile`` of the bare network (channels_last), and its compile time."""
+    import copy
+
+    module = copy.deepcopy(model.module).to(device).to(memory_format=torch.channels_last)
+    compiled = torch.compile(module, dynamic=False)
+    ctx = (torch.autocast(device.split(":")[0], dtype=torch.float16 if device.startswith("cuda")
+                          else torch.bfloat16) if amp else torch.autocast("cpu", enabled=False))
+    batches = [crops[s: s + batch_size] for s in range(0, len(crops) - batch_size + 1, batch_size)]
+    with torch.inference_mode(), ctx:
+        t = time.perf_counter()
+        compiled(model.preprocessing.normalize(batches[0].to(device)).contiguous(memory_format=torch.channels_last))
+        _sync(device)
+        compile_s = time.perf_counter() - t
+        done, t = 0, time.perf_counter()
+        while done < total:
+            for batch in batches:
+                compiled(model.preprocessing.normalize(batch.to(device)).contiguous(memory_format=torch.channels_last))
+                done += len(batch)
+                if done >= total:
+                    break
+        _sync(device)
+    return done / (time.perf_counter() - t), compile_s
+
+
+def bare_pipeline(model, library_list: Path, batch_size: int, device: str, amp: bool,
+                  workers: int | None, compiled: bool = False) -> float:
+    """Images/s of the best plain pipeline a user would write without cnnviz: the same decoding
+    DataLoader as the scan (same workers), channels_last, ``inference_mode``, nothing kept."""
+    import copy
+
+    from torch.utils.data import DataLoader
+
+    from cnnviz.images.dataset import LibraryDataset, batch_ranges, collate
+    from cnnviz.images.library import ImageLibrary
+    from cnnviz.scanner.config import _default_workers
+
+    module = copy.deepcopy(model.module).to(device).to(memory_format=torch.channels_last)
+    if compiled:
+        module = torch.compile(module, dynamic=False)
+    lib = ImageLibrary.open(library_list)
+    workers = _default_workers() if workers is None else workers
+    loader = DataLoader(LibraryDataset(lib, model.preprocessing),
+                        batch_sampler=batch_ranges(len(lib), batch_size), collate_fn=collate,
+                        num_workers=workers, pin_memory=device.startswith("cuda"),
+                        prefetch_factor=4 if workers else None)
+    ctx = (torch.autocast(device.split(":")[0], dtype=torch.float16 if device.startswith("cuda")
+                          else torch.bfloat16) if amp else torch.autocast("cpu", enabled=False))
+    t = time.perf_counter()
+    with torch.inference_mode(), ctx:
+        for _, crops, _, _, _ in loader:
+            x = model.preprocessing.normalize(crops.to(device, non_blocking=True))
+            module(x.contiguous(memory_format=torch.channels_last))
+        _sync(device)
+    return len(lib) / (time.perf_counter() - t)
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -138,11 +197,29 @@ scan({str(library_list)!r}, m, {str(out)!r}, top_k={args.top_k}, batch_size={arg
      workers={args.workers}, device={args.device!r}, amp={args.amp}, progress=False, overwrite=True,
      checkpoint_images={args.checkpoint_images})
 bare2 = bare_pair()
+from bench_scan import bare_pipeline
+pipeline = bare_pipeline(m, {str(library_list)!r}, {args.batch_size}, {args.device!r}, {args.amp},
+                         {args.workers})
+compiled = {{}}
+if {args.compile}:
+    import time
+    from bench_scan import bare_compiled
+    compiled["bare"], compiled["bare_compile_s"] = bare_compiled(m, crops, {args.batch_size}, {args.device!r},
+                                                                 {args.amp}, {args.images})
+    t = time.perf_counter()
+    cout = {str(out)!r} + ".compiled.h5"
+    scan({str(library_list)!r}, m, cout, top_k={args.top_k}, batch_size={args.batch_size},
+         workers={args.workers}, device={args.device!r}, amp={args.amp}, progress=False, overwrite=True,
+         checkpoint_images={args.checkpoint_images}, compile=True)
+    with h5py.File(cout, "r") as f:
+        compiled["scan_seconds"] = float(f.attrs["scan_seconds"])
+        compiled["total_s"] = time.perf_counter() - t
+        compiled["assemble_seconds"] = float(f.attrs["assemble_seconds"])
 with h5py.File({str(out)!r}, "r") as f:
     print(json.dumps({{"scan_seconds": float(f.attrs["scan_seconds"]),
                       "assemble_seconds": float(f.attrs["assemble_seconds"]),
                       "n": int(f.attrs["n_images"]), "layers": len(json.loads(f.attrs["layers"])),
-                      "bare": [bare1, bare2],
+                      "bare": [bare1, bare2], "compiled": compiled, "pipeline": pipeline,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -166,6 +243,8 @@ def main() -> None:
                         "when the memory check runs, so that N and 2N images both checkpoint and "
                         "their peak memory compares)")
     p.add_argument("--skip-memory", action="store_true", help="skip the 2N-image scan")
+    p.add_argument("--compile", action="store_true",
+                   help="also bare compiled and scan --compile (torch.compile; adds the compile times)")
     args = p.parse_args()
     if args.checkpoint_images is None and not args.skip_memory:
         args.checkpoint_images = 64
@@ -184,9 +263,20 @@ def main() -> None:
     e2e_ips = run["n"] / (run["scan_seconds"] + run["assemble_seconds"])
     print(f"bare eager, NCHW    : {nchw:8.2f} img/s  (before/after the scan: {nchw1:.2f}, {nchw2:.2f})")
     print(f"bare eager, NHWC    : {nhwc:8.2f} img/s  (before/after the scan: {nhwc1:.2f}, {nhwc2:.2f})")
+    print(f"bare pipeline       : {run['pipeline']:8.2f} img/s  (same decoding DataLoader, NHWC, "
+          "inference_mode: the scan minus cnnviz)")
     print(f"scan ({run['layers']} layers, k={args.top_k}): {scan_ips:6.2f} img/s over {run['n']} images")
+    print(f"scan / bare pipeline: {scan_ips / run['pipeline']:8.3f}")
     print(f"scan / best bare    : {scan_ips / bare:8.3f}  (against the best single bare run: "
           f"{scan_ips / max(nchw1, nchw2, nhwc1, nhwc2):.3f})")
+    if run["compiled"]:
+        c = run["compiled"]
+        cscan = run["n"] / c["scan_seconds"]
+        print(f"bare compiled, NHWC : {c['bare']:8.2f} img/s  (compiling took {c['bare_compile_s']:.0f} s)")
+        print(f"scan --compile      : {cscan:8.2f} img/s  (compiling took about "
+              f"{c['total_s'] - c['scan_seconds'] - c['assemble_seconds']:.0f} s)")
+        print(f"scan --compile / best bare eager: {cscan / bare:6.3f};  "
+              f"/ bare compiled: {cscan / c['bare']:.3f}")
     print(f"patch cutting       : {run['assemble_seconds']:8.2f} s once at the end, independent of "
           f"the library size (end-to-end here {e2e_ips:.2f} img/s)")
     print(f"peak RSS, {run['n']:5d} images: {run['peak_rss_mb']:8.0f} MB")

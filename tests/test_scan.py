@@ -484,3 +484,17 @@ def test_maxima_can_be_left_out_or_kept_for_some_layers(photo_dir, resnet18, run
     with pytest.raises(UsageError, match="did not keep"):
         cnnviz.channel_maxima(some, "layer4.1")
     assert none.stat().st_size < run_file.stat().st_size
+
+
+@pytest.mark.slow
+def test_compiled_scan_equals_the_eager_scan(photo_dir, tiny_model, tmp_path):
+    """compile=True: the same top-k images and positions, the maxima to float rounding."""
+    kw = dict(layers="3,6", top_k=3, batch_size=4, workers=0, progress=False)
+    eager = scan(photo_dir, tiny_model, tmp_path / "eager.h5", **kw)
+    compiled = scan(photo_dir, tiny_model, tmp_path / "compiled.h5", compile=True, **kw)
+    with h5py.File(eager, "r") as f, h5py.File(compiled, "r") as g:
+        for name in ("3", "6"):
+            for key in ("topk/image_id", "topk/y", "topk/x", "position", "topk/patches"):
+                np.testing.assert_array_equal(f[f"layers/{name}/{key}"][()], g[f"layers/{name}/{key}"][()])
+            np.testing.assert_allclose(g[f"layers/{name}/maxima"][()], f[f"layers/{name}/maxima"][()],
+                                       rtol=1e-5, atol=1e-6)

@@ -108,14 +108,31 @@ def _scan_share(library, model, out: Path, shard, config: ScanConfig, work: Work
     batches = [(b, ids) for b, ids in enumerate(batch_ranges(len(lib), config.batch_size))
                if b % world == rank]                         # 3. plan batches
     module = _module_on(model.module, device)
-    checkpointer = _Checkpointer(work, state, config, taps)
-    try:
-        with capture(module, [t.name for t in taps], reduce=_spatial_max_of, stop_early=True) as cap:
-            _run_batches(cap, lib, model.preprocessing, batches, state, checkpointer, config, out)  # 4.
-        checkpointer.save()                                  # 5. the last checkpoint
-    finally:
-        checkpointer.close()
+    names = [t.name for t in taps]
+    with _taps(module, names, config, model) as cap:           # 4. capture the taps
+        checkpointer = _Checkpointer(work, state, config, taps)
+        try:
+            _run_batches(cap, lib, model.preprocessing, batches, state, checkpointer, config, out)
+            checkpointer.save()                              # 5. the last checkpoint
+        finally:
+            checkpointer.close()
     return work.path
+
+
+@contextlib.contextmanager
+def _taps(module, names: list[str], config: ScanConfig, model):
+    """Hooks on the taps, or (``compile=True``) the network and its reductions compiled."""
+    if not config.compile:
+        with capture(module, names, reduce=_spatial_max_of, stop_early=True) as cap:
+            yield cap
+        return
+    from .compiled import CompiledTaps
+
+    h, w = model.input_size
+    example = torch.zeros((config.batch_size, 3, h, w), device=next(module.parameters()).device)
+    example = example.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), _autocast(example.device, config.amp):
+        yield CompiledTaps(module, names, config.batch_size, example)
 
 
 def _library(library, work: WorkDir | None) -> ImageLibrary:

@@ -1,0 +1,63 @@
+"""``compile=True``: the network and the reductions of its taps compiled together.
+
+Hooks break ``torch.compile``'s graph, so the taps are captured by tracing instead: torchvision's
+``create_feature_extractor`` (FX) returns the tapped outputs (and prunes the network after the
+last one), a small module reduces each to per-channel (max, argmax, mean), and ``torch.compile``
+fuses the reductions into the network's own loops. Batches are padded to one shape so that it
+compiles once; compiled code is cached by torch (``TORCHINDUCTOR_CACHE_DIR``), so a resumed scan
+compiles faster.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+
+from ..errors import UsageError
+
+__all__ = ["CompiledTaps"]
+
+
+class _Reduce(torch.nn.Module):
+    def __init__(self, extractor: torch.nn.Module):
+        super().__init__()
+        self.extractor = extractor
+
+    def forward(self, x: torch.Tensor) -> dict:
+        out = {}
+        for name, act in self.extractor(x).items():
+            rows = act.flatten(2).float()
+            values, index = rows.max(dim=2)
+            out[name] = (values, index, rows.mean(dim=2))
+        return out
+
+
+class CompiledTaps:
+    """Same interface as :class:`cnnviz.model.taps.Capture` for the scan: ``forward(x)`` fills
+    ``outputs[tap name] = (max, argmax, mean)``."""
+
+    def __init__(self, module: torch.nn.Module, names: list[str], batch_size: int, example: torch.Tensor):
+        from torchvision.models.feature_extraction import create_feature_extractor
+
+        try:
+            extractor = create_feature_extractor(module, return_nodes={n: n for n in names})
+        except Exception as exc:  # noqa: BLE001 - FX tracing fails in many ways; all mean the same
+            raise UsageError(f"`compile`: this model cannot be traced with torch.fx ({type(exc).__name__}: "
+                             f"{str(exc)[:200]}); scan without `compile=True`") from None
+        self.batch_size = batch_size
+        self.compiled = torch.compile(_Reduce(extractor), dynamic=False)
+        self.outputs: dict = {}
+        started = time.monotonic()
+        self.forward(example)  # compile now, not inside the scan's timing
+        self.compile_seconds = time.monotonic() - started
+        print(f"compiled the network and its reductions in {self.compile_seconds:.1f} s", file=sys.stderr)
+
+    def forward(self, x: torch.Tensor) -> None:
+        n = x.shape[0]
+        if n < self.batch_size:  # one shape, one compilation: pad, then drop the padding
+            pad = x.new_zeros((self.batch_size - n, *x.shape[1:]))
+            x = torch.cat([x, pad]).contiguous(memory_format=torch.channels_last)
+        out = self.compiled(x)
+        self.outputs = {k: tuple(t[:n] for t in v) for k, v in out.items()}
