@@ -94,9 +94,9 @@ def assemble_run(works: list[WorkDir], out: Path, keep_work: bool = False) -> Pa
     states = _load_states(works, metas)
     started = time.monotonic()
     inputs = _Inputs(metas[0], works[0])
-    check_space(out, _NoWork(), run_file_bytes(inputs.taps, len(inputs.lib), metas[0]["top_k"],
-                                               metas[0]["maxima_dtype"], metas[0]["patch_size"],
-                                               inputs.preprocessing.crop, set(metas[0]["maxima_layers"])))
+    check_space(out, run_file_bytes(inputs.taps, len(inputs.lib), metas[0]["top_k"], metas[0]["maxima_dtype"],
+                                    metas[0]["patch_size"], inputs.preprocessing.crop,
+                                    set(metas[0]["maxima_layers"])))
     merged, fail_ids, fail_reasons, scan_seconds = merge_states(states, len(inputs.taps), metas[0]["top_k"])
     tmp = out.with_name(out.name + ".tmp")
 
@@ -119,12 +119,6 @@ def assemble_run(works: list[WorkDir], out: Path, keep_work: bool = False) -> Pa
         for w in works:
             w.remove()
     return out
-
-
-class _NoWork:
-    @staticmethod
-    def used_bytes() -> int:
-        return 0
 
 
 class _Inputs:

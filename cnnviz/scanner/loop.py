@@ -98,7 +98,8 @@ def _scan_share(library, model, out: Path, shard, config: ScanConfig, work: Work
         raise UsageError(f"`top_k` {config.top_k} is more than the {len(lib)} images of the library; "
                          f"use at most {len(lib)}")
     meta = scan_meta(lib, model, taps, config, shard)
-    check_space(out, work, estimate_bytes(taps, len(lib) // shard[1] + 1, config, model.input_size))
+    need = estimate_bytes(taps, len(lib) // shard[1] + 1, config, model.input_size)
+    check_space(out, need, work.used_bytes())
     device = torch.device(config.device)                    # 2. resume, or start afresh
     state = ScanState(taps, config.top_k, device, config.maxima_dtype, config.kept_maxima(taps))
     resumed = work.prepare(meta, lib.to_dict(), config.resume, config.overwrite)

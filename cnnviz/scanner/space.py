@@ -43,11 +43,11 @@ def estimate_bytes(taps, n_images: int, config, input_size: tuple[int, int]) -> 
                                             config.patch_size, input_size, kept)
 
 
-def check_space(out: Path, work, need: int) -> None:
+def check_space(out: Path, need: int, already: int = 0) -> None:
     """Refuse to start (or to write the run file) when the disk of ``out`` cannot hold ``need``
-    bytes more than the work folder already holds."""
+    bytes, of which ``already`` are written (a resumed scan's work folder)."""
     free = shutil.disk_usage(Path(out).parent).free
-    need -= work.used_bytes()
+    need -= already
     if need > free:
         raise ScanError(f"the disk of {out} has {_size(free)} free, and this needs about {_size(need)} "
                         "more: free some space, choose another `out`, or write less (`maxima_dtype=float16`, "

@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+from markupsafe import Markup
 from PIL import Image
 
 from ...run.reader import RunReader
@@ -103,8 +104,6 @@ def _write_channel(env, info: RunInfo, layer: LayerInfo, ch: ChannelInfo, pos: i
     prev_c = layer.shown[pos - 1] if pos else None
     next_c = layer.shown[pos + 1] if pos + 1 < len(layer.shown) else None
     stats = [(key, _fmt(ch.stats[key])) for key in ch.stats.index if key != "layer"]
-    from markupsafe import Markup
-
     _render(env, "channel.html", folder / f"c{c}.html", root="../", run=info, layer=layer, ch=ch,
             prev=prev_c, next=next_c, stats=stats, attribution=attribution,
             histogram=Markup(_histogram_svg(ch.maxima, ch.activations) if ch.maxima is not None
