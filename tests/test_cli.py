@@ -113,3 +113,26 @@ def test_reading_results_and_help_do_not_import_torch(photo_dir, tmp_path):
                              check=True)
         assert json.loads(res.stdout.strip().splitlines()[-1]) == [], argv
     assert "layer2.0" in res.stdout
+
+
+def test_misused_commands_answer_in_one_line(photo_dir, tmp_path, capsys):
+    """Every way of naming something that is not in a run is one line naming the flag."""
+    from cnnviz import load_model, scan
+
+    run = str(scan(photo_dir, load_model("squeezenet1_1", None), tmp_path / "r.h5", layers="features.3",
+                   top_k=2, workers=0, progress=False))
+    cases = [
+        (["plot", "montage", run, "--layer", "features.3", "--channel", "999", "--out", "x.png"],
+         "--channel [999]"),
+        (["plot", "overview", run, "--layer", "features.3", "--channels", "500", "--out", "x.png"],
+         "--channels [500]"),
+        (["plot", "distribution", run, "--layer", "nope", "--out", "x.png"], "--layer 'nope'"),
+        (["top", run, "--channel", "-1"], "--channel [-1]"),
+        (["report", run, "--out", str(tmp_path / "rep"), "--layers", "nope"], "--layers 'nope'"),
+        (["report", run, "--out", str(tmp_path / "rep"), "--attributions", "features.3:999",
+          "--model", "squeezenet1_1", "--weights", "none"], "[999]"),
+    ]
+    for argv, expected in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err and err.count("\n") == 1, (argv, err)

@@ -101,15 +101,23 @@ class RunReader:
         """Scanned layer names, in order."""
         return json.loads(self.attrs[fmt.ATTR_LAYERS])
 
-    def check_layer(self, layer: str | None) -> list[str]:
-        """``[layer]`` (checked to be in the run), or every layer for ``None``."""
+    def check_layer(self, layer: str | None, param: str = "layer") -> list[str]:
+        """``[layer]`` (checked to be in the run), or every layer for ``None``; ``param`` names
+        the argument in the error."""
         names = self.layers
         if layer is None:
             return names
         if layer not in names:
-            raise UsageError(f"`layer` {layer!r} is not in {self.path.name}; its layers are: "
-                               f"{', '.join(names)}")
+            raise UsageError(f"`{param}` {layer!r} is not in {self.path.name}; its layers are: "
+                             f"{', '.join(names)}")
         return [layer]
+
+    def check_channels(self, layer: str, channels, param: str = "channel") -> None:
+        """Every channel index is one of the layer's."""
+        n = int(self.layer(layer).attrs["channels"])
+        bad = [c for c in ([channels] if isinstance(channels, int) else channels) if not 0 <= c < n]
+        if bad:
+            raise UsageError(f"`{param}` {bad[:5]}: {layer} has channels 0-{n - 1}")
 
     def layer(self, name: str) -> h5py.Group:
         self.check_layer(name)

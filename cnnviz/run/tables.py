@@ -43,6 +43,8 @@ def top_patches(run: str | Path, layer: str | None = None, channel: int | None =
     with RunReader(run) as r:
         paths, labels, patch_errors = r.paths, r.labels, r.patch_errors
         for name in r.check_layer(layer):
+            if channel is not None:
+                r.check_channels(name, channel)
             g = r.layer(name)
             ids = g[fmt.TOPK_IMAGE_ID][()]
             c_n, k = ids.shape
@@ -172,4 +174,5 @@ def _add_by_label(sums: np.ndarray, counts: np.ndarray, codes: np.ndarray, rows:
 def read_patches(run: str | Path, layer: str, channel: int) -> np.ndarray:
     """The stored top-k patches of one channel: uint8 ``(k, h, w, 3)`` (empty slots are black)."""
     with RunReader(run) as r:
+        r.check_channels(layer, channel)
         return r.layer(layer)[fmt.TOPK_PATCHES][channel]

@@ -84,6 +84,7 @@ def neuron_attribution_maps(model, run: str | Path, layer: str, channel: int,
     if method not in METHODS:
         raise UsageError(f"`method` {method!r}: choose one of {', '.join(METHODS)}")
     with RunReader(run) as r:
+        r.check_channels(layer, channel)
         g = r.layer(layer)
         ids = g[fmt.TOPK_IMAGE_ID][channel]
         ys, xs = g[fmt.TOPK_Y][channel], g[fmt.TOPK_X][channel]

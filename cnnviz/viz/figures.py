@@ -41,6 +41,7 @@ def patch_montage(run: str | Path, layer: str, channel: int, columns: int | None
     """
     plt = _plt()
     with RunReader(run) as r:
+        r.check_channels(layer, channel)
         g = r.layer(layer)
         patches = g[fmt.TOPK_PATCHES][channel]
         acts = g[fmt.TOPK_ACTIVATION][channel]
@@ -80,6 +81,7 @@ def layer_overview(run: str | Path, layer: str, channels=None, per_channel: int 
         g = r.layer(layer)
         n_ch = g.attrs["channels"]
         channels = list(range(min(64, n_ch))) if channels is None else list(channels)
+        r.check_channels(layer, channels, "channels")
         patches = g[fmt.TOPK_PATCHES]
         mosaics = [_mosaic(patches[c][:per_channel]) for c in channels]
     cols = min(columns, len(channels))
@@ -116,6 +118,7 @@ def maxima_distribution(run: str | Path, layer: str, channel: int, bins: int = 5
     """Histogram of a channel's per-image maxima with the top-k marked."""
     plt = _plt()
     with RunReader(run) as r:
+        r.check_channels(layer, channel)
         values = r.maxima_columns(layer, [channel])[:, 0]
         top = r.layer(layer)[fmt.TOPK_ACTIVATION][channel]
     values = values[~np.isnan(values)]

@@ -80,7 +80,7 @@ def run_info(reader: RunReader, layers: Sequence[str] | None) -> RunInfo:
     a = reader.attrs
     chosen = reader.layers if layers is None else list(layers)
     for name in chosen:
-        reader.check_layer(name)
+        reader.check_layer(name, "layers")
     return RunInfo(reader.path.name, str(a["model"]), str(a["weights_origin"]), int(a["n_images"]),
                    int(a["n_failed"]), int(a["top_k"]), str(a["library"]), chosen)
 

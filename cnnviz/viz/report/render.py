@@ -71,6 +71,9 @@ def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=Non
                                    encoding="utf-8")
     env = _environment()
     with RunReader(run) as reader:
+        for name, chans in attributions.items():
+            reader.check_layer(name, "attributions")
+            reader.check_channels(name, chans, "attributions")
         info = run_info(reader, layers)
         shown = [layer_info(reader, name, channels, scale) for name in info.layers]
         for layer in shown:
