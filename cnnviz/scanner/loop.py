@@ -101,7 +101,7 @@ def _scan_share(library, model, out: Path, shard, config: ScanConfig, work: Work
     need = estimate_bytes(taps, len(lib) // shard[1] + 1, config, model.input_size)
     check_space(out, need, work.used_bytes())
     device = torch.device(config.device)                    # 2. resume, or start afresh
-    state = ScanState(taps, config.top_k, device, config.maxima_dtype, config.kept_maxima(taps))
+    state = ScanState(taps, config.top_k, device, config.maxima_dtype, set(meta["maxima_layers"]))
     resumed = work.prepare(meta, lib.to_dict(), config.resume, config.overwrite)
     if resumed is not None:
         state.load(resumed)
@@ -172,6 +172,7 @@ def _with_options(config: ScanConfig | None, layers, options: dict) -> ScanConfi
 def scan_meta(lib: ImageLibrary, model, taps: list[LayerTap], config: ScanConfig,
               shard: tuple[int, int]) -> dict:
     """What the scan is: a resume must match it, and merge/assemble need nothing else (no model)."""
+    kept = config.kept_maxima(taps)
     meta = {
         "format": "cnnviz-scan-work", "cnnviz_version": _version(), "model": model.name,
         "weights_origin": model.weights_origin, "weights_spec": model.weights_spec,
@@ -182,7 +183,7 @@ def scan_meta(lib: ImageLibrary, model, taps: list[LayerTap], config: ScanConfig
         "library_source": str(Path(lib.source).resolve()), "library_root": str(Path(lib.root).resolve()),
         "library_fingerprint": lib.fingerprint(), "n_images": len(lib),
         "maxima_dtype": config.maxima_dtype, "patch_size": config.patch_size,
-        "maxima_layers": [t.name for t in taps if t.name in config.kept_maxima(taps)],
+        "maxima_layers": [t.name for t in taps if t.name in kept],
         "shard": list(shard), "amp": bool(config.amp), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     return json.loads(json.dumps(meta))  # tuples -> lists, as read back from meta.json
