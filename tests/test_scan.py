@@ -324,13 +324,59 @@ def test_ctrl_c_checkpoints_and_resumes(photo_dir, tmp_path):
 
 
 def test_a_layer_without_receptive_field_is_refused_before_any_work(photo_dir, tmp_path):
-    """resnet18's avgpool (512x1x1) has no spatial map to cut patches from: refused at the start,
-    leaving nothing behind, instead of failing when the run file is written."""
+    """An adaptive pool to a size that does not divide its input has no single field: refused at
+    the start, leaving nothing behind, instead of failing when the run file is written."""
+    from cnnviz import Preprocessing, from_module
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(5), torch.nn.Flatten(),
+                              torch.nn.Linear(100, 3))
+    model = from_module(net, Preprocessing(resize=64, crop=(64, 64)), name="odd")
     out = tmp_path / "run.h5"
-    model = load_model("resnet18", None)
-    with pytest.raises(UsageError, match=r"avgpool \(AdaptiveAvgPool2d, 1x1\) has no receptive field"):
-        scan(photo_dir, model, out, layers="layer1.0,avgpool", top_k=2, workers=0, progress=False)
+    with pytest.raises(UsageError, match=r"1 \(AdaptiveAvgPool2d, 5x5\) has no receptive field"):
+        scan(photo_dir, model, out, layers="0,1", top_k=2, workers=0, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_whole_image_units_rank_images_like_brute_force_logits(photo_dir, resnet18, tmp_path):
+    """avgpool (512x1x1) and the logits (fc, a 2-D output) are whole-image units: their top-k is
+    the library sorted by each image's own value, and each patch is the network's input."""
+    lib = ImageLibrary.open(photo_dir)
+    out = scan(photo_dir, resnet18, tmp_path / "run.h5", layers="avgpool,logits", top_k=3, batch_size=4,
+               workers=0, progress=False, patch_size=512)
+    readable, logits, pooled, crops = [], [], [], {}
+    for i in range(len(lib)):
+        try:
+            img = load_rgb(lib.path(i))
+        except Exception:  # noqa: BLE001
+            continue
+        readable.append(i)
+        crops[i] = resnet18.preprocessing.crop_uint8(img)[0]
+        with capture(resnet18.module, ["avgpool"]) as cap, torch.no_grad():
+            logits.append(cap.forward(resnet18.preprocessing(img))[0].numpy())
+        pooled.append(cap.outputs["avgpool"][0, :, 0, 0].numpy())
+    with h5py.File(out, "r") as f:
+        assert cnnviz.run.tables.run_layers(out) == ["avgpool", "fc"]  # "logits" is fc's alias
+        for name, values in (("avgpool", np.stack(pooled)), ("fc", np.stack(logits))):
+            g = f[f"layers/{name}"]
+            assert g.attrs["unit"] == "image" and bool(g.attrs["logits"]) == (name == "fc")
+            np.testing.assert_allclose(g["maxima"][()][readable], values, rtol=1e-4, atol=1e-5)
+            row_of = {i: j for j, i in enumerate(readable)}
+            for c in range(values.shape[1]):
+                # random weights give near-equal logits: compare the values the chosen images
+                # have in the brute force with the brute force's own best three
+                chosen = [row_of[int(i)] for i in g["topk/image_id"][c]]
+                best = np.sort(values[:, c])[::-1][:3]
+                np.testing.assert_allclose(values[chosen, c], best, rtol=1e-4, atol=1e-5, err_msg=f"{name} {c}")
+            assert (g["topk/y"][()] == 0).all() and (g["topk/x"][()] == 0).all()
+            assert (g["topk/rf_box"][()] == [0, 0, 224, 224]).all()
+            for c, r in ((0, 0), (5, 2)):
+                np.testing.assert_array_equal(g["topk/patches"][c, r], crops[int(g["topk/image_id"][c, r])])
+    df = cnnviz.top_patches(out, "fc")
+    assert (df.unit == "image").all()
+    assert (df.channel_name == [resnet18.class_names[c] for c in df.channel]).all()  # channel c is class c
+    stats = cnnviz.channel_stats(out, "fc")
+    np.testing.assert_allclose(stats["max_max"], np.stack(logits).max(0), rtol=1e-5)
 
 
 @pytest.mark.parametrize("shard", [(0, 1), (1, 2)])

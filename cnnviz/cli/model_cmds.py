@@ -20,8 +20,8 @@ def run_models(args) -> int:
 def add_layers(sub) -> None:
     p = sub.add_parser("layers", help="list a model's tappable layers with receptive fields")
     add_model_args(p)
-    p.add_argument("--all", action="store_true", help="every module with a 4-D output, not "
-                   "only the default scan layers")
+    p.add_argument("--all", action="store_true", help="every module with a 4-D output or a "
+                   "whole-image output, not only the default scan layers and the logits")
     p.set_defaults(func=run_layers)
 
 
@@ -33,11 +33,16 @@ def run_layers(args) -> int:
     print(f"{model.name} ({model.weights_origin}), input {model.input_size[0]}x{model.input_size[1]}")
     print(f"{'layer':<34s} {'type':<22s} {'channels':>8s} {'map':>9s} {'stride':>7s} "
           f"{'rf size':>9s} {'rf offset':>10s}  note")
-    for tap in list_layers(model).values():
-        if not args.all and tap.name not in defaults:
+    layers = list_layers(model)
+    logits = [n for n, t in layers.items() if t.logits and t.tappable][-1:]
+    for tap in layers.values():
+        if not args.all and tap.name not in defaults and tap.name not in logits:
             continue
         rf = tap.rf
         note = "default" if tap.name in defaults else ""
+        if tap.whole_image:
+            note = ("whole image; class logits (--layers logits)" if tap.name in logits
+                    else "whole image; class logits" if tap.logits else "whole image")
         if not tap.tappable:
             note = f"runs {tap.calls}x: not tappable"
         elif rf is None:
@@ -48,7 +53,9 @@ def run_layers(args) -> int:
         print(f"{tap.name:<34s} {tap.type:<22s} {tap.channels:>8d} "
               f"{tap.shape[1]:>4d}x{tap.shape[2]:<4d} {stride:>7s} {size:>9s} {offset:>10s}  {note}")
     if not args.all:
-        print("\n(the default scan layers; --all lists every module with a 4-D output)")
+        print("\n(the default scan layers and the class logits; --all lists every module with a 4-D "
+              "or whole-image output. A whole-image unit has one value per image: its top-k are "
+              "whole images, stored as thumbnails)")
     return 0
 
 

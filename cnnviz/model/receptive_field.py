@@ -249,6 +249,8 @@ class TracedModule:
     calls: int
     shape: tuple[int, ...] | None
     field: ReceptiveField | None
+    is_global: bool = False  # pooled over all positions (its field is the whole input)
+    is_output: bool = False  # its output is the network's output (class logits)
 
 
 def trace_fields(model: torch.nn.Module, input_size: tuple[int, int]) -> dict[str, TracedModule]:
@@ -268,6 +270,7 @@ def trace_fields(model: torch.nn.Module, input_size: tuple[int, int]) -> dict[st
         for name, m in model.named_modules() if name
     }
     tracer = _FieldTracer()
+    storage: dict[str, tuple[int, int]] = {}
 
     def make_hook(name):
         def hook(module, inputs, output):
@@ -278,6 +281,8 @@ def trace_fields(model: torch.nn.Module, input_size: tuple[int, int]) -> dict[st
             rec.shape = tuple(output.shape)
             f = tracer.field_of(output)
             rec.field = f if isinstance(f, ReceptiveField) else None
+            rec.is_global = f is GLOBAL
+            storage[name] = (output.data_ptr(), output.numel())
         return hook
 
     handles = [m.register_forward_hook(make_hook(n)) for n, m in model.named_modules() if n]
@@ -288,9 +293,12 @@ def trace_fields(model: torch.nn.Module, input_size: tuple[int, int]) -> dict[st
     try:
         with torch.no_grad(), tracer:
             tracer.fields[x] = IDENTITY
-            model(x)
+            final = model(x)
     finally:
         for h in handles:
             h.remove()
+    if isinstance(final, torch.Tensor):  # a flatten of the last module's output is still its output
+        for name, key in storage.items():
+            records[name].is_output = key == (final.data_ptr(), final.numel())
     return records
 

@@ -1,8 +1,11 @@
 """Layer taps: which outputs of a network can be read, and reading them correctly.
 
-A *tap* is a named submodule whose output is a 4-D feature map. :func:`list_layers` describes
-every one with its output shape, channel count, stride and receptive field; :func:`resolve_layer`
-turns a user's spelling (``layer2.0.conv3`` or ``layer2[0].conv3``) into a module name.
+A *tap* is a named submodule whose output is a 4-D feature map, or a *whole-image unit*: an
+output without spatial extent (a global pool's ``N x C x 1 x 1``, a ``Linear`` layer's
+``N x C``, the class logits), read as a 1x1 map whose receptive field is the whole input.
+:func:`list_layers` describes every one with its output shape, channel count, stride and
+receptive field; :func:`resolve_layer` turns a user's spelling (``layer2.0.conv3``,
+``layer2[0].conv3``, ``logits``) into a module name.
 
 Assumption (as in timm's feature extraction): a tapped module runs once per forward pass.
 Modules called several times — torchvision ResNet's shared in-place ``relu``, EfficientNet-Lite's
@@ -25,7 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from .receptive_field import ReceptiveField, trace_fields
+from .receptive_field import AxisField, ReceptiveField, trace_fields
 
 __all__ = ["LayerTap", "list_layers", "resolve_layer", "resolve_layers", "default_layers",
            "capture", "Capture", "require_fields"]
@@ -42,6 +45,10 @@ class LayerTap:
         stride: ``(sy, sx)`` input pixels between neighbouring units.
         rf: receptive field (``None`` when an op on the path has no fixed mapping).
         calls: how often the module runs in one forward pass (must be 1 to tap).
+        unit: ``"map"`` (a spatial map) or ``"image"`` (a whole-image unit: one value per
+            image and channel; its field is the whole input, its patches are thumbnails).
+        logits: the module's output is the network's output (for a classifier, channel ``c``
+            is class ``c``).
     """
 
     name: str
@@ -49,6 +56,12 @@ class LayerTap:
     shape: tuple[int, int, int]
     rf: ReceptiveField | None
     calls: int
+    unit: str = "map"
+    logits: bool = False
+
+    @property
+    def whole_image(self) -> bool:
+        return self.unit == "image"
 
     @property
     def channels(self) -> int:
@@ -68,7 +81,8 @@ _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def list_layers(model, input_size: tuple[int, int] | None = None) -> dict[str, LayerTap]:
-    """Every submodule with a 4-D output, in module order.
+    """Every submodule with a 4-D output or a whole-image output (``N x C``, or a global
+    pool's ``N x C x 1 x 1``), in module order.
 
     Args:
         model: a :class:`~cnnviz.models.LoadedModel` or an ``nn.Module``.
@@ -81,12 +95,27 @@ def list_layers(model, input_size: tuple[int, int] | None = None) -> dict[str, L
     size = tuple(input_size)
     if size not in per_size:
         traced = trace_fields(module, size)
-        per_size[size] = {
-            name: LayerTap(name, rec.type, tuple(rec.shape[1:]), rec.field, rec.calls)
-            for name, rec in traced.items()
-            if rec.shape is not None and len(rec.shape) == 4
-        }
+        per_size[size] = {name: tap for name, rec in traced.items()
+                          if (tap := _tap_of(rec, size)) is not None}
     return per_size[size]
+
+
+def _tap_of(rec, input_size: tuple[int, int]) -> LayerTap | None:
+    if rec.shape is None:
+        return None
+    whole = len(rec.shape) == 2 or (len(rec.shape) == 4 and rec.is_global and rec.shape[2:] == (1, 1))
+    if whole:
+        return LayerTap(rec.name, rec.type, (rec.shape[1], 1, 1), whole_input_field(input_size),
+                        rec.calls, unit="image", logits=rec.is_output)
+    if len(rec.shape) == 4:
+        return LayerTap(rec.name, rec.type, tuple(rec.shape[1:]), rec.field, rec.calls)
+    return None
+
+
+def whole_input_field(input_size: tuple[int, int]) -> ReceptiveField:
+    """The field of a whole-image unit: every input pixel (its patch is a thumbnail)."""
+    h, w = input_size
+    return ReceptiveField(AxisField(h, h, 0), AxisField(w, w, 0))
 
 
 _INDEX = re.compile(r"\[(\w+)\]")
@@ -105,11 +134,13 @@ def resolve_layer(model, name: str) -> LayerTap:
     """
     layers = list_layers(model)
     key = _normalize_name(name)
+    if key == "logits" and key not in layers:
+        key = _logits_name(model, layers)
     if key not in layers:
         module = getattr(model, "module", model)
         known = dict(module.named_modules())
         close = difflib.get_close_matches(key, list(layers), n=5, cutoff=0.4)
-        why = ("has no 4-D feature-map output" if key in known
+        why = ("has neither a 4-D feature map nor a whole-image output" if key in known
                else "is not a module of this model")
         hint = f" Closest valid names: {', '.join(close)}." if close else ""
         raise UsageError(f"layer {name!r} {why}.{hint} cnnviz.list_layers(model) lists them all.")
@@ -120,6 +151,16 @@ def resolve_layer(model, name: str) -> LayerTap:
             "module), so it has no single output; tap the enclosing block or the op before it."
         )
     return tap
+
+
+def _logits_name(model, layers: Mapping[str, LayerTap]) -> str:
+    """``logits``: the innermost tappable module whose output is the network's output."""
+    found = [n for n, t in layers.items() if t.logits and t.tappable]
+    if not found:
+        raise UsageError("layer 'logits': no module's output is this network's output (it is "
+                         "computed outside a module); name a layer, cnnviz.list_layers(model) "
+                         "lists them")
+    return found[-1]
 
 
 def resolve_layers(model, names: Sequence[str] | str | None) -> list[LayerTap]:
@@ -147,7 +188,7 @@ def default_layers(model) -> list[LayerTap]:
     """
     module = getattr(model, "module", model)
     layers = list_layers(model)
-    usable = {n: t for n, t in layers.items() if t.tappable and t.rf is not None}
+    usable = {n: t for n, t in layers.items() if t.tappable and t.rf is not None and not t.whole_image}
     composite = {n for n in usable if _is_composite(_get(module, n))}
     outermost = [t for n, t in usable.items() if n in composite
                  and not any(a in composite for a in _ancestors(n))]
@@ -176,8 +217,9 @@ def _get(module: nn.Module, name: str) -> nn.Module:
 
 
 def require_fields(taps: Sequence[LayerTap]) -> None:
-    """Refuse taps without a receptive field (e.g. ``avgpool``'s 1x1 map): a scan cuts a patch
-    around every top unit, so it needs one. Checked before any image is read."""
+    """Refuse taps without a receptive field (a map cut by an op with no fixed spatial mapping):
+    a scan cuts a patch around every top unit, so it needs one. Whole-image units have the whole
+    input as their field. Checked before any image is read."""
     bad = [t for t in taps if t.rf is None]
     if bad:
         names = ", ".join(f"{t.name} ({t.type}, {t.shape[1]}x{t.shape[2]})" for t in bad)

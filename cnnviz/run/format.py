@@ -31,6 +31,10 @@ ATTR_LAYERS = "layers"  # JSON list
 ATTR_PREPROCESSING = "preprocessing"  # JSON dict
 ATTR_WEIGHTS_SPEC = "weights_spec"  # JSON dict; absent in files written before cnnviz 0.2
 
+# attributes of layers/<name> (since cnnviz 0.3; absent means "map", False)
+LAYER_UNIT = "unit"  # "map": a spatial map; "image": one value per image (whole-image unit)
+LAYER_LOGITS = "logits"  # the layer's output is the network's output: channel c is class c
+
 # inside layers/<name>/
 MAXIMA = "maxima"
 POSITION = "position"

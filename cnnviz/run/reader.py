@@ -144,6 +144,36 @@ class RunReader:
         return self.strings(fmt.IMAGE_PATCH_ERROR)
 
     @property
+    def class_names(self) -> np.ndarray | None:
+        """The model's class names, when the run recorded them."""
+        return self.strings(fmt.CLASS_NAMES)
+
+    def label_names(self) -> np.ndarray | None:
+        """Per image, a readable name for its label (class index or WordNet id -> class name;
+        '' when the label is already a name), or ``None`` when the library has no labels."""
+        if "label_names" not in self._cache:
+            from ..labels import label_names
+
+            labels, classes = self.labels, self.class_names
+            self._cache["label_names"] = (None if labels is None else np.array(
+                [n or "" for n in label_names(labels, classes)], dtype=object))
+        return self._cache["label_names"]
+
+    def unit(self, layer: str) -> str:
+        """``"map"`` (spatial map) or ``"image"`` (a whole-image unit: thumbnails, no position);
+        files written before cnnviz 0.3 hold maps only."""
+        return str(self.layer(layer).attrs.get(fmt.LAYER_UNIT, "map"))
+
+    def channel_names(self, layer: str) -> np.ndarray | None:
+        """Class names for the channels of a logits layer (channel ``c`` is class ``c``), else
+        ``None``."""
+        g = self.layer(layer)
+        classes = self.class_names
+        if not bool(g.attrs.get(fmt.LAYER_LOGITS, False)) or classes is None:
+            return None
+        return classes if len(classes) == int(g.attrs["channels"]) else None
+
+    @property
     def library_root(self) -> Path:
         return Path(str(self.attrs["library_root"]))
 

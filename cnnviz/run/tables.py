@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..labels import label_names
 from . import format as fmt
 from .reader import RunReader
 
@@ -32,7 +33,10 @@ def top_patches(run: str | Path, layer: str | None = None, channel: int | None =
     pixels, half-open), ``patch_y0 ... patch_x1`` (the stored patch's box) and ``orig_y0 ...
     orig_x1`` (the patch box inside the image, in original-photo pixels). Empty slots (fewer
     readable images than k) are left out. ``label`` is empty when the library has no labels;
-    ``patch_error`` says why a patch is missing (black): its image changed or vanished after it
+    ``label_name`` is its class name when the label is a class index or WordNet id (else
+    empty); ``channel_name`` is the class name of a logits layer's channel (else empty);
+    ``unit`` is ``map`` or ``image`` (a whole-image unit: its patch is a thumbnail of the
+    network's input, ``y = x = 0``); ``patch_error`` says why a patch is missing (black): its image changed or vanished after it
     was scanned (empty when the patch is there).
 
     Example:
@@ -42,6 +46,7 @@ def top_patches(run: str | Path, layer: str | None = None, channel: int | None =
     frames = []
     with RunReader(run) as r:
         paths, labels, patch_errors = r.paths, r.labels, r.patch_errors
+        names = r.label_names()
         for name in r.check_layer(layer):
             if channel is not None:
                 r.check_channels(name, channel)
@@ -55,11 +60,12 @@ def top_patches(run: str | Path, layer: str | None = None, channel: int | None =
                 "layer": np.full(c_n * k, name, dtype=object), "channel": chan, "rank": rank,
                 "activation": g[fmt.TOPK_ACTIVATION][()].reshape(-1), "image_id": flat_ids,
                 "image_path": np.where(flat_ids >= 0, paths[np.maximum(flat_ids, 0)], ""),
-                "label": (np.where(flat_ids >= 0, labels[np.maximum(flat_ids, 0)], "")
-                          if labels is not None else np.full(c_n * k, "", dtype=object)),
+                "label": _per_image(labels, flat_ids),
+                "label_name": _per_image(names, flat_ids),
+                "channel_name": _per_channel(r.channel_names(name), chan),
+                "unit": np.full(c_n * k, r.unit(name), dtype=object),
                 "y": g[fmt.TOPK_Y][()].reshape(-1), "x": g[fmt.TOPK_X][()].reshape(-1),
-                "patch_error": (np.where(flat_ids >= 0, patch_errors[np.maximum(flat_ids, 0)], "")
-                                if patch_errors is not None else np.full(c_n * k, "", dtype=object)),
+                "patch_error": _per_image(patch_errors, flat_ids),
             }
             for prefix, key in (("rf", fmt.TOPK_RF_BOX), ("patch", fmt.TOPK_PATCH_BOX),
                                 ("orig", fmt.TOPK_ORIG_BOX)):
@@ -72,11 +78,21 @@ def top_patches(run: str | Path, layer: str | None = None, channel: int | None =
                 df = df[df.channel == channel]
             frames.append(df)
     out = pd.concat(frames, ignore_index=True)
-    out["layer"] = out["layer"].astype(str)
-    out["image_path"] = out["image_path"].astype(str)
-    out["label"] = out["label"].astype(str)
-    out["patch_error"] = out["patch_error"].astype(str)
+    for col in ("layer", "image_path", "label", "label_name", "channel_name", "unit", "patch_error"):
+        out[col] = out[col].astype(str)
+    out.attrs["run"] = str(Path(run).resolve())  # for cnnviz.show(df): where the patches are
     return out
+
+
+def _per_image(values: np.ndarray | None, ids: np.ndarray) -> np.ndarray:
+    """``values[id]`` for each id ('' for empty slots, or everywhere when ``values`` is None)."""
+    if values is None:
+        return np.full(len(ids), "", dtype=object)
+    return np.where(ids >= 0, values[np.maximum(ids, 0)], "")
+
+
+def _per_channel(names: np.ndarray | None, channels: np.ndarray) -> np.ndarray:
+    return np.full(len(channels), "", dtype=object) if names is None else names[channels]
 
 
 def channel_maxima(run: str | Path, layer: str, positions: bool = False) -> pd.DataFrame:
@@ -96,11 +112,13 @@ def channel_stats(run: str | Path, layer: str | None = None) -> pd.DataFrame:
     """Per-channel statistics: one row per (layer, channel).
 
     Columns: ``count`` (images read), ``mean_max``, ``std_max``, ``max_max`` (of the per-image
-    maxima), ``fire_rate`` (fraction of images whose maximum is > 0; 1 - sparsity),
-    ``mean_activation`` (mean over images of the spatial mean), ``top1`` (best activation),
-    and where labels are known ``top_label``/``top_label_share`` (most frequent label among the
-    top-k and its share) and ``selectivity`` (class-selectivity index (mu_max - mu_rest) /
-    (mu_max + mu_rest) of the per-label mean of maxima, Morcos et al. 2018).
+    maxima; ``max_max`` is also the channel's top-1 activation), ``fire_rate`` (fraction of
+    images whose maximum is > 0; 1 - sparsity), ``mean_activation`` (mean over images of the
+    spatial mean), ``channel_name`` (a logits layer's class name, else empty), and where labels
+    are known ``top_label``/``top_label_name``/``top_label_share`` (most frequent label among
+    the top-k, its class name when it is a class index or WordNet id, and its share) and
+    ``selectivity`` (class-selectivity index (mu_max - mu_rest) / (mu_max + mu_rest) of the
+    per-label mean of maxima, Morcos et al. 2018).
     """
     frames = []
     with RunReader(run) as r:
@@ -110,10 +128,12 @@ def channel_stats(run: str | Path, layer: str | None = None) -> pd.DataFrame:
             df = pd.DataFrame({k: g[fmt.STATS][k][()] for k in g[fmt.STATS]})
             df.insert(0, "channel", np.arange(len(df)))
             df.insert(0, "layer", name)
-            df["top1"] = g[fmt.TOPK_ACTIVATION][:, 0]
+            df["channel_name"] = _per_channel(r.channel_names(name), df["channel"].to_numpy()).astype(str)
             if labels is not None:
                 maxima = r.maxima_blocks(name, dtype=np.float32) if r.has_maxima(name) else None
                 _label_columns(df, labels, g[fmt.TOPK_IMAGE_ID][()], maxima, name)
+                df.insert(df.columns.get_loc("top_label") + 1, "top_label_name",
+                          [n or "" for n in label_names(df["top_label"], r.class_names)])
             frames.append(df)
     return pd.concat(frames, ignore_index=True)
 

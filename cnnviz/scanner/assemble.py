@@ -45,14 +45,18 @@ _STR = h5py.string_dtype()
 def tap_record(tap: LayerTap) -> dict:
     """A tap's geometry as JSON-ready data (recorded in a work folder's meta)."""
     rf = tap.rf
-    return {"name": tap.name, "type": tap.type, "shape": list(tap.shape),
-            "rf_size": list(rf.size), "rf_stride": list(rf.stride), "rf_offset": list(rf.offset)}
+    record = {"name": tap.name, "type": tap.type, "shape": list(tap.shape),
+              "rf_size": list(rf.size), "rf_stride": list(rf.stride), "rf_offset": list(rf.offset)}
+    if tap.whole_image:  # only then: a map layer's record stays what older work folders hold
+        record.update(unit=tap.unit, logits=tap.logits)
+    return record
 
 
 def tap_from_record(rec: dict) -> LayerTap:
     rf = ReceptiveField(*(AxisField(rec["rf_size"][i], rec["rf_stride"][i], rec["rf_offset"][i])
                           for i in (0, 1)))
-    return LayerTap(rec["name"], rec["type"], tuple(rec["shape"]), rf, 1)
+    return LayerTap(rec["name"], rec["type"], tuple(rec["shape"]), rf, 1,
+                    unit=rec.get("unit", "map"), logits=rec.get("logits", False))
 
 
 def _contiguous_runs(ids: np.ndarray):
@@ -370,6 +374,7 @@ def write_topk(g, tap: LayerTap, layer: MergedLayer, input_size, patch_size, geo
         "rf_size": list(rf.size), "rf_stride": list(rf.stride), "rf_offset": list(rf.offset),
         "patch_shape": list(patch_shape(rf, input_size, patch_size)),
         "patch_factor": patch_factor(rf, input_size, patch_size),
+        fmt.LAYER_UNIT: tap.unit, fmt.LAYER_LOGITS: tap.logits,
     })
     return p_box
 

@@ -28,7 +28,7 @@ class _Reduce(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> dict:
         out = {}
         for name, act in self.extractor(x).items():
-            rows = act.flatten(2).float()
+            rows = act.reshape(act.shape[0], act.shape[1], -1).float()  # 2-D outputs too
             values, index = rows.max(dim=2)
             out[name] = (values, index, rows.mean(dim=2))
         return out

@@ -27,8 +27,12 @@ def spatial_max(act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     * contiguous on the CPU: ``amax`` and numpy's ``argmax`` over the last axis (3x faster than
       torch's there);
     * otherwise (a GPU): ``torch.max``, values and indices at once.
+
+    A 2-D output (``N x C``, a whole-image unit) is a 1x1 map: its maximum is its value.
     """
     n, c = act.shape[:2]
+    if act.dim() == 2:  # a whole-image unit (Linear output): a 1x1 map
+        act = act[:, :, None, None]
     if act.dim() == 4 and not act.is_contiguous() and act.is_contiguous(memory_format=torch.channels_last):
         rows = act.permute(0, 2, 3, 1).reshape(n, -1, c).float()
         values, index = rows.max(dim=1)

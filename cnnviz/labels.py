@@ -1,0 +1,82 @@
+"""Names for labels: a library's labels (class folders, list-file columns) are often class
+indices (``468``) or WordNet ids (``n02930766``); people read ``cab``.
+
+The ImageNet-1k class index (index, WordNet id, torchvision's class name, WordNet lemmas) is
+the package data file ``imagenet_classes.tsv``, kept in the repository's ``data/`` folder
+(source and licence in ``data/README.md``). Reading it needs neither torch nor pandas.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+__all__ = ["data_file", "ImageNetClass", "imagenet_classes", "label_name", "label_names"]
+
+_WNID = re.compile(r"n\d{8}")
+
+
+@dataclass(frozen=True)
+class ImageNetClass:
+    index: int
+    wnid: str
+    name: str
+    lemmas: str
+
+
+def data_file(name: str) -> str:
+    """The text of a file of the ``data/`` folder: package data ``cnnviz.data`` when installed
+    (a wheel), the repository's ``data/`` when ``cnnviz`` is imported from a source checkout."""
+    try:
+        return resources.files("cnnviz.data").joinpath(name).read_text("utf-8")
+    except ModuleNotFoundError:
+        return (Path(__file__).resolve().parent.parent / "data" / name).read_text("utf-8")
+
+
+@functools.cache
+def imagenet_classes() -> tuple[ImageNetClass, ...]:
+    """The 1000 ImageNet-1k classes in the order of torchvision's classifiers."""
+    text = data_file("imagenet_classes.tsv")
+    rows = [line.split("\t") for line in text.splitlines()[1:] if line]
+    return tuple(ImageNetClass(int(i), w, n, lem) for i, w, n, lem in rows)
+
+
+@functools.cache
+def _by_wnid() -> dict[str, ImageNetClass]:
+    return {c.wnid: c for c in imagenet_classes()}
+
+
+def label_name(label: str | None, class_names: Sequence[str] | None = None) -> str | None:
+    """A readable name for one label, or ``None`` when there is nothing to add.
+
+    * a class index (``"468"``) in range of ``class_names`` -> that class's name;
+    * a WordNet id (``"n02930766"``, or a folder name starting with one such as
+      ``n02930766_cab``) of an ImageNet-1k class -> the model's name for that class when the
+      model has the 1000 ImageNet classes, else the ImageNet name;
+    * anything else -> ``None`` (the label is already a name).
+    """
+    if not label:
+        return None
+    label = str(label)
+    if label.isdigit() and class_names is not None and int(label) < len(class_names):
+        return str(class_names[int(label)])
+    match = _WNID.match(label)
+    if match and match.group(0) in _by_wnid():
+        cls = _by_wnid()[match.group(0)]
+        if class_names is not None and len(class_names) == len(imagenet_classes()):
+            return str(class_names[cls.index])
+        return cls.name
+    return None
+
+
+def label_names(labels: Sequence[str] | None, class_names: Sequence[str] | None = None) -> list[str | None]:
+    """:func:`label_name` of every label (``[]`` for ``None``); repeated labels are looked up once."""
+    if labels is None:
+        return []
+    cache: dict[str, str | None] = {}
+    return [cache.setdefault(str(lab), label_name(lab, class_names)) if lab is not None else None
+            for lab in labels]
