@@ -376,7 +376,7 @@ def test_whole_image_units_rank_images_like_brute_force_logits(photo_dir, resnet
     assert (df.unit == "image").all()
     assert (df.channel_name == [resnet18.class_names[c] for c in df.channel]).all()  # channel c is class c
     stats = cnnviz.channel_stats(out, "fc")
-    np.testing.assert_allclose(stats["max_max"], np.stack(logits).max(0), rtol=1e-5)
+    np.testing.assert_allclose(stats["max_max"], np.stack(logits).max(0), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("shard", [(0, 1), (1, 2)])
