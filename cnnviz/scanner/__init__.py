@@ -5,6 +5,6 @@
 
 from .config import ScanConfig
 from .distributed import merge
-from .loop import scan, scan_shard
+from .loop import reduce_images, scan, scan_shard
 
-__all__ = ["scan", "scan_shard", "ScanConfig", "merge"]
+__all__ = ["scan", "scan_shard", "ScanConfig", "merge", "reduce_images"]

@@ -37,7 +37,7 @@ from .space import check_space, estimate_bytes
 from .state import ScanState
 from .workdir import WorkDir, is_disk_full, work_path
 
-__all__ = ["scan", "scan_shard", "ScanConfig"]
+__all__ = ["scan", "scan_shard", "ScanConfig", "reduce_images"]
 
 
 def scan(library: str | Path | ImageLibrary, model, out: str | Path, layers=None,
@@ -155,6 +155,30 @@ def _library(library, work: WorkDir | None) -> ImageLibrary:
               f"from {frozen.source}; it goes on with the {len(frozen)} images it started with",
               file=sys.stderr)
     return frozen
+
+
+def reduce_images(model, names: list[str], crops: torch.Tensor, device="cpu", batch_size: int = 16,
+                  amp: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per image and channel of each named tap, ``(maximum, flat position)`` as float32/int64
+    ``(N, C)`` arrays, computed exactly as a scan computes them (its copy of the module in
+    the channels_last layout, its reductions, its AMP rule), so an image of a scanned library
+    gets the values the scan recorded for it.
+
+    Args:
+        crops: uint8 ``(N, H, W, 3)`` network-input crops (``Preprocessing.crop_uint8``).
+    """
+    device = torch.device(device)
+    module = _module_on(model.module, device)
+    parts: dict[str, list] = {n: [] for n in names}
+    ok = [""] * batch_size
+    with capture(module, names, reduce=_spatial_max_of, stop_early=True) as cap:
+        for start in range(0, len(crops), batch_size):
+            batch = crops[start: start + batch_size]
+            for name, (values, index, _) in _forward(cap, model.preprocessing, batch, ok[: len(batch)],
+                                                     device, amp).items():
+                parts[name].append((values.cpu().numpy(), index.cpu().numpy()))
+    return {n: (np.concatenate([v for v, _ in p]), np.concatenate([i for _, i in p]).astype(np.int64))
+            for n, p in parts.items()}
 
 
 def _spatial_max_of(name: str, output: torch.Tensor):

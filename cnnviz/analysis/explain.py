@@ -1,0 +1,191 @@
+"""Explain images against a run: for each image and each channel of the run's layers, the
+image's maximum and where it stands among the per-image maxima of the scanned library.
+
+The images go through the run's model exactly as the scan sent the library
+(:func:`cnnviz.scanner.reduce_images`: same decoding rules, crop, layout and reductions), so an
+image that was in the library gets the value the scan recorded for it and its exact rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import UsageError
+from ..images.decoding import decode_file
+from ..images.patches import cut_patch, patch_box
+from ..model.receptive_field import AxisField, ReceptiveField
+from ..run import format as fmt
+from ..run.reader import RunReader
+
+__all__ = ["explain", "ExplainedImages", "explain_images", "layer_field"]
+
+
+@dataclass
+class ExplainedImages:
+    """What :func:`explain_images` computes: the table, plus the crops the patches come from."""
+
+    table: pd.DataFrame
+    paths: list[Path]
+    crops: np.ndarray  # uint8 (N, H, W, 3), as the network saw each image
+
+
+def explain(images: Sequence[str | Path] | str | Path, run: str | Path, layers: Sequence[str] | None = None,
+            model=None, device: str = "cpu", batch_size: int = 16) -> pd.DataFrame:
+    """Where each image stands, per channel, among the library a run scanned.
+
+    Args:
+        images: image files (any the scan could read).
+        run: the run file.
+        layers: layers of the run (default: all of them).
+        model: the run's :class:`~cnnviz.model.LoadedModel`; default: reloaded from the run file.
+        device: where to run the network.
+
+    Returns:
+        One row per (image, layer, channel), best first (by rank, then ``ratio``) within each
+        image and layer. Columns: ``image`` (path as given), ``library_id`` (the id of the
+        library image with the same bytes, whose recorded maxima are then used, or -1),
+        ``layer``, ``channel``, ``channel_name`` (class name of a
+        logits layer, else empty), ``value`` (the image's maximum), ``y``, ``x`` (where),
+        ``rank`` (1 + library images whose maximum is strictly larger: an image of the
+        library gets its own rank), ``n_images`` (readable library images), ``percentile``
+        (100 x the share of library images whose maximum is <= ``value``), ``ratio``
+        (``value`` / the channel's library maximum). Where the run did not keep a layer's
+        per-image maxima, ``percentile`` is NaN and ``rank`` is known only inside the top-k
+        (else NaN).
+
+    Example:
+        >>> df = explain(["cat.jpg"], "run.h5")                              # doctest: +SKIP
+        >>> df[df.layer == "layer4.2"].head()                                # doctest: +SKIP
+    """
+    return explain_images(images, run, layers, model, device, batch_size).table
+
+
+def explain_images(images, run, layers=None, model=None, device: str = "cpu",
+                   batch_size: int = 16) -> ExplainedImages:
+    """:func:`explain`, keeping the decoded crops (for patches and pages)."""
+    from ..scanner.loop import reduce_images
+
+    paths = [Path(images)] if isinstance(images, (str, Path)) else [Path(p) for p in images]
+    if not paths:
+        raise UsageError("`images`: give at least one image file")
+    with RunReader(run) as reader:
+        names = reader.layers if layers is None else [n for n in layers if reader.check_layer(n, "layers")]
+        if model is None:
+            from ..viz.attribution import model_of_run
+
+            model = model_of_run(run, device=device)
+        decoded = [_crop(p, model.preprocessing) for p in paths]
+        crops = np.stack([c for c, _ in decoded])
+        reduced = reduce_images(model, names, torch.from_numpy(crops), device, batch_size)
+        library_ids = _library_ids(reader, [identity for _, identity in decoded], model)
+        frames = []
+        for name in names:
+            values, index = reduced[name]
+            _use_recorded(reader, name, library_ids, values, index)
+            frames.append(_layer_table(reader, name, paths, library_ids, values, index))
+    return ExplainedImages(pd.concat(frames, ignore_index=True), paths, crops)
+
+
+def _crop(path: Path, preprocessing) -> tuple[np.ndarray, tuple[int, int, int]]:
+    try:
+        decoded = decode_file(path, preprocessing.resize)
+    except Exception as exc:  # noqa: BLE001 - any decoding failure is the user's file, named
+        raise UsageError(f"`images`: cannot read {path} ({type(exc).__name__}: {exc})") from None
+    return preprocessing.crop_uint8(decoded.image, decoded.original_size)[0], decoded.identity
+
+
+def _library_ids(reader: RunReader, identities, model) -> np.ndarray:
+    """Per image, the id of the library image with the same bytes (size and digest), or -1.
+    Only when ``model`` has the run's weights: then the run's record of that image is its
+    value (a network's arithmetic can differ in the last bit with the batch it ran in)."""
+    from ..model.loading import weights_digest
+
+    ids = np.full(len(identities), -1, np.int64)
+    recorded = reader.attrs.get("weights_digest")
+    if fmt.IMAGE_IDENTITY not in reader.file or recorded is None or recorded != weights_digest(model.module):
+        return ids
+    table = reader.file[fmt.IMAGE_IDENTITY][()]
+    ok = reader.file[fmt.IMAGE_OK][()]
+    known = {(int(size), int(digest)): i for i, (size, _, digest) in enumerate(table) if ok[i]}
+    for j, (size, _, digest) in enumerate(identities):
+        ids[j] = known.get((int(size), int(digest)), -1)
+    return ids
+
+
+def _use_recorded(reader: RunReader, layer: str, library_ids: np.ndarray, values: np.ndarray,
+                  index: np.ndarray) -> None:
+    """Library images take the maxima and positions the run recorded for them."""
+    if not (library_ids >= 0).any() or not reader.has_maxima(layer):
+        return
+    rows = np.flatnonzero(library_ids >= 0)
+    for j in rows:
+        values[j] = reader.maxima_dataset(layer)[int(library_ids[j])]
+        index[j] = reader.maxima_dataset(layer, positions=True)[int(library_ids[j])]
+
+
+def _layer_table(reader: RunReader, layer: str, paths: list[Path], library_ids: np.ndarray,
+                 values: np.ndarray, index: np.ndarray) -> pd.DataFrame:
+    g = reader.layer(layer)
+    n_img, n_ch = values.shape
+    width = int(g.attrs["width"])
+    stats_max = g[fmt.STATS]["max_max"][()]
+    if reader.has_maxima(layer):
+        ds = reader.maxima_dataset(layer)
+        # compare in the stored precision: a library image equals its own stored value
+        probe = values.astype(ds.dtype).astype(np.float64)
+        greater = np.zeros((n_img, n_ch), np.int64)
+        at_most = np.zeros((n_img, n_ch), np.int64)
+        readable = 0
+        for block in reader.maxima_blocks(layer):
+            block = block[~np.isnan(block).any(axis=1)]
+            readable += len(block)
+            for i in range(n_img):
+                above = block > probe[i]
+                greater[i] += above.sum(axis=0)
+                at_most[i] += len(block) - above.sum(axis=0)
+        rank = (greater + 1).astype(np.float64)
+        percentile = 100.0 * at_most / max(readable, 1)
+    else:  # only the top-k: a rank inside it is exact, outside unknown
+        top = np.nan_to_num(g[fmt.TOPK_ACTIVATION][()], nan=-np.inf)
+        probe = values.astype(np.float32).astype(np.float64)
+        greater = (top[None] > probe[:, :, None]).sum(axis=2)
+        rank = np.where(greater < top.shape[1], greater + 1, np.nan)
+        percentile = np.full((n_img, n_ch), np.nan)
+        readable = int(reader.attrs["n_images"]) - int(reader.attrs["n_failed"])
+    channel_names = reader.channel_names(layer)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = values / stats_max[None, :]
+    df = pd.DataFrame({
+        "image": np.repeat([str(p) for p in paths], n_ch),
+        "library_id": np.repeat(library_ids, n_ch),
+        "layer": layer,
+        "channel": np.tile(np.arange(n_ch), n_img),
+        "channel_name": np.tile(channel_names.astype(str), n_img) if channel_names is not None else "",
+        "value": values.reshape(-1).astype(np.float64),
+        "y": (index // width).reshape(-1), "x": (index % width).reshape(-1),
+        "rank": rank.reshape(-1), "n_images": readable,
+        "percentile": percentile.reshape(-1), "ratio": ratio.reshape(-1),
+    })
+    order = np.lexsort((-df["ratio"].fillna(-np.inf).to_numpy(), df["rank"].fillna(np.inf).to_numpy(),
+                        np.repeat(np.arange(n_img), n_ch)))
+    return df.iloc[order].reset_index(drop=True)
+
+
+def layer_field(reader: RunReader, layer: str) -> ReceptiveField:
+    """The receptive field of a run's layer, from its attributes."""
+    a = reader.layer(layer).attrs
+    return ReceptiveField(*(AxisField(int(a["rf_size"][i]), int(a["rf_stride"][i]), int(a["rf_offset"][i]))
+                            for i in (0, 1)))
+
+
+def own_patch(reader: RunReader, layer: str, crop: np.ndarray, y: int, x: int) -> np.ndarray:
+    """The patch of unit ``(y, x)`` cut from ``crop`` as the scan cut the run's patches."""
+    a = reader.layer(layer).attrs
+    box = patch_box(layer_field(reader, layer), y, x, crop.shape[:2], int(reader.attrs["patch_size"]))
+    return cut_patch(crop, box, int(a["patch_factor"]))
