@@ -9,7 +9,7 @@ import traceback
 
 from .. import __version__
 from ..errors import CnnvizError, ScanInterrupted
-from . import model_cmds, optim_cmds, run_cmds, scan_cmds
+from . import analysis_cmds, model_cmds, optim_cmds, run_cmds, scan_cmds
 from .common import add_model_args, add_progress_arg
 
 
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cnnviz {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in [add_demo, *model_cmds.COMMANDS, *scan_cmds.COMMANDS, *optim_cmds.COMMANDS,
-                *run_cmds.COMMANDS]:
+                *run_cmds.COMMANDS, *analysis_cmds.COMMANDS]:
         add(sub)
     return parser
 

@@ -1,0 +1,96 @@
+"""Commands that ask questions of finished runs: explain (needs the run's model) and compare
+(reads two run files only)."""
+
+from __future__ import annotations
+
+import sys
+
+from .common import WEIGHTS_HELP
+
+
+def add_explain(sub) -> None:
+    p = sub.add_parser("explain", help="where new images stand, per channel, against a run's library")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--run", required=True, metavar="RUN.h5", help="the run to compare against")
+    p.add_argument("--out", default=None, help="folder for the HTML page and one PNG per image "
+                   "(default: none, print only)")
+    p.add_argument("--layers", default=None, help="comma-separated layers of the run (default: all)")
+    p.add_argument("--top", type=int, default=5, help="channels shown per image and layer (default: 5)")
+    p.add_argument("--csv", action="store_true", help="every row (image x layer x channel) as CSV "
+                   "to stdout")
+    p.add_argument("--model", default=None, help="the run's model (default: reloaded from the run file)")
+    p.add_argument("--weights", default="DEFAULT", help=WEIGHTS_HELP)
+    p.add_argument("--device", default="cpu", help="device for the forward pass (default: cpu)")
+    p.set_defaults(func=run_explain)
+
+
+def run_explain(args) -> int:
+    import pandas as pd
+
+    from ..analysis.explain import explain_images
+    from ..errors import UsageError
+
+    if args.top < 1:
+        raise UsageError("`top` must be at least 1")
+    model = None
+    if args.model:
+        from .common import load
+
+        model = load(args)
+    layers = args.layers.split(",") if args.layers else None
+    result = explain_images(args.images, args.run, layers, model=model, device=args.device)
+    table = result.table
+    if args.csv:
+        table.to_csv(sys.stdout, index=False)
+    else:
+        cols = ["layer", "channel", "channel_name", "value", "rank", "n_images", "percentile"]
+        if not table["channel_name"].astype(bool).any():
+            cols.remove("channel_name")
+        with pd.option_context("display.width", 200, "display.max_colwidth", 40):
+            for image, rows in table.groupby("image", sort=False):
+                print(f"{image}" + (" (in the library)" if (rows.library_id >= 0).any() else ""))
+                best = rows.groupby("layer", sort=False).head(args.top)
+                print(best[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"), end="\n\n")
+    if args.out:
+        from ..viz.report.analysis_pages import write_explain_page
+
+        index = write_explain_page(result, args.run, args.out, top=args.top)
+        print(f"explain page: {index.resolve()}", file=sys.stderr if args.csv else sys.stdout)
+    return 0
+
+
+def add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="what changed per channel between two runs (same layers)")
+    p.add_argument("run_a", metavar="RUN_A.h5")
+    p.add_argument("run_b", metavar="RUN_B.h5")
+    p.add_argument("--layers", default=None, help="comma-separated layers (default: those both runs have)")
+    p.add_argument("--out", default=None, help="folder for the HTML page (default: none)")
+    p.add_argument("--top", type=int, default=20, help="most changed channels printed and shown "
+                   "(default: 20)")
+    p.add_argument("--csv", action="store_true", help="every channel as CSV to stdout")
+    p.set_defaults(func=run_compare)
+
+
+def run_compare(args) -> int:
+    import pandas as pd
+
+    from ..analysis.compare import compare_runs
+
+    table = compare_runs(args.run_a, args.run_b, args.layers.split(",") if args.layers else None)
+    if args.csv:
+        table.to_csv(sys.stdout, index=False)
+    else:
+        cols = ["layer", "channel", "change", "topk_overlap", "rank_corr", "mean_max_a", "mean_max_b",
+                "fire_rate_a", "fire_rate_b"]
+        print(f"{int(table['shared_images'].iloc[0])} images read by both runs; most changed first")
+        with pd.option_context("display.width", 200):
+            print(table.head(args.top)[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    if args.out:
+        from ..viz.report.analysis_pages import write_compare_page
+
+        index = write_compare_page(table, args.run_a, args.run_b, args.out, top=args.top)
+        print(f"compare page: {index.resolve()}", file=sys.stderr if args.csv else sys.stdout)
+    return 0
+
+
+COMMANDS = [add_explain, add_compare]
