@@ -33,8 +33,9 @@ def compare_runs(run_a: str | Path, run_b: str | Path, layers: Sequence[str] | N
         One row per (layer, channel). Columns: ``layer``, ``channel``, ``channel_name``;
         for each statistic ``s`` of :func:`cnnviz.channel_stats` (``mean_max``, ``std_max``,
         ``max_max``, ``fire_rate``, ``mean_activation``): ``s_a``, ``s_b`` and ``d_s = s_b - s_a``;
-        ``topk_overlap`` (share of A's top-k images that are among B's top-k; NaN when the runs
-        share no image), ``rank_corr`` (Spearman correlation of the per-image maxima over the
+        ``topk_overlap`` (share of A's top-k images that are among B's top-k, counting ties
+        at B's k-th value as in when B kept its per-image maxima; NaN when the runs share no
+        image), ``rank_corr`` (Spearman correlation of the per-image maxima over the
         images both runs read; NaN when either run did not keep them or a channel is constant in
         one of them), ``shared_images`` (images both runs read) and ``change`` (``1 - rank_corr``
         where known, else ``1 - topk_overlap``: 0 for no change, up to 2).
@@ -46,7 +47,8 @@ def compare_runs(run_a: str | Path, run_b: str | Path, layers: Sequence[str] | N
         frames = []
         for name in names:
             df = _stat_columns(a.path, b.path, name)
-            df["topk_overlap"] = _topk_overlap(a, b, name, keys_a, keys_b) if len(rows_a) else np.nan
+            df["topk_overlap"] = (_topk_overlap(a, b, name, keys_a, keys_b, rows_a, rows_b) if len(rows_a)
+                                  else np.nan)
             df["rank_corr"] = _rank_corr(a, b, name, rows_a, rows_b)
             df["shared_images"] = len(rows_a)
             frames.append(df)
@@ -104,14 +106,37 @@ def _stat_columns(path_a: Path, path_b: Path, layer: str) -> pd.DataFrame:
     return df
 
 
-def _topk_overlap(a: RunReader, b: RunReader, layer: str, keys_a: np.ndarray, keys_b: np.ndarray) -> np.ndarray:
+def _topk_overlap(a: RunReader, b: RunReader, layer: str, keys_a: np.ndarray, keys_b: np.ndarray,
+                  rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
     ids_a = a.layer(layer)[fmt.TOPK_IMAGE_ID][()]
+    if b.has_maxima(layer):
+        return _overlap_with_ties(ids_a, b, layer, rows_a, rows_b)
     ids_b = b.layer(layer)[fmt.TOPK_IMAGE_ID][()]
     out = np.full(len(ids_a), np.nan)
     for c, (ra, rb) in enumerate(zip(ids_a, ids_b, strict=True)):
         set_a = {keys_a[i] for i in ra if i >= 0}
         if set_a:
             out[c] = len(set_a & {keys_b[i] for i in rb if i >= 0}) / len(set_a)
+    return out
+
+
+def _overlap_with_ties(ids_a: np.ndarray, b: RunReader, layer: str, rows_a: np.ndarray,
+                       rows_b: np.ndarray) -> np.ndarray:
+    """Share of A's top-k images whose maximum in B reaches B's k-th value: B's top-k up to how
+    ties were broken (ties go to the smaller id, and ids differ between two listings of one
+    library; a channel that is 0 on most images ties at 0)."""
+    b_row = np.full(int(ids_a.max(initial=-1)) + 1, -1, np.int64)
+    keep = rows_a < len(b_row)
+    b_row[rows_a[keep]] = rows_b[keep]
+    maxima_b = b.maxima_dataset(layer)[()]
+    kth = np.nanmin(b.layer(layer)[fmt.TOPK_ACTIVATION][()], axis=1)
+    out = np.full(len(ids_a), np.nan)
+    for c, row in enumerate(ids_a):
+        row = row[row >= 0]
+        if len(row):
+            in_b = b_row[row]
+            values = np.where(in_b >= 0, maxima_b[np.maximum(in_b, 0), c], -np.inf)
+            out[c] = float((values >= kth[c]).sum()) / len(row)
     return out
 
 

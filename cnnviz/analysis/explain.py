@@ -47,8 +47,8 @@ def explain(images: Sequence[str | Path] | str | Path, run: str | Path, layers: 
         device: where to run the network.
 
     Returns:
-        One row per (image, layer, channel), best first (by rank, then ``ratio``) within each
-        image and layer. Columns: ``image`` (path as given), ``library_id`` (the id of the
+        One row per (image, layer, channel), best first (by rank, then ``ratio``; channels
+        constant over the library last) within each image and layer. Columns: ``image`` (path as given), ``library_id`` (the id of the
         library image with the same bytes, whose recorded maxima are then used, or -1),
         ``layer``, ``channel``, ``channel_name`` (class name of a
         logits layer, else empty), ``value`` (the image's maximum), ``y``, ``x`` (where),
@@ -135,6 +135,7 @@ def _layer_table(reader: RunReader, layer: str, paths: list[Path], library_ids: 
     n_img, n_ch = values.shape
     width = int(g.attrs["width"])
     stats_max = g[fmt.STATS]["max_max"][()]
+    constant = g[fmt.STATS]["std_max"][()] <= 0  # e.g. a dead ReLU: every image ties
     if reader.has_maxima(layer):
         ds = reader.maxima_dataset(layer)
         # compare in the stored precision: a library image equals its own stored value
@@ -173,7 +174,7 @@ def _layer_table(reader: RunReader, layer: str, paths: list[Path], library_ids: 
         "percentile": percentile.reshape(-1), "ratio": ratio.reshape(-1),
     })
     order = np.lexsort((-df["ratio"].fillna(-np.inf).to_numpy(), df["rank"].fillna(np.inf).to_numpy(),
-                        np.repeat(np.arange(n_img), n_ch)))
+                        np.tile(constant, n_img), np.repeat(np.arange(n_img), n_ch)))
     return df.iloc[order].reset_index(drop=True)
 
 
