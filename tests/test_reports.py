@@ -177,8 +177,10 @@ def test_report_opens_in_headless_chromium_without_errors(run, model, tmp_path):
     broken = site / "broken.html"
     broken.write_text('<!DOCTYPE html><html><body><img src="missing.png"></body></html>')
     assert _problems(_check_in_chromium(broken, tmp_path / "b.png", tmp_path / "p0")) == ["missing.png"]
-    # the index: 6 thumbnails of 2 layers; a channel page: its patch strip and attribution strip
-    for page, shot, sprites in ((index, "index.png", 12), (site / "layer3.0" / "c0.html", "channel.png", 2)):
+    # the index: 6 thumbnails of 2 layers; a channel page: its patch, context and attribution
+    # strips; a layer ordered by fire rate: its 6 thumbnails
+    for page, shot, sprites in ((index, "index.png", 12), (site / "layer3.0" / "c0.html", "channel.png", 3),
+                                (site / "layer3.0" / "by-fire-rate.html", "order.png", 6)):
         result = _check_in_chromium(page, tmp_path / shot, tmp_path / f"profile-{shot}")
         assert not _problems(result), result
         assert result["backgrounds"] == sprites
@@ -242,3 +244,101 @@ def test_synthetic_runs_have_the_format_of_real_ones(run, model, tmp_path):
     stats = cnnviz.channel_stats(syn)
     np.testing.assert_allclose(stats[stats.layer == "layer3.0"].mean_max, maxima.mean(0), rtol=1e-6)
     write_report(syn, tmp_path / "site", channels=2, progress=False)
+
+
+def test_context_box_is_the_orig_box_and_the_map_is_a_forward_pass(run, model):
+    """Each context tile draws ``topk/orig_box`` (found as the pixels the box changed) and lights
+    the photo where the channel's recomputed map (equal to a forward pass of that photo) is high;
+    each photo goes through the network once."""
+    from cnnviz.run.reader import RunReader
+    from cnnviz.viz.report.context import TILE, context_tile, gather_context
+
+    calls = []
+    handle = model.module.register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        with RunReader(run) as reader:
+            ctx = gather_context(reader, {"layer3.0": [0, 1, 2], "layer1.1": [0]}, model)
+            ids = reader.layer("layer3.0")["topk/image_id"][()]
+            boxes = reader.layer("layer3.0")["topk/orig_box"][()]
+            unique = {int(i) for i in ids[:3].ravel() if i >= 0} | {int(i) for i in
+                                                                     reader.layer("layer1.1")["topk/image_id"][0] if i >= 0}
+            paths = reader.paths
+            root = reader.library_root
+    finally:
+        handle.remove()
+    assert len(calls) == len(unique)
+    for c in range(3):
+        for r, i in enumerate(ids[c]):
+            photo = ctx.photos[int(i)]
+            plain = context_tile(photo, None).astype(int)
+            boxed = context_tile(photo, tuple(boxes[c, r])).astype(int)
+            ys, xs = np.nonzero((plain != boxed).any(axis=2))
+            ph, pw = photo.pixels.shape[:2]
+            oy, ox = (TILE - ph) // 2, (TILE - pw) // 2
+            y0, x0, y1, x1 = boxes[c, r] * photo.scale
+            assert abs(ys.min() - (oy + y0)) <= 1.01 and abs(xs.min() - (ox + x0)) <= 1.01, (c, r)
+            assert abs(ys.max() + 1 - (oy + y1)) <= 1.01 and abs(xs.max() + 1 - (ox + x1)) <= 1.01, (c, r)
+    # the map is a forward pass of the photo alone
+    from cnnviz.images import load_rgb
+    from cnnviz.model.taps import capture
+
+    i = int(ids[1, 0])
+    with capture(model.module, ["layer3.0"]) as cap, torch.no_grad():
+        cap.forward(model.preprocessing(load_rgb(root / str(paths[i]))))
+    expected = cap.outputs["layer3.0"][0, 1].numpy()
+    np.testing.assert_allclose(ctx.maps[("layer3.0", 1, i)], expected, rtol=1e-4, atol=1e-5)
+    # the spotlight: where the map peaks the photo keeps more of its brightness than on average
+    photo = ctx.photos[i]
+    lit = context_tile(photo, None, expected, float(expected.max())).astype(float) + 1
+    ratio = lit.sum(axis=2) / (context_tile(photo, None).astype(float) + 1).sum(axis=2)
+    y, x = np.unravel_index(expected.argmax(), expected.shape)
+    cy0, cx0, cy1, cx1 = (v * photo.scale for v in photo.crop_box)
+    ty = round((TILE - photo.pixels.shape[0]) // 2 + cy0 + (y + 0.5) / expected.shape[0] * (cy1 - cy0))
+    tx = round((TILE - photo.pixels.shape[1]) // 2 + cx0 + (x + 0.5) / expected.shape[1] * (cx1 - cx0))
+    assert ratio[ty, tx] > np.median(ratio) + 0.2
+
+
+def test_index_orders_follow_the_statistics(run, tmp_path):
+    index = write_report(run, tmp_path / "site", layers=["layer3.0"], channels=10, context=False,
+                         progress=False)
+    stats = cnnviz.channel_stats(run, "layer3.0").iloc[:10]
+    for stem, column in (("by-fire-rate", "fire_rate"), ("by-strength", "mean_max"),
+                         ("by-selectivity", "selectivity")):  # the library has labels (folders)
+        page = (index.parent / "layer3.0" / f"{stem}.html").read_text()
+        shown = [int(c) for c in re.findall(r'href="c(\d+)\.html"', page)]
+        value = np.nan_to_num(stats[column].to_numpy(), nan=-np.inf)
+        expected = sorted(range(10), key=lambda c: (-value[c], c))
+        assert shown == expected, stem
+
+
+def test_attribution_tiles_are_contrast_normalised():
+    """One outlier pixel must not leave the rest of the tile grey (as scaling by the maximum did)."""
+    from cnnviz.viz.attribution import attribution_image
+
+    rng = np.random.default_rng(0)
+    attr = rng.normal(size=(1, 32, 32, 3)).astype(np.float32)
+    attr[0, 5, 5, 0] = 1000.0
+    shown = attribution_image(attr)[0]
+    assert shown.min() >= 0 and shown.max() <= 1
+    assert np.mean(np.abs(shown - 0.5) > 0.1) > 0.5  # most pixels visibly away from grey
+    assert np.sign(shown[..., 1] - 0.5).tolist() == np.sign(np.round(attr[0, ..., 1], 6)).tolist()
+
+
+def test_labels_and_logits_are_shown_with_class_names(photo_dir, tmp_path):
+    """A list file whose labels are WordNet ids and class indices: tables and pages show the
+    model's class names; the logits layer's channels are named after their classes."""
+    lib = tmp_path / "lib.txt"
+    lib.write_text(f"{photo_dir / 'animals' / 'chelsea.png'}\tn02123045\n"
+                   f"{photo_dir / 'things' / 'coffee.png'}\t968\n"
+                   f"{photo_dir / 'things' / 'rocket.jpg'}\trocket\n")
+    model = load_model("resnet18", None, seed=0)
+    out = scan(lib, model, tmp_path / "run.h5", layers="layer4.1,logits", top_k=3, workers=0, progress=False)
+    df = cnnviz.top_patches(out, "fc")
+    by_path = dict(zip(df.image_path.map(lambda p: Path(p).name), df.label_name, strict=False))
+    assert by_path == {"chelsea.png": "tabby", "coffee.png": "cup", "rocket.jpg": ""}
+    assert (df.channel_name == [model.class_names[c] for c in df.channel]).all()
+    index = write_report(out, tmp_path / "site", channels=3, context=False, progress=False)
+    page = (index.parent / "fc" / "c1.html").read_text()
+    assert "channel 1 · goldfish" in page
+    assert "n02123045 · tabby" in page and "968 · cup" in page
+    assert "classes (logits)" in index.read_text()

@@ -144,6 +144,11 @@ class RunReader:
         return self.strings(fmt.IMAGE_PATCH_ERROR)
 
     @property
+    def preprocessing(self) -> dict:
+        """How the network's input was made: ``resize``, ``crop`` ``[H, W]``, ``mean``, ``std``..."""
+        return json.loads(self.attrs[fmt.ATTR_PREPROCESSING])
+
+    @property
     def class_names(self) -> np.ndarray | None:
         """The model's class names, when the run recorded them."""
         return self.strings(fmt.CLASS_NAMES)

@@ -115,11 +115,15 @@ def neuron_attribution_maps(model, run: str | Path, layer: str, channel: int,
     return out
 
 
-def attribution_image(attr: np.ndarray) -> np.ndarray:
-    """Signed attributions -> displayable RGB in [0, 1] (grey = 0), one scale per patch."""
+def attribution_image(attr: np.ndarray, percentile: float = 99.0) -> np.ndarray:
+    """Signed attributions -> displayable RGB in [0, 1] (grey = 0), contrast-normalised per
+    patch: the ``percentile`` of its absolute values maps to full contrast and the few larger
+    values saturate. (Scaling by the maximum leaves guided-backpropagation tiles faint grey: a
+    handful of pixels take the whole range.)"""
     out = np.empty_like(attr)
     for i, a in enumerate(attr):
-        scale = np.abs(a).max()
+        magnitude = np.abs(a)
+        scale = np.percentile(magnitude[magnitude > 0], percentile) if (magnitude > 0).any() else 0.0
         out[i] = 0.5 + 0.5 * a / scale if scale > 0 else 0.5
     return np.clip(out, 0, 1)
 

@@ -18,7 +18,8 @@ from ...run import format as fmt
 from ...run.reader import RunReader
 from ...run.tables import channel_stats
 
-__all__ = ["RunInfo", "LayerInfo", "ChannelInfo", "run_info", "layer_info", "channels_of"]
+__all__ = ["RunInfo", "LayerInfo", "ChannelInfo", "ORDERS", "run_info", "layer_info", "layer_stats",
+           "channels_of"]
 
 
 @dataclass
@@ -33,6 +34,11 @@ class RunInfo:
     layers: list[str]
 
 
+# index orders besides channel order: (file stem, title, statistic); highest first
+ORDERS = (("by-selectivity", "selectivity", "selectivity"), ("by-fire-rate", "fire rate", "fire_rate"),
+          ("by-strength", "strength (mean of the per-image maxima)", "mean_max"))
+
+
 @dataclass
 class LayerInfo:
     name: str
@@ -42,6 +48,9 @@ class LayerInfo:
     rf_stride: tuple[int, int]
     patch_shape: tuple[int, int]
     scale: int  # on-screen magnification of its patches
+    unit: str = "map"  # or "image": a whole-image unit (thumbnails)
+    channel_names: list[str] | None = None  # class names of a logits layer's channels
+    orders: list[tuple[str, str, list[int]]] = ()  # (file stem, title, shown channels in that order)
 
     @property
     def tile_h(self) -> int:
@@ -61,9 +70,10 @@ class LayerInfo:
 class ChannelInfo:
     layer: str
     channel: int
+    name: str  # class name of a logits layer's channel, else ''
     activations: np.ndarray  # (k,) of the filled slots, best first
     image_names: list[str]
-    labels: list[str] | None
+    labels: list[str] | None  # label, with its class name when it is a class index or WordNet id
     patch_errors: list[str]  # why a patch is missing ('' when it is there)
     patches: np.ndarray  # uint8 (k, h, w, 3)
     stats: pd.Series
@@ -93,22 +103,41 @@ def _chosen(channels, n_channels: int) -> list[int]:
     return [c for c in channels if 0 <= c < n_channels]
 
 
-def layer_info(reader: RunReader, layer: str, channels, min_scale: int) -> LayerInfo:
+def layer_info(reader: RunReader, layer: str, channels, min_scale: int, stats: pd.DataFrame) -> LayerInfo:
+    """``stats``: the layer's :func:`channel_stats` (for the index orders)."""
     g = reader.layer(layer)
     n_ch = int(g.attrs["channels"])
     patch_shape = tuple(int(v) for v in g.attrs["patch_shape"])
     # small patches (early layers) are magnified to at least 48 px on screen
     scale = min(16, max(min_scale, math.ceil(48 / max(patch_shape))))
-    return LayerInfo(layer, n_ch, _chosen(channels, n_ch), tuple(int(v) for v in g.attrs["rf_size"]),
-                     tuple(int(v) for v in g.attrs["rf_stride"]), patch_shape, scale)
+    shown = _chosen(channels, n_ch)
+    names = reader.channel_names(layer)
+    return LayerInfo(layer, n_ch, shown, tuple(int(v) for v in g.attrs["rf_size"]),
+                     tuple(int(v) for v in g.attrs["rf_stride"]), patch_shape, scale, reader.unit(layer),
+                     None if names is None else [str(n) for n in names], _orders(stats, shown))
 
 
-def channels_of(reader: RunReader, layer: LayerInfo) -> Iterator[ChannelInfo]:
-    """The shown channels of a layer, in order."""
+def _orders(stats: pd.DataFrame, shown: list[int]) -> list[tuple[str, str, list[int]]]:
+    """The shown channels ordered by each statistic the run has (highest first, ties by index)."""
+    orders = []
+    for stem, title, column in ORDERS:
+        if column not in stats or stats[column].isna().all():
+            continue
+        values = stats.set_index("channel")[column].reindex(shown).to_numpy(np.float64)
+        order = np.lexsort((np.asarray(shown), -np.nan_to_num(values, nan=-np.inf)))
+        orders.append((stem, title, [shown[j] for j in order]))
+    return orders
+
+
+def channels_of(reader: RunReader, layer: LayerInfo, stats: pd.DataFrame) -> Iterator[ChannelInfo]:
+    """The shown channels of a layer, in order; ``stats`` is the layer's :func:`channel_stats`."""
     g = reader.layer(layer.name)
-    stats = channel_stats(reader.path, layer.name).set_index("channel")
+    stats = stats.set_index("channel")
+    # what a reader needs beside the patches: statistics that repeat nothing shown elsewhere
+    stats = stats.drop(columns=[c for c in ("layer", "channel_name") if c in stats])
     maxima = reader.maxima_columns(layer.name, layer.shown) if reader.has_maxima(layer.name) else None
-    paths, labels, errors = reader.paths, reader.labels, reader.patch_errors
+    paths, errors = reader.paths, reader.patch_errors
+    labels = _named_labels(reader)
     done = g[fmt.OPTIMIZED_DONE][()] if fmt.OPTIMIZED_DONE in g else None
     for j, c in enumerate(layer.shown):
         ids = g[fmt.TOPK_IMAGE_ID][c]
@@ -116,8 +145,24 @@ def channels_of(reader: RunReader, layer: LayerInfo) -> Iterator[ChannelInfo]:
         ids = ids[:k]
         optimized = g[fmt.OPTIMIZED_IMAGES][c] if done is not None and done[c] else None
         yield ChannelInfo(
-            layer.name, c, g[fmt.TOPK_ACTIVATION][c][:k], [Path(str(paths[i])).name for i in ids],
+            layer.name, c, layer.channel_names[c] if layer.channel_names else "",
+            g[fmt.TOPK_ACTIVATION][c][:k], [Path(str(paths[i])).name for i in ids],
             [str(labels[i]) for i in ids] if labels is not None else None,
             [str(errors[i]) if errors is not None else "" for i in ids],
             g[fmt.TOPK_PATCHES][c][:k], stats.loc[c], None if maxima is None else maxima[:, j], optimized,
             str(g[fmt.OPTIMIZED].attrs["recipe"]) if optimized is not None else None)
+
+
+def _named_labels(reader: RunReader) -> np.ndarray | None:
+    """Per image, its label followed by its class name where that says more (``n01440764 ·
+    tench``, ``468 · cab``)."""
+    labels, names = reader.labels, reader.label_names()
+    if labels is None:
+        return None
+    return np.array([f"{lab} · {name}" if name and name != lab else str(lab)
+                     for lab, name in zip(labels, names, strict=True)], dtype=object)
+
+
+def layer_stats(reader: RunReader, layer: str) -> pd.DataFrame:
+    """The layer's :func:`channel_stats`, read once for its index orders and channel pages."""
+    return channel_stats(reader.path, layer)

@@ -5,10 +5,13 @@ Layout of the output folder::
     index.html            layers, each with a thumbnail (best patch) per channel
     style.css
     <layer>/index.html    one layer: every reported channel with its best patch
-    <layer>/c<N>.html     one channel: patches, statistics, distribution, attributions,
-                          optimized image, links to the neighbouring channels
+    <layer>/by-<order>.html  the same, ordered by selectivity, fire rate or strength
+    <layer>/c<N>.html     one channel: patches, the photos they come from, statistics,
+                          distribution, attributions, optimized image, neighbouring channels
     <layer>/c<N>.png      the channel's top-k patches side by side (one image, used as sprite)
+    <layer>/c<N>-context.png  each patch's whole photo, box drawn, activation map overlaid
     <layer>/c<N>-attr.png its attributions, when computed
+    explain/index.html    where chosen images stand against the run (``explain=[...]``)
 
 Pages come from the Jinja2 templates beside this file, with autoescaping on: a file or label
 name cannot inject markup. No script, font or stylesheet is loaded from the network; the pages
@@ -26,7 +29,7 @@ from markupsafe import Markup
 from PIL import Image
 
 from ...run.reader import RunReader
-from .collect import ChannelInfo, LayerInfo, RunInfo, channels_of, layer_info, run_info
+from .collect import ChannelInfo, LayerInfo, RunInfo, channels_of, layer_info, layer_stats, run_info
 
 __all__ = ["write_report"]
 
@@ -41,7 +44,7 @@ def _environment():
 
 def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=None,
                  attributions: dict | None = None, model=None, scale: int = 2,
-                 progress: bool = True) -> Path:
+                 progress: bool = True, context: bool = True, explain=None) -> Path:
     """Write the HTML report of a run.
 
     Args:
@@ -51,20 +54,21 @@ def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=Non
         channels: channels per layer: ``None`` (all), an int ``n`` (the first n), or a list.
         attributions: ``{layer: [channels]}`` for which to compute neuron attributions (needs
             ``model``).
-        model: the :class:`~cnnviz.model.LoadedModel` of the run, for attributions.
+        model: the :class:`~cnnviz.model.LoadedModel` of the run, for attributions, activation
+            maps and the explain page; default: reloaded from the run file when needed.
         scale: pixel magnification of the patch images (small patches are magnified more, to at
             least 48 pixels).
+        context: show each patch's whole photo with its box and the channel's activation map
+            (one forward pass per photo shown; without a loadable model, photo and box only).
+        explain: image files for an explain page (:func:`cnnviz.analysis.explain`), linked
+            from the index.
 
     Returns:
         The path of ``index.html``.
     """
     from tqdm.auto import tqdm
 
-    from ...errors import UsageError
-
     attributions = attributions or {}
-    if attributions and model is None:
-        raise UsageError("attributions need the run's model (pass `model`)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "style.css").write_text(resources.files(__package__).joinpath("style.css").read_text("utf-8"),
@@ -75,23 +79,66 @@ def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=Non
             reader.check_layer(name, "attributions")
             reader.check_channels(name, chans, "attributions")
         info = run_info(reader, layers)
-        shown = [layer_info(reader, name, channels, scale) for name in info.layers]
+        if model is None and (context or explain or attributions):
+            model = _model_or_none(reader.path, needed=bool(explain or attributions))
+        stats = {name: layer_stats(reader, name) for name in info.layers}
+        shown = [layer_info(reader, name, channels, scale, stats[name]) for name in info.layers]
+        ctx = None
+        if context:
+            from .context import gather_context
+
+            ctx = gather_context(reader, {layer.name: layer.shown for layer in shown}, model,
+                                 progress=progress)
         for layer in shown:
             folder = out / layer.folder
             folder.mkdir(exist_ok=True)
             wanted = set(attributions.get(layer.name, []))
             bar = tqdm(total=len(layer.shown), desc=f"report {layer.name}", disable=not progress,
                        leave=False)
-            for pos, ch in enumerate(channels_of(reader, layer)):
+            for pos, ch in enumerate(channels_of(reader, layer, stats[layer.name])):
                 attribution = ch.channel in wanted and _write_attribution(model, reader.path, ch,
                                                                           layer, folder)
-                _write_channel(env, info, layer, ch, pos, folder, attribution)
+                if ctx is not None:
+                    from .context import context_strip
+
+                    Image.fromarray(context_strip(ctx, reader, layer.name, ch.channel)).save(
+                        folder / f"c{ch.channel}-context.png")
+                _write_channel(env, info, layer, ch, pos, folder, attribution, ctx)
                 bar.update()
             bar.close()
-            _render(env, "layer.html", folder / "index.html", root="../", layer=layer)
+            _render(env, "layer.html", folder / "index.html", root="../", layer=layer, order=None,
+                    channels=layer.shown)
+            for stem, title, order in layer.orders:
+                _render(env, "layer.html", folder / f"{stem}.html", root="../", layer=layer,
+                        order=title, channels=order)
+    explain_link = None
+    if explain:
+        from ...analysis.explain import explain_images
+        from .analysis_pages import write_explain_page
+
+        write_explain_page(explain_images(explain, run, info.layers, model=model), run, out / "explain",
+                           back="../index.html")
+        explain_link = "explain/index.html"
     index = out / "index.html"
-    _render(env, "index.html", index, root="", run=info, layers=shown)
+    _render(env, "index.html", index, root="", run=info, layers=shown, explain=explain_link)
     return index
+
+
+def _model_or_none(run: Path, needed: bool):
+    """The run's model reloaded, or ``None`` (with a note) when it cannot be (a user module,
+    weights not available here); ``needed``: raise instead."""
+    from ...errors import CnnvizError
+    from ..attribution import model_of_run
+
+    try:
+        return model_of_run(run)
+    except CnnvizError as exc:
+        if needed:
+            raise
+        import sys
+
+        print(f"note: the report shows photos without activation maps: {exc}", file=sys.stderr)
+        return None
 
 
 def _render(env, template: str, path: Path, **context) -> None:
@@ -99,16 +146,20 @@ def _render(env, template: str, path: Path, **context) -> None:
 
 
 def _write_channel(env, info: RunInfo, layer: LayerInfo, ch: ChannelInfo, pos: int, folder: Path,
-                   attribution: bool) -> None:
+                   attribution: bool, ctx) -> None:
     c = ch.channel
     _strip(ch.patches, layer.scale).save(folder / f"c{c}.png")
     if ch.optimized is not None:
         Image.fromarray(ch.optimized).save(folder / f"c{c}-optimized.png")
     prev_c = layer.shown[pos - 1] if pos else None
     next_c = layer.shown[pos + 1] if pos + 1 < len(layer.shown) else None
-    stats = [(key, _fmt(ch.stats[key])) for key in ch.stats.index if key != "layer"]
+    stats = [(key.replace("_", " "), _fmt(ch.stats[key])) for key in ch.stats.index
+             if _fmt(ch.stats[key]) not in ("", "–")]
+    from .context import TILE
+
     _render(env, "channel.html", folder / f"c{c}.html", root="../", run=info, layer=layer, ch=ch,
             prev=prev_c, next=next_c, stats=stats, attribution=attribution,
+            context=None if ctx is None else {"tile": TILE, "maps": ctx.with_maps},
             histogram=Markup(_histogram_svg(ch.maxima, ch.activations) if ch.maxima is not None
                              else "<p>not kept in this run (scanned without per-image maxima)</p>"))
 
