@@ -260,8 +260,8 @@ def test_context_box_is_the_orig_box_and_the_map_is_a_forward_pass(run, model):
             ctx = gather_context(reader, {"layer3.0": [0, 1, 2], "layer1.1": [0]}, model)
             ids = reader.layer("layer3.0")["topk/image_id"][()]
             boxes = reader.layer("layer3.0")["topk/orig_box"][()]
-            unique = {int(i) for i in ids[:3].ravel() if i >= 0} | {int(i) for i in
-                                                                     reader.layer("layer1.1")["topk/image_id"][0] if i >= 0}
+            first = reader.layer("layer1.1")["topk/image_id"][0]
+            unique = {int(i) for i in ids[:3].ravel() if i >= 0} | {int(i) for i in first if i >= 0}
             paths = reader.paths
             root = reader.library_root
     finally:

@@ -367,7 +367,8 @@ def test_whole_image_units_rank_images_like_brute_force_logits(photo_dir, resnet
                 # have in the brute force with the brute force's own best three
                 chosen = [row_of[int(i)] for i in g["topk/image_id"][c]]
                 best = np.sort(values[:, c])[::-1][:3]
-                np.testing.assert_allclose(values[chosen, c], best, rtol=1e-4, atol=1e-5, err_msg=f"{name} {c}")
+                np.testing.assert_allclose(values[chosen, c], best, rtol=1e-4, atol=1e-5,
+                                           err_msg=f"{name} {c}")
             assert (g["topk/y"][()] == 0).all() and (g["topk/x"][()] == 0).all()
             assert (g["topk/rf_box"][()] == [0, 0, 224, 224]).all()
             for c, r in ((0, 0), (5, 2)):

@@ -150,5 +150,6 @@ def _rank_corr(a: RunReader, b: RunReader, layer: str, rows_a: np.ndarray, rows_
     ranks_a -= ranks_a.mean(axis=0)
     ranks_b -= ranks_b.mean(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        corr = (ranks_a * ranks_b).sum(axis=0) / np.sqrt((ranks_a ** 2).sum(axis=0) * (ranks_b ** 2).sum(axis=0))
+        norm = np.sqrt((ranks_a ** 2).sum(axis=0) * (ranks_b ** 2).sum(axis=0))
+        corr = (ranks_a * ranks_b).sum(axis=0) / norm
     return np.clip(corr, -1.0, 1.0)

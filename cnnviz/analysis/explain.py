@@ -48,10 +48,10 @@ def explain(images: Sequence[str | Path] | str | Path, run: str | Path, layers: 
 
     Returns:
         One row per (image, layer, channel), best first (by rank, then ``ratio``; channels
-        constant over the library last) within each image and layer. Columns: ``image`` (path as given), ``library_id`` (the id of the
-        library image with the same bytes, whose recorded maxima are then used, or -1),
-        ``layer``, ``channel``, ``channel_name`` (class name of a
-        logits layer, else empty), ``value`` (the image's maximum), ``y``, ``x`` (where),
+        constant over the library last) within each image and layer. Columns: ``image`` (path
+        as given), ``library_id`` (the id of the library image with the same bytes, whose
+        recorded maxima are then used, or -1), ``layer``, ``channel``, ``channel_name`` (class
+        name of a logits layer, else empty), ``value`` (the image's maximum), ``y``, ``x`` (where),
         ``rank`` (1 + library images whose maximum is strictly larger: an image of the
         library gets its own rank), ``n_images`` (readable library images), ``percentile``
         (100 x the share of library images whose maximum is <= ``value``), ``ratio``

@@ -36,8 +36,8 @@ def top_patches(run: str | Path, layer: str | None = None, channel: int | None =
     ``label_name`` is its class name when the label is a class index or WordNet id (else
     empty); ``channel_name`` is the class name of a logits layer's channel (else empty);
     ``unit`` is ``map`` or ``image`` (a whole-image unit: its patch is a thumbnail of the
-    network's input, ``y = x = 0``); ``patch_error`` says why a patch is missing (black): its image changed or vanished after it
-    was scanned (empty when the patch is there).
+    network's input, ``y = x = 0``); ``patch_error`` says why a patch is missing (black): its
+    image changed or vanished after it was scanned (empty when the patch is there).
 
     Example:
         >>> df = top_patches("run.h5", layer="layer3.1")           # doctest: +SKIP

@@ -92,8 +92,9 @@ def write_explain_page(explained, run: str | Path, out_dir: str | Path, top: int
                     Image.fromarray(patch).resize((patch.shape[1] * _scale(patch.shape[:2]),
                                                    patch.shape[0] * _scale(patch.shape[:2])),
                                                   Image.NEAREST).save(out / own)
-                    strip = _examples(reader, layer, int(row.channel), out, f"{_safe(layer)}-c{row.channel}.png")
-                    shown.append(_Shown(layer, int(row.channel), row.channel_name, _standing(row), strip, own))
+                    c = int(row.channel)
+                    strip = _examples(reader, layer, c, out, f"{_safe(layer)}-c{c}.png")
+                    shown.append(_Shown(layer, c, row.channel_name, _standing(row), strip, own))
                 sections.append((layer, shown))
             images.append((path, f"img{i}.png", sections))
             fig = _explain_figure(out, path, sections)

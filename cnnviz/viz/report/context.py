@@ -90,7 +90,8 @@ def _photo(image: Image.Image, original_size: tuple[int, int], reader: RunReader
     scale = min(TILE / ow, TILE / oh)
     size = (max(1, round(ow * scale)), max(1, round(oh * scale)))
     pixels = np.asarray(image.convert("RGB").resize(size, Image.BILINEAR, reducing_gap=2.0))
-    g = reader.file[fmt.IMAGE_GEOMETRY][image_id].astype(np.float64)  # orig_h, orig_w, res_h, res_w, top, left
+    # orig_h, orig_w, resized_h, resized_w, crop_top, crop_left
+    g = reader.file[fmt.IMAGE_GEOMETRY][image_id].astype(np.float64)
     crop_h, crop_w = (int(v) for v in reader.preprocessing["crop"])
     sy, sx = g[0] / g[2], g[1] / g[3]
     crop_box = (g[4] * sy, g[5] * sx, (g[4] + crop_h) * sy, (g[5] + crop_w) * sx)
@@ -114,7 +115,8 @@ def context_tile(photo: _Photo | None, box: tuple[float, float, float, float] | 
     tile.paste(picture, (ox, oy))
     if box is not None and not np.isnan(box).any():
         y0, x0, y1, x1 = (v * photo.scale for v in box)
-        ImageDraw.Draw(tile).rectangle([ox + x0, oy + y0, ox + x1 - 1, oy + y1 - 1], outline=BOX_COLOUR, width=2)
+        ImageDraw.Draw(tile).rectangle([ox + x0, oy + y0, ox + x1 - 1, oy + y1 - 1], outline=BOX_COLOUR,
+                                       width=2)
     return np.asarray(tile)
 
 
@@ -149,6 +151,6 @@ def context_strip(ctx: Context, reader: RunReader, layer: str, channel: int) -> 
     ids = ids[ids >= 0]
     boxes = g[fmt.TOPK_ORIG_BOX][channel]
     vmax = float(np.nan_to_num(g[fmt.TOPK_ACTIVATION][channel][0], nan=0.0))
-    tiles = [context_tile(ctx.photos.get(int(i)), tuple(boxes[r]), ctx.maps.get((layer, channel, int(i))), vmax)
-             for r, i in enumerate(ids)]
+    tiles = [context_tile(ctx.photos.get(int(i)), tuple(boxes[r]), ctx.maps.get((layer, channel, int(i))),
+                          vmax) for r, i in enumerate(ids)]
     return np.concatenate(tiles, axis=1) if tiles else np.zeros((TILE, TILE, 3), np.uint8)
