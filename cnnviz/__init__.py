@@ -1,8 +1,9 @@
 """cnnviz: what do the channels of a convolutional network respond to?
 
 Dataset examples at scale (:func:`scan`), tables and pictures of the results
-(:func:`top_patches`, :func:`channel_stats`, :func:`write_report`, :func:`feature_map_grid`),
-and feature visualization by optimization (:mod:`cnnviz.optim`).
+(:func:`top_patches`, :func:`channel_stats`, :func:`write_report`, :func:`feature_map_grid`,
+:func:`show` for Jupyter), questions asked of finished runs (:func:`explain`,
+:func:`compare_runs`), and feature visualization by optimization (:mod:`cnnviz.optim`).
 
 The stages are packages: ``model`` (loading, preprocessing, taps, receptive fields), ``images``
 (libraries, decoding, patches), ``scanner`` (the scan), ``run`` (the run file: schema, reader,
@@ -33,13 +34,14 @@ _NAMES = {
     "ImageLibrary": "images",
     "RunReader": "run", "top_patches": "run", "channel_stats": "run", "channel_maxima": "run",
     "write_report": "viz", "feature_map_grid": "viz", "layer_activation": "viz",
+    "show": "viz.notebook", "explain": "analysis", "compare_runs": "analysis",
 }
 _MODULES = {"figures": "viz.figures", "attribution": "viz.attribution", "report": "viz.report",
             "optim": "optim", "model": "model", "images": "images", "scanner": "scanner",
-            "run": "run", "viz": "viz"}
+            "run": "run", "viz": "viz", "analysis": "analysis"}
 
 __all__ = ["__version__", "CnnvizError", "UsageError", "ScanError", "ScanInterrupted", "RunFileError",
-           "WeightsUnavailableError", *_NAMES, "figures", "attribution", "report", "optim"]
+           "WeightsUnavailableError", *_NAMES, "figures", "attribution", "report", "optim", "analysis"]
 
 
 def __getattr__(name: str):

@@ -342,3 +342,27 @@ def test_labels_and_logits_are_shown_with_class_names(photo_dir, tmp_path):
     assert "channel 1 · goldfish" in page
     assert "n02123045 · tabby" in page and "968 · cup" in page
     assert "classes (logits)" in index.read_text()
+
+
+def test_show_embeds_each_rows_stored_patch_and_leaves_the_table_alone(run):
+    import base64
+    import io
+
+    import pandas as pd
+
+    df = cnnviz.top_patches(run, layer="layer3.0")
+    picked = df[df.channel.isin([3, 5])].sort_values("activation")
+    before = picked.copy()
+    table = cnnviz.show(picked)
+    pd.testing.assert_frame_equal(picked, before)  # plain pandas use is untouched
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', table._repr_html_())
+    assert len(images) == len(picked) == table.rows
+    with h5py.File(run, "r") as f:
+        for data, row in zip(images, picked.itertuples(), strict=True):
+            shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(data))))
+            np.testing.assert_array_equal(shown, f["layers/layer3.0/topk/patches"][row.channel, row.rank])
+    # text is escaped, and a table without its run says how to give it
+    odd = picked.assign(label="<b>x</b>")
+    assert "&lt;b&gt;x&lt;/b&gt;" in cnnviz.show(odd).html
+    with pytest.raises(cnnviz.UsageError, match="cnnviz.show\\(df, run="):
+        cnnviz.show(pd.DataFrame(picked.to_dict()))  # a new frame: no attrs

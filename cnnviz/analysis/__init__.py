@@ -1,7 +1,17 @@
 """Questions asked of finished runs: :mod:`.explain` (where do new images stand against a
-scanned library?) and :mod:`.compare` (what changed between two runs?)."""
+scanned library? runs the run's model) and :mod:`.compare` (what changed between two runs?
+reads the two files only; no torch)."""
+
+from __future__ import annotations
+
+import importlib
 
 from .compare import compare_runs
-from .explain import explain
 
 __all__ = ["explain", "compare_runs"]
+
+
+def __getattr__(name: str):
+    if name == "explain":
+        return importlib.import_module(".explain", __name__).explain
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
