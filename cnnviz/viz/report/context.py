@@ -115,8 +115,9 @@ def context_tile(photo: _Photo | None, box: tuple[float, float, float, float] | 
     tile.paste(picture, (ox, oy))
     if box is not None and not np.isnan(box).any():
         y0, x0, y1, x1 = (v * photo.scale for v in box)
-        ImageDraw.Draw(tile).rectangle([ox + x0, oy + y0, ox + x1 - 1, oy + y1 - 1], outline=BOX_COLOUR,
-                                       width=2)
+        # a small field on a downscaled photo can be under a pixel: draw at least one
+        ImageDraw.Draw(tile).rectangle([ox + x0, oy + y0, ox + max(x1 - 1, x0), oy + max(y1 - 1, y0)],
+                                       outline=BOX_COLOUR, width=2)
     return np.asarray(tile)
 
 
