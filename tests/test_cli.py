@@ -12,6 +12,8 @@ def test_layers_lists_fields_and_refuses_nothing_silently(capsys):
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("layer4.2 "))
     assert "2048" in row and "7x7" in row and "427x427" in row and "default" in row
+    fc = next(line for line in out.splitlines() if line.startswith("fc "))
+    assert "1000" in fc and "whole image; class logits (--layers logits)" in fc
     assert main(["layers", "--model", "resnet50", "--weights", "none", "--all"]) == 0
     out = capsys.readouterr().out
     relu = next(line for line in out.splitlines() if line.startswith("layer1.0.relu "))

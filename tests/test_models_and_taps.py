@@ -141,8 +141,10 @@ def test_layer_names_and_errors():
         resolve_layer(model, "layer2.0.conv4")
     with pytest.raises(UsageError, match="runs 3 times"):
         resolve_layer(model, "layer2.0.relu")
-    with pytest.raises(UsageError, match="no 4-D feature-map output"):
-        resolve_layer(model, "fc")
+    fc, pool = resolve_layer(model, "fc"), resolve_layer(model, "avgpool")  # whole-image units
+    assert fc.whole_image and fc.logits and fc.shape == (1000, 1, 1) and fc.rf.size == (224, 224)
+    assert pool.whole_image and not pool.logits and pool.shape == (2048, 1, 1)
+    assert resolve_layer(model, "logits") == fc
     names = [t.name for t in cnnviz.model.default_layers(model)]
     assert names == [f"layer{i}.{j}" for i, n in zip(range(1, 5), (3, 4, 6, 3), strict=True)
                      for j in range(n)]
@@ -214,3 +216,19 @@ def _assert_tiles_show(fig, act, channels):
     rows = sorted(tiles, key=lambda ax: (-round(ax.get_position().y0, 3), ax.get_position().x0))
     for ax, c in zip(rows, channels, strict=True):
         np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), act[c].numpy())
+
+
+@pytest.mark.parametrize("name,logits", [("squeezenet1_1", "classifier.3"), ("mobilenet_v2", "classifier.1"),
+                                         ("vgg11", "classifier.6"), ("efficientnet_lite0", "_fc")])
+def test_logits_is_the_module_whose_output_the_network_returns(name, logits):
+    """`logits` names the innermost module whose output is the network's output (SqueezeNet's
+    flattened global pool, MobileNet's Linear...), checked against a forward pass."""
+    model = load_model(name, None)
+    tap = resolve_layer(model, "logits")
+    assert tap.name == logits and tap.whole_image
+    from cnnviz.model.taps import capture
+
+    x = torch.randn(1, 3, 224, 224)
+    with capture(model.module, [logits]) as cap, torch.no_grad():
+        out = cap.forward(x)
+    assert torch.equal(cap.outputs[logits].reshape(out.shape), out)
