@@ -15,7 +15,7 @@ from PIL import Image
 
 from cnnviz import load_model, scan
 from cnnviz.analysis import compare_runs, explain
-from cnnviz.analysis.explain import explain_images
+from cnnviz.analysis.explanation import explain_images
 from cnnviz.errors import UsageError
 from cnnviz.images import load_rgb
 from cnnviz.model.taps import capture
@@ -66,7 +66,7 @@ def test_a_library_image_comes_out_at_its_exact_rank(photo_dir, run, model):
     # where the image is the channel's best, its own patch is the run's top-1 patch, pixel by pixel
     result = explain_images(images[:1], run, ["layer4.1"], model=model)
     paths, _, patches, topk_ids = _stored(run, "layer4.1")
-    from cnnviz.analysis.explain import own_patch
+    from cnnviz.analysis.explanation import own_patch
     from cnnviz.run.reader import RunReader
 
     t = result.table

@@ -1,4 +1,4 @@
-"""Questions asked of finished runs: :mod:`.explain` (where do new images stand against a
+"""Questions asked of finished runs: :mod:`.explanation` (where do new images stand against a
 scanned library? runs the run's model) and :mod:`.compare` (what changed between two runs?
 reads the two files only; no torch)."""
 
@@ -13,5 +13,5 @@ __all__ = ["explain", "compare_runs"]
 
 def __getattr__(name: str):
     if name == "explain":
-        return importlib.import_module(".explain", __name__).explain
+        return importlib.import_module(".explanation", __name__).explain
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

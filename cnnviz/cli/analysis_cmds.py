@@ -27,7 +27,7 @@ def add_explain(sub) -> None:
 def run_explain(args) -> int:
     import pandas as pd
 
-    from ..analysis.explain import explain_images
+    from ..analysis.explanation import explain_images
     from ..errors import UsageError
 
     if args.top < 1:

@@ -64,13 +64,13 @@ def _examples(reader: RunReader, layer: str, channel: int, out: Path, name: str)
 
 def write_explain_page(explained, run: str | Path, out_dir: str | Path, top: int = 5,
                        back: str | None = None) -> Path:
-    """Write the explain page of :func:`cnnviz.analysis.explain.explain_images`'s result: per
+    """Write the explain page of :func:`cnnviz.analysis.explanation.explain_images`'s result: per
     image and layer, the ``top`` channels where the image stands highest against the library,
     its own patch beside the channel's dataset examples; ``back`` links a page (the report).
     Returns the path of ``index.html``."""
     import matplotlib.pyplot as plt
 
-    from ...analysis.explain import own_patch
+    from ...analysis.explanation import own_patch
 
     out = Path(out_dir)
     _style(out)

@@ -113,7 +113,7 @@ def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=Non
                         order=title, channels=order)
     explain_link = None
     if explain:
-        from ...analysis.explain import explain_images
+        from ...analysis.explanation import explain_images
         from .analysis_pages import write_explain_page
 
         write_explain_page(explain_images(explain, run, info.layers, model=model), run, out / "explain",
