@@ -25,7 +25,7 @@ from .errors import (
     WeightsUnavailableError,
 )
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _NAMES = {
     "load_model": "model", "from_module": "model", "available_models": "model",
