@@ -177,5 +177,5 @@ def test_cli_explain_and_compare_write_pages(photo_dir, run, tmp_path, capsys):
     with h5py.File(run, "r") as f:
         readable = int(f["images/ok"][()].sum())
     assert f"{readable} images read by both runs" in capsys.readouterr().out
-    assert (tmp_path / "cmp" / "index.html").read_text().count("<img") == 6
+    assert (tmp_path / "cmp" / "index.html").read_text().count("<img") == 6  # 3 channels x (A, B)
     assert main(["explain", str(image), "--run", str(tmp_path / "none.h5")]) == 2
