@@ -49,7 +49,7 @@ def main() -> None:
             res = cs231n_class_visualization(model, TARGETS, progress=False)
         else:
             res = render(model, objectives.class_logits(TARGETS), batch=len(TARGETS), steps=256,
-                         lr=0.02, progress=False)
+                         progress=False)
         paths = save_png(res.images, [args.out / f"{recipe}-{t}.png" for t in TARGETS])
         probs = reload_probs(model, paths, TARGETS)
         print(f"{recipe:7s} " + "  ".join(f"{t} {model.class_name(t)}: {p:.4f}"

@@ -148,3 +148,37 @@ def test_render_leaves_the_callers_modules_alone_and_needs_no_grad_mode():
     assert len(seen) == 3 and all(not patched and hooks == 0 for step in seen for patched, hooks in step)
     assert res.history.shape == (3, 1) and np.isfinite(res.history).all()
     assert all(not p.requires_grad for p in model.module.parameters())
+
+
+def test_redirection_lasts_the_first_steps_and_the_network_sees_one_size():
+    """``redirected_relu=N``: the first N steps are those of a fully redirected render (same
+    seed), later steps use the plain ReLU; with ``fixed_size`` every forward pass gets the
+    model's input size although the transforms vary it."""
+    model = colour_net()
+    with torch.no_grad():
+        model.module[0].bias[0] = -3.0
+    obj = objectives.channel("1", 0)
+    full = render(model, obj, steps=12, lr=0.2, redirected_relu=True, progress=False)
+    limited = render(model, obj, steps=12, lr=0.2, redirected_relu=8, progress=False)
+    np.testing.assert_array_equal(limited.history[:9], full.history[:9])  # step 9 sees step 8's update
+    sizes = []
+    hook = model.module[0].register_forward_pre_hook(lambda m, a: sizes.append(tuple(a[0].shape[-2:])))
+    try:
+        render(model, obj, steps=5, progress=False)
+        free = list(sizes)
+        sizes.clear()
+        render(model, obj, steps=5, progress=False, fixed_size=False)
+    finally:
+        hook.remove()
+    assert set(free) == {tuple(model.input_size)}
+    assert len(set(sizes)) > 1  # the transforms alone vary it
+
+
+def test_centre_fit_cuts_and_pads_about_the_centre():
+    from cnnviz.optim.render import _centre_fit
+
+    x = torch.arange(2 * 3 * 7 * 9, dtype=torch.float32).view(2, 3, 7, 9)
+    assert torch.equal(_centre_fit(x, (5, 5)), x[..., 1:6, 2:7])
+    padded = _centre_fit(x, (9, 11))
+    assert torch.equal(padded[..., 1:8, 1:10], x)
+    assert (padded[..., 0, :] == 0.5).all() and (padded[..., :, 0] == 0.5).all()

@@ -68,14 +68,16 @@ class _RedirectedReLU(torch.autograd.Function):
 
 
 class _RedirectedReLUModule(torch.nn.Module):
-    """Stands in for an ``nn.ReLU`` (``cap=None``) or ``nn.ReLU6`` (``cap=6``) in a render copy."""
+    """Stands in for an ``nn.ReLU`` (``cap=None``) or ``nn.ReLU6`` (``cap=6``) in a render copy;
+    once ``active`` is off it is the plain op (the redirected backward costs 35-55 % of a step)."""
 
     def __init__(self, cap: float | None):
         super().__init__()
         self.cap = cap
+        self.active = True
 
     def forward(self, x):
-        y = _RedirectedReLU.apply(x)
+        y = _RedirectedReLU.apply(x) if self.active else F.relu(x)
         return y if self.cap is None else y.clamp_max(self.cap)
 
 
@@ -96,6 +98,12 @@ def _render_module(module: torch.nn.Module, redirected_relu: bool) -> torch.nn.M
     return copied
 
 
+# Redirected ReLU gradients for this many first steps (see render): measured on SqueezeNet's
+# features.7 channels and five classes, more steps changed neither the reached activations nor
+# the class probabilities (scripts/check_optim_quality.py; docs/optimization.md).
+REDIRECT_STEPS = 32
+
+
 def _generator(seed: int, device) -> torch.Generator:
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
@@ -106,7 +114,7 @@ def _generator(seed: int, device) -> torch.Generator:
 def render(model, objective: Objective, batch: int = 1, steps: int = 256, lr: float = 0.05,
            size: tuple[int, int] | None = None, transforms="standard", seed: int = 0,
            snapshot_every: int | None = None, progress: bool = True, device=None,
-           redirected_relu: bool = True) -> RenderResult:
+           redirected_relu: bool | int = REDIRECT_STEPS, fixed_size: bool = True) -> RenderResult:
     """The modern recipe.
 
     Args:
@@ -119,8 +127,14 @@ def render(model, objective: Objective, batch: int = 1, steps: int = 256, lr: fl
             ``(img, generator) -> img``.
         seed: seeds the initialization and every random transform.
         snapshot_every: keep the images every N steps.
-        redirected_relu: ReLUs pass a gradient that raises units that are off everywhere
-            (Lucid's default), so a channel silent on the starting image can still be reached.
+        redirected_relu: for the first ``redirected_relu`` steps (``True``: all of them, as
+            Lucid does; ``False``: none) ReLUs pass a gradient that raises units that are off
+            everywhere, so a channel silent on the starting image can still be reached. Once
+            the image excites its objective the redirection changes nothing but costs a third
+            of each step, hence a limited number by default (``docs/optimization.md``).
+        fixed_size: after the transforms, cut (or pad with grey) the image to ``size`` about
+            its centre, so the network always sees one size at the image's own scale; the
+            transforms alone give 214-262 px, and larger inputs cost more per step.
 
     Example:
         >>> from cnnviz.optim import objectives as obj          # doctest: +SKIP
@@ -137,12 +151,19 @@ def render(model, objective: Objective, batch: int = 1, steps: int = 256, lr: fl
     modules = {n: resolve_layer(model, n).name for n in objective.layers}
     result = RenderResult(images=param.image().detach())
     history = []
-    module = _render_module(model.module, redirected_relu)
+    redirect_steps = steps if redirected_relu is True else int(redirected_relu)
+    module = _render_module(model.module, redirect_steps > 0)
+    redirected = [m for m in module.modules() if isinstance(m, _RedirectedReLUModule)]
     with capture(module, modules, stop_early=not objective.needs_logits) as cap, torch.enable_grad():
         for step in tqdm(range(1, steps + 1), desc=objective.name, disable=not progress, leave=False):
+            if step == redirect_steps + 1:
+                for m in redirected:
+                    m.active = False
             opt.zero_grad(set_to_none=True)
             img = param.image()
             seen = tf(img, gen) if tf is not None else img
+            if fixed_size and tuple(seen.shape[-2:]) != size:
+                seen = _centre_fit(seen, size)
             x = model.preprocessing.standardize(seen)
             logits = cap.forward(x)
             values = objective(cap.outputs, logits, x)
@@ -154,6 +175,18 @@ def render(model, objective: Objective, batch: int = 1, steps: int = 256, lr: fl
     result.images = param.image().detach()
     result.history = np.stack(history) if history else None
     return result
+
+
+def _centre_fit(x: torch.Tensor, size: tuple[int, int], value: float = 0.5) -> torch.Tensor:
+    """``x`` cut to ``size`` about its centre, padded with ``value`` where it is smaller. (A
+    resize instead would show the network every feature at about 0.94 of its size and cost
+    a tenth of the reached activation at the image's own size.)"""
+    pads = []
+    for dim, want in ((3, size[1]), (2, size[0])):
+        have = x.shape[dim]
+        lo = (have - want) // 2
+        pads += [-lo, -(have - want - lo)]
+    return F.pad(x, pads, value=value)
 
 
 def _jitter(x: torch.Tensor, ox: int, oy: int) -> torch.Tensor:
