@@ -15,6 +15,7 @@ size, redirected ReLU for the first steps only: the timed steps start after them
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from pathlib import Path
@@ -44,8 +45,10 @@ def lucent_ms(model, objective, batch, steps) -> float:
     from lucent.optvis import param as lparam
     from lucent.optvis import render as lrender
 
+    module = copy.deepcopy(model.module)  # Lucent leaves its hooks on the module it is given
+
     def run(n):
-        lrender.render_vis(model.module, objective, lambda: lparam.image(128, batch=batch), thresholds=(n,),
+        lrender.render_vis(module, objective, lambda: lparam.image(128, batch=batch), thresholds=(n,),
                            show_image=False, progress=False)
     run(2)
     t = time.perf_counter()
@@ -85,7 +88,8 @@ def main() -> None:
              ("one class", "class", classes[:1]), (f"{len(classes)} classes", "class", classes)]
     ours_of = {}
     for label, kind, targets in cases:
-        obj = (objectives.channels(args.layer, targets) if kind == "channel" else objectives.class_logits(targets))
+        obj = (objectives.channels(args.layer, targets) if kind == "channel"
+               else objectives.class_logits(targets))
         ours, theirs = [], []
         for _ in range(args.repeat):
             ours.append(cnnviz_ms(model, obj, len(targets), args.steps, args.device))
@@ -95,7 +99,8 @@ def main() -> None:
         ours_of[label] = statistics.median(ours)
         line = f"{label:12s}: cnnviz {ours_of[label]:6.1f}"
         if theirs:
-            line += f"   Lucent default {statistics.median(theirs):6.1f}   ratio {statistics.median(theirs) / ours_of[label]:.2f}x"
+            lucent = statistics.median(theirs)
+            line += f"   Lucent default {lucent:6.1f}   Lucent / cnnviz {lucent / ours_of[label]:.2f}x"
         print(line, flush=True)
     for kind, one, many in (("channels", "one channel", f"{args.batch} channels"),
                             ("classes", "one class", f"{len(classes)} classes")):

@@ -182,3 +182,31 @@ def test_centre_fit_cuts_and_pads_about_the_centre():
     padded = _centre_fit(x, (9, 11))
     assert torch.equal(padded[..., 1:8, 1:10], x)
     assert (padded[..., 0, :] == 0.5).all() and (padded[..., :, 0] == 0.5).all()
+
+
+def test_a_module_carrying_stateful_hooks_can_be_rendered_scanned_and_attributed(photo_dir, tmp_path):
+    """Lucent leaves hooks that keep the last (non-leaf) output: ``copy.deepcopy`` refuses such
+    a module. cnnviz's copies share the caller's hook functions instead: they keep firing, and
+    the caller's hook tables are left as they were."""
+    from cnnviz import scan
+    from cnnviz.viz.attribution import neuron_attributions
+
+    model = colour_net()
+    kept = {}
+
+    def keep(module, inputs, output):
+        kept["out"] = output * 1.0  # a non-leaf tensor held by the hook's closure
+        kept["calls"] = kept.get("calls", 0) + 1
+
+    model.module[0].register_forward_hook(keep)
+    x = torch.rand(1, 3, 32, 32, requires_grad=True)
+    model.module(x)  # now the hook holds a tensor with a graph
+    def hook_tables():
+        return {n: (dict(m._forward_hooks), dict(m._forward_pre_hooks)) for n, m in model.module.named_modules()}
+
+    before = hook_tables()
+    res = render(model, objectives.channel("1", 1), steps=3, progress=False)
+    assert np.isfinite(res.history).all() and kept["calls"] >= 1 + 3  # it fires on the copy too
+    run = scan(photo_dir, model, tmp_path / "run.h5", layers="0", top_k=2, workers=0, progress=False)
+    assert np.isfinite(neuron_attributions(model, run, "0", 1)).all()
+    assert hook_tables() == before

@@ -17,7 +17,6 @@ or state: everything comes from the arguments.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from captum.attr import Saliency
 
+from ..model.copying import copy_module
 from ..model.taps import capture, resolve_layer
 from ..run import format as fmt
 from .objectives import Objective, class_logits
@@ -88,7 +88,7 @@ def _render_module(module: torch.nn.Module, redirected_relu: bool) -> torch.nn.M
     relus = (torch.nn.ReLU, torch.nn.ReLU6)
     if not redirected_relu or not any(isinstance(m, relus) for m in module.modules()):
         return module
-    copied = copy.deepcopy(module)
+    copied = copy_module(module)
     for name, m in list(copied.named_modules()):
         if isinstance(m, relus):
             replacement = _RedirectedReLUModule(6.0 if isinstance(m, torch.nn.ReLU6) else None)

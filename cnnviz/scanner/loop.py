@@ -10,7 +10,6 @@ crash with identical results, and writes one HDF5 run file at the end (:mod:`.as
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
 import signal
@@ -27,6 +26,7 @@ from torch.utils.data import DataLoader
 from ..errors import ScanError, ScanInterrupted, UsageError
 from ..images.dataset import LibraryDataset, batch_ranges, collate
 from ..images.library import ImageLibrary
+from ..model.copying import copy_module
 from ..model.loading import weights_digest
 from ..model.taps import LayerTap, capture, require_fields, resolve_layers
 from .assemble import assemble_run, tap_record
@@ -223,7 +223,7 @@ def _module_on(module: torch.nn.Module, device: torch.device) -> torch.nn.Module
     """A copy of the module on ``device`` in the channels_last layout (convolutions run faster
     in it on CPUs and GPUs alike: 33 vs 26 img/s for ResNet50 on 2 CPU cores): a scan never
     moves or converts the user's model behind their back."""
-    return copy.deepcopy(module).to(device).to(memory_format=torch.channels_last)
+    return copy_module(module).to(device).to(memory_format=torch.channels_last)
 
 
 class _Checkpointer:

@@ -8,7 +8,6 @@ patch, so it lies beside it pixel for pixel.
 
 from __future__ import annotations
 
-import copy
 import warnings
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from torch import nn
 from ..errors import UsageError
 from ..images.decoding import load_rgb
 from ..images.patches import cut_patch
+from ..model.copying import copy_module
 from ..run import format as fmt
 from ..run.reader import RunReader
 
@@ -36,7 +36,7 @@ def _without_inplace(module: nn.Module) -> nn.Module:
     inplace = [m for m in module.modules() if isinstance(getattr(m, "inplace", None), bool) and m.inplace]
     if not inplace:
         return module
-    module = copy.deepcopy(module)
+    module = copy_module(module)
     for m in module.modules():
         if isinstance(getattr(m, "inplace", None), bool):
             m.inplace = False

@@ -1,0 +1,30 @@
+"""Copies of a caller's module that cnnviz may change (device, layout, activations, hooks)
+without touching the original."""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+__all__ = ["copy_module"]
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+               "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called",
+               "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
+               "_load_state_dict_post_hooks")
+
+
+def copy_module(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` whose hooks are the caller's hook functions, not copies of
+    them. Hooks often hold state that cannot be deep-copied (Lucent's keep the last non-leaf
+    output tensors, and ``copy.deepcopy`` refuses those); sharing the functions keeps them
+    working on the copy, and each copied module gets its own hook dictionaries, so hooks
+    registered on the copy never reach the original."""
+    memo: dict[int, object] = {}
+    for m in module.modules():
+        for name in _HOOK_DICTS:
+            hooks = getattr(m, name, None)
+            if hooks is not None:
+                memo[id(hooks)] = copy.copy(hooks)
+    return copy.deepcopy(module, memo)
