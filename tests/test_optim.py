@@ -201,8 +201,10 @@ def test_a_module_carrying_stateful_hooks_can_be_rendered_scanned_and_attributed
     model.module[0].register_forward_hook(keep)
     x = torch.rand(1, 3, 32, 32, requires_grad=True)
     model.module(x)  # now the hook holds a tensor with a graph
+
     def hook_tables():
-        return {n: (dict(m._forward_hooks), dict(m._forward_pre_hooks)) for n, m in model.module.named_modules()}
+        return {n: (dict(m._forward_hooks), dict(m._forward_pre_hooks))
+                for n, m in model.module.named_modules()}
 
     before = hook_tables()
     res = render(model, objectives.channel("1", 1), steps=3, progress=False)
