@@ -23,6 +23,7 @@ import cnnviz
 from cnnviz.images import load_rgb
 from cnnviz.model.taps import capture
 from cnnviz.optim import class_probabilities, cs231n_class_visualization, objectives, render, save_png
+from cnnviz.viz.channels import parse_channels
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TARGETS = [76, 130, 366, 683, 963]
@@ -57,7 +58,7 @@ def main() -> None:
         rows.append(np.concatenate([np.asarray(Image.open(q)) for q in paths], axis=1))
     Image.fromarray(np.concatenate(rows, axis=0)).save(args.out / "classes.png")
 
-    chans = cnnviz.viz.channels.parse_channels(args.channels, 10_000)
+    chans = parse_channels(args.channels, 10_000)
     res = render(model, objectives.channels(args.layer, chans), batch=len(chans), steps=256,
                  progress=False)
     paths = save_png(res.images, [args.out / f"channel-{c}.png" for c in chans])
