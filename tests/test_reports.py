@@ -366,3 +366,14 @@ def test_show_embeds_each_rows_stored_patch_and_leaves_the_table_alone(run):
     assert "&lt;b&gt;x&lt;/b&gt;" in cnnviz.show(odd).html
     with pytest.raises(cnnviz.UsageError, match="cnnviz.show\\(df, run="):
         cnnviz.show(pd.DataFrame(picked.to_dict()))  # a new frame: no attrs
+
+
+def test_a_report_far_from_its_library_leaves_the_photos_out(run, tmp_path, capsys):
+    moved = tmp_path / "moved.h5"
+    shutil.copy(run, moved)
+    with h5py.File(moved, "r+") as f:
+        f.attrs["library_root"] = str(tmp_path / "not-here")
+    index = write_report(moved, tmp_path / "site", layers=["layer3.0"], channels=2, progress=False)
+    assert "library folder" in capsys.readouterr().err
+    assert not list(index.parent.rglob("*-context.png"))
+    assert "In their photos" not in (index.parent / "layer3.0" / "c0.html").read_text()

@@ -21,6 +21,7 @@ need no server.
 from __future__ import annotations
 
 import math
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -79,6 +80,10 @@ def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=Non
             reader.check_layer(name, "attributions")
             reader.check_channels(name, chans, "attributions")
         info = run_info(reader, layers)
+        if context and not reader.library_root.is_dir():
+            print(f"note: the report shows no photos: the library folder {reader.library_root} is not "
+                  "here (moved? the paths in the run file are relative to it)", file=sys.stderr)
+            context = False
         if model is None and (context or explain or attributions):
             model = _model_or_none(reader.path, needed=bool(explain or attributions))
         stats = {name: layer_stats(reader, name) for name in info.layers}
@@ -135,8 +140,6 @@ def _model_or_none(run: Path, needed: bool):
     except CnnvizError as exc:
         if needed:
             raise
-        import sys
-
         print(f"note: the report shows photos without activation maps: {exc}", file=sys.stderr)
         return None
 
