@@ -10,7 +10,7 @@ from .common import WEIGHTS_HELP
 
 def add_explain(sub) -> None:
     p = sub.add_parser("explain", help="where new images stand, per channel, against a run's library")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (in the library or new)")
     p.add_argument("--run", required=True, metavar="RUN.h5", help="the run to compare against")
     p.add_argument("--out", default=None, help="folder for the HTML page and one PNG per image "
                    "(default: none, print only)")
@@ -61,8 +61,8 @@ def run_explain(args) -> int:
 
 def add_compare(sub) -> None:
     p = sub.add_parser("compare", help="what changed per channel between two runs (same layers)")
-    p.add_argument("run_a", metavar="RUN_A.h5")
-    p.add_argument("run_b", metavar="RUN_B.h5")
+    p.add_argument("run_a", metavar="RUN_A.h5", help="the first run (before; dataset A)")
+    p.add_argument("run_b", metavar="RUN_B.h5", help="the second run (after; dataset B)")
     p.add_argument("--layers", default=None, help="comma-separated layers (default: those both runs have)")
     p.add_argument("--out", default=None, help="folder for the HTML page (default: none)")
     p.add_argument("--top", type=int, default=20, help="most changed channels printed and shown "
