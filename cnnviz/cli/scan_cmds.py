@@ -29,7 +29,7 @@ def add_scan(sub) -> None:
     p.add_argument("--amp", action="store_true",
                    help="mixed-precision forward pass (reductions stay float32)")
     p.add_argument("--compile", action="store_true",
-                   help="compile the network with the reductions (torch.compile; tens of seconds "
+                   help="compile the network, its taps traced (torch.compile; seconds to a minute "
                         "before the first batch, then faster; torchvision models)")
     p.add_argument("--out", required=True, help="run file to write (HDF5)")
     p.add_argument("--resume", action="store_true",

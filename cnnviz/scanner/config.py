@@ -45,10 +45,10 @@ class ScanConfig:
         checkpoint_images: also checkpoint after this many images (``None``: when the buffered
             per-image maxima reach 64 MB, so memory does not depend on the library size).
         progress: show a tqdm progress bar.
-        compile: compile the network together with the taps' reductions (``torch.compile``;
-            the model must be traceable by torch.fx, as torchvision's are). Compiling takes
-            tens of seconds before the first batch; the top-k and positions equal an eager
-            scan's, the maxima to float rounding.
+        compile: compile the network, its taps traced by torch.fx instead of hooked
+            (``torch.compile``; the model must be traceable, as torchvision's are). Compiling
+            takes seconds to a minute before the first batch; the top-k and positions equal an
+            eager scan's, the maxima to float rounding.
     """
 
     layers: tuple[str, ...] | str | None = None

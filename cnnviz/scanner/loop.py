@@ -122,7 +122,7 @@ def _scan_share(library, model, out: Path, shard, config: ScanConfig, work: Work
 
 @contextlib.contextmanager
 def _taps(module, names: list[str], config: ScanConfig, model):
-    """Hooks on the taps, or (``compile=True``) the network and its reductions compiled."""
+    """Hooks on the taps, or (``compile=True``) the network compiled with its taps traced."""
     if not config.compile:
         with capture(module, names, reduce=_spatial_max_of, stop_early=True) as cap:
             yield cap
