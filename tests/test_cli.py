@@ -110,7 +110,9 @@ def test_reading_results_and_help_do_not_import_torch(photo_dir, tmp_path):
     code = ("import sys, json\nfrom cnnviz.cli import main\ntry:\n    main(sys.argv[1:])\n"
             "except SystemExit:\n    pass\n"
             "print(json.dumps(sorted(m for m in ('torch', 'captum') if m in sys.modules)))")
-    for argv in (["--help"], ["top", str(run), "--max-rows", "3"]):
+    for argv in (["--help"], ["compare", str(run), str(run)],
+                 ["report", str(run), "--out", str(tmp_path / "site"), "--no-context", "--no-progress"],
+                 ["top", str(run), "--max-rows", "3"]):
         res = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
                              check=True)
         assert json.loads(res.stdout.strip().splitlines()[-1]) == [], argv
