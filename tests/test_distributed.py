@@ -62,7 +62,8 @@ def test_torchrun_two_gloo_processes_equal_one(photo_dir, tmp_path):
 
 def test_shards_by_hand_merge_in_any_order(photo_dir, tmp_path):
     model = load_model("resnet18", None)
-    kw = dict(layers="layer2.0", top_k=4, batch_size=2, workers=0, progress=False)
+    # a map and a whole-image layer (the logits)
+    kw = dict(layers="layer2.0,logits", top_k=4, batch_size=2, workers=0, progress=False)
     single = scan(photo_dir, model, tmp_path / "single.h5", **kw)
     out = tmp_path / "run.h5"
     for rank in (2, 0, 1):
