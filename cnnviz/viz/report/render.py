@@ -60,7 +60,9 @@ def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=Non
         scale: pixel magnification of the patch images (small patches are magnified more, to at
             least 48 pixels).
         context: show each patch's whole photo with its box and the channel's activation map
-            (one forward pass per photo shown; without a loadable model, photo and box only).
+            (one forward pass per photo shown; each photo's thumbnail, ~45 KB, is held until the
+            pages are written; without a loadable model, photo and box only; without the
+            library folder, nothing).
         explain: image files for an explain page (:func:`cnnviz.analysis.explain`), linked
             from the index.
 
