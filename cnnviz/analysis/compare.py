@@ -17,7 +17,6 @@ import pandas as pd
 from ..errors import UsageError
 from ..run import format as fmt
 from ..run.reader import RunReader
-from ..run.tables import channel_stats
 
 __all__ = ["compare_runs", "STATS"]
 
@@ -46,10 +45,13 @@ def compare_runs(run_a: str | Path, run_b: str | Path, layers: Sequence[str] | N
         rows_a, rows_b = _shared(keys_a, keys_b, a, b)
         frames = []
         for name in names:
-            df = _stat_columns(a.path, b.path, name)
-            df["topk_overlap"] = (_topk_overlap(a, b, name, keys_a, keys_b, rows_a, rows_b) if len(rows_a)
-                                  else np.nan)
-            df["rank_corr"] = _rank_corr(a, b, name, rows_a, rows_b)
+            df = _stat_columns(a, b, name)
+            # each run's per-image maxima read once per layer, for the overlap and the correlation
+            maxima_a = a.maxima_dataset(name)[()] if a.has_maxima(name) else None
+            maxima_b = b.maxima_dataset(name)[()] if b.has_maxima(name) else None
+            df["topk_overlap"] = (_topk_overlap(a, b, name, keys_a, keys_b, rows_a, rows_b, maxima_b)
+                                  if len(rows_a) else np.nan)
+            df["rank_corr"] = _rank_corr(maxima_a, maxima_b, rows_a, rows_b, len(df))
             df["shared_images"] = len(rows_a)
             frames.append(df)
     out = pd.concat(frames, ignore_index=True)
@@ -96,21 +98,26 @@ def _shared(keys_a: np.ndarray, keys_b: np.ndarray, a: RunReader, b: RunReader):
     return rows[:, 0], rows[:, 1]
 
 
-def _stat_columns(path_a: Path, path_b: Path, layer: str) -> pd.DataFrame:
-    sa, sb = channel_stats(path_a, layer), channel_stats(path_b, layer)
-    df = sa[["layer", "channel", "channel_name"]].copy()
+def _stat_columns(a: RunReader, b: RunReader, layer: str) -> pd.DataFrame:
+    """The stored statistics of both runs (read from their ``stats`` groups: the per-image
+    maxima that :func:`channel_stats` reads for class selectivity are not needed here)."""
+    ga, gb = a.layer(layer)[fmt.STATS], b.layer(layer)[fmt.STATS]
+    n = int(a.layer(layer).attrs["channels"])
+    names = a.channel_names(layer)
+    cols = {"layer": layer, "channel": np.arange(n),
+            "channel_name": names.astype(str) if names is not None else ""}
     for s in STATS:
-        df[f"{s}_a"] = sa[s].to_numpy()
-        df[f"{s}_b"] = sb[s].to_numpy()
-        df[f"d_{s}"] = df[f"{s}_b"] - df[f"{s}_a"]
-    return df
+        cols[f"{s}_a"], cols[f"{s}_b"] = ga[s][()], gb[s][()]
+        cols[f"d_{s}"] = cols[f"{s}_b"] - cols[f"{s}_a"]
+    return pd.DataFrame(cols)
 
 
 def _topk_overlap(a: RunReader, b: RunReader, layer: str, keys_a: np.ndarray, keys_b: np.ndarray,
-                  rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
+                  rows_a: np.ndarray, rows_b: np.ndarray, maxima_b: np.ndarray | None) -> np.ndarray:
     ids_a = a.layer(layer)[fmt.TOPK_IMAGE_ID][()]
-    if b.has_maxima(layer):
-        return _overlap_with_ties(ids_a, b, layer, rows_a, rows_b)
+    if maxima_b is not None:
+        kth = np.nanmin(b.layer(layer)[fmt.TOPK_ACTIVATION][()], axis=1)
+        return _overlap_with_ties(ids_a, maxima_b, kth, rows_a, rows_b)
     ids_b = b.layer(layer)[fmt.TOPK_IMAGE_ID][()]
     out = np.full(len(ids_a), np.nan)
     for c, (ra, rb) in enumerate(zip(ids_a, ids_b, strict=True)):
@@ -120,7 +127,7 @@ def _topk_overlap(a: RunReader, b: RunReader, layer: str, keys_a: np.ndarray, ke
     return out
 
 
-def _overlap_with_ties(ids_a: np.ndarray, b: RunReader, layer: str, rows_a: np.ndarray,
+def _overlap_with_ties(ids_a: np.ndarray, maxima_b: np.ndarray, kth: np.ndarray, rows_a: np.ndarray,
                        rows_b: np.ndarray) -> np.ndarray:
     """Share of A's top-k images whose maximum in B reaches B's k-th value: B's top-k up to how
     ties were broken (ties go to the smaller id, and ids differ between two listings of one
@@ -128,8 +135,6 @@ def _overlap_with_ties(ids_a: np.ndarray, b: RunReader, layer: str, rows_a: np.n
     b_row = np.full(int(ids_a.max(initial=-1)) + 1, -1, np.int64)
     keep = rows_a < len(b_row)
     b_row[rows_a[keep]] = rows_b[keep]
-    maxima_b = b.maxima_dataset(layer)[()]
-    kth = np.nanmin(b.layer(layer)[fmt.TOPK_ACTIVATION][()], axis=1)
     out = np.full(len(ids_a), np.nan)
     for c, row in enumerate(ids_a):
         row = row[row >= 0]
@@ -140,13 +145,13 @@ def _overlap_with_ties(ids_a: np.ndarray, b: RunReader, layer: str, rows_a: np.n
     return out
 
 
-def _rank_corr(a: RunReader, b: RunReader, layer: str, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
-    n_ch = int(a.layer(layer).attrs["channels"])
-    if len(rows_a) < 3 or not (a.has_maxima(layer) and b.has_maxima(layer)):
+def _rank_corr(maxima_a: np.ndarray | None, maxima_b: np.ndarray | None, rows_a: np.ndarray,
+               rows_b: np.ndarray, n_ch: int) -> np.ndarray:
+    if len(rows_a) < 3 or maxima_a is None or maxima_b is None:
         return np.full(n_ch, np.nan)
     # average ranks: after a ReLU many maxima tie at 0, and ordinal ranks would invent an order
-    ranks_a = pd.DataFrame(a.maxima_dataset(layer)[()][rows_a]).rank(method="average").to_numpy(copy=True)
-    ranks_b = pd.DataFrame(b.maxima_dataset(layer)[()][rows_b]).rank(method="average").to_numpy(copy=True)
+    ranks_a = pd.DataFrame(maxima_a[rows_a]).rank(method="average").to_numpy(copy=True)
+    ranks_b = pd.DataFrame(maxima_b[rows_b]).rank(method="average").to_numpy(copy=True)
     ranks_a -= ranks_a.mean(axis=0)
     ranks_b -= ranks_b.mean(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -75,7 +75,9 @@ def explain_images(images, run, layers=None, model=None, device: str = "cpu",
     if not paths:
         raise UsageError("`images`: give at least one image file")
     with RunReader(run) as reader:
-        names = reader.layers if layers is None else [n for n in layers if reader.check_layer(n, "layers")]
+        names = reader.layers if layers is None else list(layers)
+        for name in names:
+            reader.check_layer(name, "layers")
         if model is None:
             from ..viz.attribution import model_of_run
 
