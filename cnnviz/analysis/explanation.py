@@ -67,13 +67,14 @@ def explain(images: Sequence[str | Path] | str | Path, run: str | Path, layers: 
 
 
 def explain_images(images, run, layers=None, model=None, device: str = "cpu",
-                   batch_size: int = 16) -> ExplainedImages:
-    """:func:`explain`, keeping the decoded crops (for patches and pages)."""
+                   batch_size: int = 16, param: str = "images") -> ExplainedImages:
+    """:func:`explain`, keeping the decoded crops (for patches and pages); ``param`` names the
+    images' argument in errors (``explain`` when the report asks)."""
     from ..scanner.loop import reduce_images
 
     paths = [Path(images)] if isinstance(images, (str, Path)) else [Path(p) for p in images]
     if not paths:
-        raise UsageError("`images`: give at least one image file")
+        raise UsageError(f"`{param}`: give at least one image file")
     with RunReader(run) as reader:
         names = reader.layers if layers is None else list(layers)
         for name in names:
@@ -82,7 +83,7 @@ def explain_images(images, run, layers=None, model=None, device: str = "cpu",
             from ..viz.attribution import model_of_run
 
             model = model_of_run(run, device=device)
-        decoded = [_crop(p, model.preprocessing) for p in paths]
+        decoded = [_crop(p, model.preprocessing, param) for p in paths]
         crops = np.stack([c for c, _ in decoded])
         # as the scan ran: under autocast when it did (the values then are those of the
         # float16/bfloat16 network)
@@ -97,11 +98,11 @@ def explain_images(images, run, layers=None, model=None, device: str = "cpu",
     return ExplainedImages(pd.concat(frames, ignore_index=True), paths, crops)
 
 
-def _crop(path: Path, preprocessing) -> tuple[np.ndarray, tuple[int, int, int]]:
+def _crop(path: Path, preprocessing, param: str) -> tuple[np.ndarray, tuple[int, int, int]]:
     try:
         decoded = decode_file(path, preprocessing.resize)
     except Exception as exc:  # noqa: BLE001 - any decoding failure is the user's file, named
-        raise UsageError(f"`images`: cannot read {path} ({type(exc).__name__}: {exc})") from None
+        raise UsageError(f"`{param}`: cannot read {path} ({type(exc).__name__}: {exc})") from None
     return preprocessing.crop_uint8(decoded.image, decoded.original_size)[0], decoded.identity
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from stat import S_ISREG
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import UsageError
 
@@ -86,6 +86,9 @@ def decode_file(path: str | os.PathLike, min_side: int | None = None) -> Decoded
             im = Image.open(io.BytesIO(data))
         except Image.DecompressionBombError:
             raise _too_large(*_declared_size(data)) from None
+        except UnidentifiedImageError:  # Pillow's message names the in-memory buffer, not the file
+            raise UnidentifiedImageError(f"not an image format Pillow can read ({path.name}, "
+                                         f"{len(data):,} bytes)") from None
         with im:
             w, h = im.size
             if w * h > MAX_PIXELS:

@@ -88,6 +88,12 @@ def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=Non
             context = False
         if model is None and (context or explain or attributions):
             model = _model_or_none(reader.path, needed=bool(explain or attributions))
+        # explained first: an image it cannot read stops the report before any page is written
+        explained = None
+        if explain:
+            from ...analysis.explanation import explain_images
+
+            explained = explain_images(explain, run, info.layers, model=model, param="explain")
         stats = {name: layer_stats(reader, name) for name in info.layers}
         shown = [layer_info(reader, name, channels, scale, stats[name]) for name in info.layers]
         ctx = None
@@ -119,12 +125,10 @@ def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=Non
                 _render(env, "layer.html", folder / f"{stem}.html", root="../", layer=layer,
                         order=title, channels=order)
     explain_link = None
-    if explain:
-        from ...analysis.explanation import explain_images
+    if explained is not None:
         from .analysis_pages import write_explain_page
 
-        write_explain_page(explain_images(explain, run, info.layers, model=model), run, out / "explain",
-                           back="../index.html")
+        write_explain_page(explained, run, out / "explain", back="../index.html")
         explain_link = "explain/index.html"
     index = out / "index.html"
     _render(env, "index.html", index, root="", run=info, layers=shown, explain=explain_link)
