@@ -242,6 +242,34 @@ def test_a_truncated_state_falls_back_to_the_previous_checkpoint(photo_dir, tmp_
     assert_same_file(ref, out)
 
 
+def test_each_checkpoint_counts_exactly_the_batches_its_state_names(photo_dir, tmp_path, monkeypatch):
+    """Checkpoints are written by a background thread while the next batches run; one written
+    slowly must still hold the reducers as they were when it was taken (a state that counted a
+    batch beyond its ``next_batch`` makes a resume count that batch twice: seen on a slow CI
+    disk). The writer is slowed here so that every checkpoint overlaps the next batch."""
+    from cnnviz.scanner.workdir import WorkDir
+
+    written = []
+    save_state = WorkDir.save_state
+
+    def slow_save_state(self, **arrays):
+        time.sleep(0.3)
+        written.append({k: np.array(v, copy=True) for k, v in arrays.items()})
+        save_state(self, **arrays)
+
+    monkeypatch.setattr(WorkDir, "save_state", slow_save_state)
+    lib = _big_library(photo_dir, tmp_path, copies=1)
+    scan_shard(lib, load_model("resnet18", None), tmp_path / "run.h5", (0, 1), checkpoint_images=2, **KW)
+    relpaths = ImageLibrary.open(lib).relpaths
+    readable = np.array([not str(p).endswith("corrupt.jpg") for p in relpaths])
+    assert len(written) >= len(relpaths) // 2 and not readable.all()
+    for state in written:
+        upto = int(state["next_batch"]) * KW["batch_size"]
+        for layer in (0, 1):
+            assert (state[f"l{layer}_stat_count"] == readable[:upto].sum()).all(), upto
+        assert (state["l0_ids"] < upto).all()
+
+
 def test_damaged_checkpoints_are_named_before_scanning(photo_dir, tmp_path):
     lib, out, work = _interrupted_work(photo_dir, tmp_path)
     seg = sorted(work.glob("seg-*.npz"))[0]

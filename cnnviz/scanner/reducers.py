@@ -57,6 +57,13 @@ def spatial_max(act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return values, index, flat.mean(dim=2)
 
 
+def _snapshot(t: torch.Tensor) -> np.ndarray:
+    """A host copy of ``t`` that later in-place updates cannot reach: a checkpoint is written by
+    a background thread while the next batch updates the reducers (``.cpu().numpy()`` of a CPU
+    tensor shares its memory, and a state could count a batch its ``next_batch`` did not)."""
+    return t.detach().cpu().numpy().copy()
+
+
 def merge_topk(values: np.ndarray, ids: np.ndarray, k: int, *extra: np.ndarray):
     """Exact top-k along axis 1 of ``(C, n)`` candidates by ``(-value, id)``; ``id < 0`` is empty.
 
@@ -100,8 +107,7 @@ class TopK:
         self.index = all_idx.gather(1, order)
 
     def state(self) -> dict[str, np.ndarray]:
-        return {"values": self.values.cpu().numpy(), "ids": self.ids.cpu().numpy(),
-                "index": self.index.cpu().numpy()}
+        return {k: _snapshot(getattr(self, k)) for k in ("values", "ids", "index")}
 
     def load(self, state: dict[str, np.ndarray]) -> None:
         dev = self.values.device
@@ -191,7 +197,7 @@ class RunningStats:
         self.sum_mean += means.double().sum(dim=0)
 
     def to_stats(self) -> ChannelStats:
-        return ChannelStats(**{k: getattr(self, k).cpu().numpy() for k in ChannelStats.__dataclass_fields__})
+        return ChannelStats(**{k: _snapshot(getattr(self, k)) for k in ChannelStats.__dataclass_fields__})
 
     @classmethod
     def from_stats(cls, stats: ChannelStats, device) -> RunningStats:
