@@ -375,5 +375,5 @@ def test_a_report_far_from_its_library_leaves_the_photos_out(run, tmp_path, caps
         f.attrs["library_root"] = str(tmp_path / "not-here")
     index = write_report(moved, tmp_path / "site", layers=["layer3.0"], channels=2, progress=False)
     assert "library folder" in capsys.readouterr().err
-    assert not list(index.parent.rglob("*-context.png"))
+    assert not list(index.parent.rglob("*-context.*"))
     assert "In their photos" not in (index.parent / "layer3.0" / "c0.html").read_text()

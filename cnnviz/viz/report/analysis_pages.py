@@ -25,7 +25,7 @@ from PIL import Image
 
 from ...run import format as fmt
 from ...run.reader import RunReader
-from .render import _environment, _render, _strip
+from .render import _environment, _render, _strip, save_png
 
 __all__ = ["write_explain_page", "write_compare_page"]
 
@@ -58,7 +58,7 @@ def _examples(reader: RunReader, layer: str, channel: int, out: Path, name: str)
     k = int((g[fmt.TOPK_IMAGE_ID][channel] >= 0).sum())
     patches = g[fmt.TOPK_PATCHES][channel][:k]
     if not (out / name).exists():
-        _strip(patches, _scale(patches.shape[1:3])).save(out / name)
+        save_png(_strip(patches, _scale(patches.shape[1:3])), out / name)
     return name
 
 
@@ -78,7 +78,7 @@ def write_explain_page(explained, run: str | Path, out_dir: str | Path, top: int
     images = []
     with RunReader(run) as reader:
         for i, path in enumerate(explained.paths):
-            Image.fromarray(explained.crops[i]).save(out / f"img{i}.png")
+            save_png(Image.fromarray(explained.crops[i]), out / f"img{i}.png")
             rows = table[table.image == str(path)]
             sections = []
             for layer in reader.layers:
@@ -89,9 +89,7 @@ def write_explain_page(explained, run: str | Path, out_dir: str | Path, top: int
                 for row in chosen.itertuples():
                     patch = own_patch(reader, layer, explained.crops[i], int(row.y), int(row.x))
                     own = f"img{i}-{_safe(layer)}-c{row.channel}.png"
-                    Image.fromarray(patch).resize((patch.shape[1] * _scale(patch.shape[:2]),
-                                                   patch.shape[0] * _scale(patch.shape[:2])),
-                                                  Image.NEAREST).save(out / own)
+                    save_png(_strip(patch[None], _scale(patch.shape[:2])), out / own)
                     c = int(row.channel)
                     strip = _examples(reader, layer, c, out, f"{_safe(layer)}-c{c}.png")
                     shown.append(_Shown(layer, c, row.channel_name, _standing(row), strip, own))
