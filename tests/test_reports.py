@@ -246,18 +246,40 @@ def test_synthetic_runs_have_the_format_of_real_ones(run, model, tmp_path):
     write_report(syn, tmp_path / "site", channels=2, progress=False)
 
 
+def test_a_photo_changed_since_the_scan_is_not_shown_in_context(photo_dir, tmp_path):
+    """Its box and map would describe another picture: the tile says why instead."""
+    from cnnviz.run.reader import RunReader
+    from cnnviz.viz.report.context import TILE, context_strip, context_tile, gather_context
+
+    lib = tmp_path / "lib"
+    shutil.copytree(photo_dir, lib)
+    model = load_model("resnet18", None, seed=2)
+    run = scan(lib, model, tmp_path / "run.h5", layers="layer3.0", top_k=3, workers=0, progress=False)
+    with RunReader(run) as reader:
+        ids = reader.layer("layer3.0")["topk/image_id"][0]
+        changed = reader.library_root / str(reader.paths[ids[0]])
+        Image.open(changed).convert("RGB").transpose(Image.FLIP_LEFT_RIGHT).save(changed, format="PNG")
+        ctx = gather_context(reader, {"layer3.0": [0]}, model, workers=0)
+        strip = context_strip(ctx, reader, "layer3.0", 0)
+    assert ctx.photos[int(ids[0])] is None and ctx.notes == {int(ids[0]): "changed since the scan"}
+    assert all(ctx.photos[int(i)] is not None for i in ids[1:])
+    assert ("layer3.0", 0, int(ids[0])) not in ctx.maps
+    np.testing.assert_array_equal(strip[:, :TILE], context_tile(None, None, note="changed since the scan"))
+
+
 def test_context_box_is_the_orig_box_and_the_map_is_a_forward_pass(run, model):
     """Each context tile draws ``topk/orig_box`` (found as the pixels the box changed) and lights
     the photo where the channel's recomputed map (equal to a forward pass of that photo) is high;
-    each photo goes through the network once."""
+    each photo goes through the network once (photos decoded by a worker process, batches of 3)."""
     from cnnviz.run.reader import RunReader
     from cnnviz.viz.report.context import TILE, context_tile, gather_context
 
     calls = []
-    handle = model.module.register_forward_pre_hook(lambda m, a: calls.append(1))
+    handle = model.module.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
     try:
         with RunReader(run) as reader:
-            ctx = gather_context(reader, {"layer3.0": [0, 1, 2], "layer1.1": [0]}, model)
+            ctx = gather_context(reader, {"layer3.0": [0, 1, 2], "layer1.1": [0]}, model, workers=1,
+                                 batch_size=3)
             ids = reader.layer("layer3.0")["topk/image_id"][()]
             boxes = reader.layer("layer3.0")["topk/orig_box"][()]
             first = reader.layer("layer1.1")["topk/image_id"][0]
@@ -266,7 +288,8 @@ def test_context_box_is_the_orig_box_and_the_map_is_a_forward_pass(run, model):
             root = reader.library_root
     finally:
         handle.remove()
-    assert len(calls) == len(unique)
+    assert sum(calls) == len(unique) and len(calls) == -(-len(unique) // 3)
+    assert sorted(ctx.photos) == sorted(unique) and not ctx.notes
     for c in range(3):
         for r, i in enumerate(ids[c]):
             photo = ctx.photos[int(i)]

@@ -9,6 +9,7 @@ weights that cannot be loaded) the tiles show the photo and the box only.
 
 from __future__ import annotations
 
+import textwrap
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -35,20 +36,30 @@ class _Photo:
 
 @dataclass
 class Context:
-    """Per image id its downscaled photo; per (layer, channel, image id) its activation map."""
+    """Per image id its downscaled photo (``None``: not shown, ``notes[i]`` says why); per
+    (layer, channel, image id) its activation map."""
 
     photos: dict[int, _Photo | None] = field(default_factory=dict)
     maps: dict[tuple[str, int, int], np.ndarray] = field(default_factory=dict)
     with_maps: bool = False
+    notes: dict[int, str] = field(default_factory=dict)
 
 
-def gather_context(reader: RunReader, wanted: dict[str, list[int]], model=None, device: str = "cpu",
-                   progress: bool = False) -> Context:
-    """Photos and maps for the top-k of the channels ``wanted[layer]``."""
+def gather_context(reader: RunReader, wanted: dict[str, list[int]], model=None, device: str | None = None,
+                   progress: bool = False, workers: int | None = None, batch_size: int = 16) -> Context:
+    """Photos and maps for the top-k of the channels ``wanted[layer]``.
+
+    Photos are decoded by ``workers`` processes (``None``: as many as a scan uses; 0: inline)
+    and go through the network ``batch_size`` at a time, each once. A photo whose bytes are not
+    the ones scanned (size and digest recorded in the run) is not shown: its box and map
+    would describe another picture."""
     import torch
+    from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
+    from ...model.copying import copy_module
     from ...model.taps import capture
+    from ...scanner.config import _default_workers
 
     need: dict[int, list[tuple[str, int]]] = defaultdict(list)
     for layer, channels in wanted.items():
@@ -57,55 +68,105 @@ def gather_context(reader: RunReader, wanted: dict[str, list[int]], model=None, 
             for i in ids[c][ids[c] >= 0]:
                 need[int(i)].append((layer, c))
     ctx = Context(with_maps=model is not None)
-    errors = reader.patch_errors
-    root = reader.library_root
-    module = model.module if model is not None else None
-    for i in tqdm(sorted(need), desc="report: photos in context", disable=not progress, leave=False):
-        if errors is not None and errors[i]:
-            ctx.photos[i] = None  # the file changed or vanished after the scan
-            continue
-        try:
-            decoded = decode_file(root / str(reader.paths[i]),
-                                  model.preprocessing.resize if model is not None else TILE)
-        except Exception:  # noqa: BLE001 - a photo that cannot be read now is shown as missing
-            ctx.photos[i] = None
-            continue
-        ctx.photos[i] = _photo(decoded.image, decoded.original_size, reader, i)
-        if module is None:
-            continue
-        crop, _ = model.preprocessing.crop_uint8(decoded.image, decoded.original_size)
-        x = model.preprocessing.normalize(torch.from_numpy(crop)[None]).to(model.device)
-        layers = sorted({layer for layer, _ in need[i]})
-        with capture(module, layers) as cap, torch.no_grad():
-            cap.forward(x)
-        for layer, c in need[i]:
-            out = cap.outputs[layer]
-            if out.dim() == 4 and out.shape[2] * out.shape[3] > 1:
-                ctx.maps[(layer, c, i)] = out[0, c].float().cpu().numpy()
+    photos = _Photos(reader, sorted(need), None if model is None else model.preprocessing)
+    workers = _default_workers() if workers is None else workers
+    loader = DataLoader(photos, batch_size=batch_size, num_workers=min(workers, len(photos) // batch_size),
+                        collate_fn=_as_list)
+    module = None
+    if model is not None:
+        device = torch.device(device or model.device)
+        module = copy_module(model.module).to(device).to(memory_format=torch.channels_last)
+    layers = sorted({layer for pairs in need.values() for layer, _ in pairs})
+    bar = tqdm(total=len(photos), desc="report: photos in context", disable=not progress, leave=False)
+    for items in loader:
+        for i, photo, _, note in items:
+            ctx.photos[i] = photo
+            if note:
+                ctx.notes[i] = note
+        shown = [(i, crop) for i, photo, crop, _ in items if photo is not None and crop is not None]
+        if module is not None and shown:
+            x = torch.from_numpy(np.stack([crop for _, crop in shown])).to(device)
+            x = model.preprocessing.normalize(x).contiguous(memory_format=torch.channels_last)
+            with capture(module, layers) as cap, torch.no_grad():
+                cap.forward(x)
+            for row, (i, _) in enumerate(shown):
+                for layer, c in need[i]:
+                    out = cap.outputs[layer]
+                    if out.dim() == 4 and out.shape[2] * out.shape[3] > 1:
+                        ctx.maps[(layer, c, i)] = out[row, c].float().cpu().numpy().copy()
+        bar.update(len(items))
+    bar.close()
     return ctx
 
 
-def _photo(image: Image.Image, original_size: tuple[int, int], reader: RunReader, image_id: int) -> _Photo:
+def _as_list(items: list) -> list:
+    return items
+
+
+class _Photos:
+    """The photos a report shows, as a map-style dataset for a DataLoader: item ``j`` is
+    ``(image id, photo or None, the network's uint8 crop or None, note)``. Holds plain arrays
+    only (no open HDF5 file), so that it can go to decoding processes."""
+
+    def __init__(self, reader: RunReader, image_ids: list[int], preprocessing=None):
+        self.image_ids = image_ids
+        self.preprocessing = preprocessing
+        root, paths = reader.library_root, reader.paths
+        self.files = [root / str(paths[i]) for i in image_ids]
+        self.geometry = reader.file[fmt.IMAGE_GEOMETRY][()][image_ids] if image_ids else None
+        identity = reader.file[fmt.IMAGE_IDENTITY] if fmt.IMAGE_IDENTITY in reader.file else None
+        self.identity = identity[()][image_ids] if identity is not None and image_ids else None
+        errors = reader.patch_errors
+        self.errors = [str(errors[i]) if errors is not None else "" for i in image_ids]
+        self.crop = tuple(int(v) for v in reader.preprocessing["crop"])
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, j: int):
+        i = self.image_ids[j]
+        if self.errors[j]:
+            return i, None, None, self.errors[j]  # the file changed or vanished before assembly
+        try:
+            decoded = decode_file(self.files[j], self.preprocessing.resize if self.preprocessing else TILE)
+        except Exception as exc:  # noqa: BLE001 - a photo that cannot be read now is shown as missing
+            return i, None, None, f"unreadable now ({type(exc).__name__})"
+        if self.identity is not None and self.identity[j].any():
+            size, _, digest = (int(v) for v in self.identity[j])
+            if (decoded.identity[0], decoded.identity[2]) != (size, digest):
+                return i, None, None, "changed since the scan"
+        photo = _photo(decoded.image, decoded.original_size, self.geometry[j], self.crop)
+        crop = None
+        if self.preprocessing is not None:
+            crop = self.preprocessing.crop_uint8(decoded.image, decoded.original_size)[0]
+        return i, photo, crop, ""
+
+
+def _photo(image: Image.Image, original_size: tuple[int, int], geometry: np.ndarray,
+           crop: tuple[int, int]) -> _Photo:
     ow, oh = original_size
     scale = min(TILE / ow, TILE / oh)
     size = (max(1, round(ow * scale)), max(1, round(oh * scale)))
     pixels = np.asarray(image.convert("RGB").resize(size, Image.BILINEAR, reducing_gap=2.0))
     # orig_h, orig_w, resized_h, resized_w, crop_top, crop_left
-    g = reader.file[fmt.IMAGE_GEOMETRY][image_id].astype(np.float64)
-    crop_h, crop_w = (int(v) for v in reader.preprocessing["crop"])
+    g = geometry.astype(np.float64)
+    crop_h, crop_w = crop
     sy, sx = g[0] / g[2], g[1] / g[3]
     crop_box = (g[4] * sy, g[5] * sx, (g[4] + crop_h) * sy, (g[5] + crop_w) * sx)
     return _Photo(pixels, scale, crop_box)
 
 
 def context_tile(photo: _Photo | None, box: tuple[float, float, float, float] | None,
-                 activation: np.ndarray | None = None, vmax: float = 1.0) -> np.ndarray:
+                 activation: np.ndarray | None = None, vmax: float = 1.0, note: str = "") -> np.ndarray:
     """A ``TILE x TILE`` picture: the photo letterboxed, ``activation`` (the unit's map over the
     network input, shown where > 0, scaled by ``vmax``) laid over the part of the photo the
     network saw, and ``box`` (original-photo pixels ``y0, x0, y1, x1``) drawn on it."""
     tile = Image.new("RGB", (TILE, TILE), _BACKGROUND)
     if photo is None:
-        ImageDraw.Draw(tile).text((10, TILE // 2 - 6), "photo unavailable", fill=(90, 90, 90))
+        draw = ImageDraw.Draw(tile)
+        draw.text((10, TILE // 2 - 12), "photo unavailable", fill=(90, 90, 90))
+        for n, line in enumerate(textwrap.wrap(note, 22)[:3]):
+            draw.text((10, TILE // 2 + 4 + 13 * n), line, fill=(90, 90, 90))
         return np.asarray(tile)
     ph, pw = photo.pixels.shape[:2]
     oy, ox = (TILE - ph) // 2, (TILE - pw) // 2
@@ -153,5 +214,5 @@ def context_strip(ctx: Context, reader: RunReader, layer: str, channel: int) -> 
     boxes = g[fmt.TOPK_ORIG_BOX][channel]
     vmax = float(np.nan_to_num(g[fmt.TOPK_ACTIVATION][channel][0], nan=0.0))
     tiles = [context_tile(ctx.photos.get(int(i)), tuple(boxes[r]), ctx.maps.get((layer, channel, int(i))),
-                          vmax) for r, i in enumerate(ids)]
+                          vmax, ctx.notes.get(int(i), "")) for r, i in enumerate(ids)]
     return np.concatenate(tiles, axis=1) if tiles else np.zeros((TILE, TILE, 3), np.uint8)
