@@ -55,6 +55,10 @@ class RunFileError(CnnvizError):
     """Not a cnnviz run file, one of an unsupported version, or a damaged one."""
 
 
+class OutputError(CnnvizError):
+    """Results cannot be written (a full disk): what is already written elsewhere is kept."""
+
+
 class WeightsUnavailableError(CnnvizError):
     """Pretrained weights are neither cached nor downloadable."""
 

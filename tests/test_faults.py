@@ -370,6 +370,41 @@ def test_a_disk_that_fills_while_the_run_file_is_written(photo_dir, small_disk, 
     assert_same_file(scan(photo_dir, load_model("resnet18", None), tmp_path / "ref.h5", **KW), out)
 
 
+def test_a_report_on_a_full_disk_blames_the_disk_not_the_run_file(photo_dir, small_disk, tmp_path):
+    """Writing the pages fails, the run file is fine: saying it is damaged would send a user to
+    delete a night's work."""
+    import hashlib
+
+    run = scan(photo_dir, load_model("resnet18", None), tmp_path / "run.h5", **KW)
+    digest = hashlib.sha256(run.read_bytes()).hexdigest()
+    filler = _fill(small_disk, leave=60_000)
+    site = small_disk / "site"
+    text = _run_cli("report", str(run), "--out", str(site), "--no-context", "--no-progress", code=2)
+    assert f"the disk holding {site} is full" in text and "damaged" not in text, text
+    assert hashlib.sha256(run.read_bytes()).hexdigest() == digest
+    filler.unlink()
+    _run_cli("report", str(run), "--out", str(site), "--no-context", "--no-progress", code=0)
+    assert (site / "index.html").exists()
+
+
+def test_an_error_writing_elsewhere_is_not_a_damaged_run_file(photo_dir, tmp_path):
+    """Only errors reading the run file itself say that it is damaged."""
+    import errno
+
+    from cnnviz.run.reader import RunReader
+
+    run = scan(photo_dir, load_model("resnet18", None), tmp_path / "run.h5", **KW)
+    for exc in (OSError(errno.ENOSPC, "No space left on device"),
+                PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "out.png")),
+                OSError(errno.EIO, "Input/output error", str(tmp_path / "photo.jpg"))):
+        with pytest.raises(type(exc)), RunReader(run):
+            raise exc
+    for exc in (OSError("Can't read data (wrong B-tree signature)"),
+                OSError(errno.EIO, "Input/output error", str(run))):
+        with pytest.raises(RunFileError, match="is damaged"), RunReader(run):
+            raise exc
+
+
 @pytest.mark.slow
 def test_a_disk_that_fills_while_checkpointing(photo_dir, small_disk, tmp_path):
     """The disk fills after the scan started (its up-front check passed): the checkpoint that

@@ -8,6 +8,7 @@ costs h5py and numpy only.
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -49,6 +50,19 @@ def open_run(path: str | Path) -> h5py.File:
     return f
 
 
+# what writing elsewhere meets (a report's folder on a full disk...): not this file's fault
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+def _is_read_error_of(exc: BaseException | None, path: Path) -> bool:
+    """Whether ``exc``, raised while a run file was open, says the file is unreadable: HDF5
+    reports a failed checksum (Fletcher-32) or an unreadable block as an ``OSError``; an error
+    writing another file (which names that file, or carries a write-side errno) is not one."""
+    if not isinstance(exc, OSError) or isinstance(exc, FileNotFoundError) or exc.errno in _WRITE_ERRNOS:
+        return False
+    return exc.filename is None or Path(exc.filename) == path
+
+
 def _strings(ds) -> np.ndarray:
     return np.array([v.decode() if isinstance(v, bytes) else v for v in ds[()]], dtype=object)
 
@@ -84,8 +98,7 @@ class RunReader:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close()
-        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
-            # HDF5 reports a failed checksum (Fletcher-32) or an unreadable block as OSError
+        if _is_read_error_of(exc, self.path):
             raise RunFileError(f"{self.path} is damaged ({exc}); scan again, or restore it from a "
                                "copy") from exc
 

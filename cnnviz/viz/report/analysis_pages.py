@@ -25,7 +25,7 @@ from PIL import Image
 
 from ...run import format as fmt
 from ...run.reader import RunReader
-from .render import _environment, _render, _strip, save_png
+from .render import _environment, _render, _strip, save_png, writing_to
 
 __all__ = ["write_explain_page", "write_compare_page"]
 
@@ -73,36 +73,37 @@ def write_explain_page(explained, run: str | Path, out_dir: str | Path, top: int
     from ...analysis.explanation import own_patch
 
     out = Path(out_dir)
-    _style(out)
-    table: pd.DataFrame = explained.table
-    images = []
-    with RunReader(run) as reader:
-        for i, path in enumerate(explained.paths):
-            save_png(Image.fromarray(explained.crops[i]), out / f"img{i}.png")
-            rows = table[table.image == str(path)]
-            sections = []
-            for layer in reader.layers:
-                chosen = rows[rows.layer == layer].head(top)
-                if chosen.empty:
-                    continue
-                shown = []
-                for row in chosen.itertuples():
-                    patch = own_patch(reader, layer, explained.crops[i], int(row.y), int(row.x))
-                    own = f"img{i}-{_safe(layer)}-c{row.channel}.png"
-                    save_png(_strip(patch[None], _scale(patch.shape[:2])), out / own)
-                    c = int(row.channel)
-                    strip = _examples(reader, layer, c, out, f"{_safe(layer)}-c{c}.png")
-                    shown.append(_Shown(layer, c, row.channel_name, _standing(row), strip, own))
-                sections.append((layer, shown))
-            images.append((path, f"img{i}.png", sections))
-            fig = _explain_figure(out, path, sections)
-            fig.savefig(out / f"explain-{i}.png", dpi=90)
-            plt.close(fig)
-        run_name, n_images = reader.path.name, int(reader.attrs["n_images"])
-    index = out / "index.html"
-    _render(_environment(), "explain.html", index, root="", run_name=run_name, n_images=n_images,
-            images=images, top=top, back=back)
-    return index
+    with writing_to(out):
+        _style(out)
+        table: pd.DataFrame = explained.table
+        images = []
+        with RunReader(run) as reader:
+            for i, path in enumerate(explained.paths):
+                save_png(Image.fromarray(explained.crops[i]), out / f"img{i}.png")
+                rows = table[table.image == str(path)]
+                sections = []
+                for layer in reader.layers:
+                    chosen = rows[rows.layer == layer].head(top)
+                    if chosen.empty:
+                        continue
+                    shown = []
+                    for row in chosen.itertuples():
+                        patch = own_patch(reader, layer, explained.crops[i], int(row.y), int(row.x))
+                        own = f"img{i}-{_safe(layer)}-c{row.channel}.png"
+                        save_png(_strip(patch[None], _scale(patch.shape[:2])), out / own)
+                        c = int(row.channel)
+                        strip = _examples(reader, layer, c, out, f"{_safe(layer)}-c{c}.png")
+                        shown.append(_Shown(layer, c, row.channel_name, _standing(row), strip, own))
+                    sections.append((layer, shown))
+                images.append((path, f"img{i}.png", sections))
+                fig = _explain_figure(out, path, sections)
+                fig.savefig(out / f"explain-{i}.png", dpi=90)
+                plt.close(fig)
+            run_name, n_images = reader.path.name, int(reader.attrs["n_images"])
+        index = out / "index.html"
+        _render(_environment(), "explain.html", index, root="", run_name=run_name, n_images=n_images,
+                images=images, top=top, back=back)
+        return index
 
 
 def _standing(row) -> str:
@@ -135,26 +136,27 @@ def write_compare_page(table: pd.DataFrame, run_a: str | Path, run_b: str | Path
     """Write the compare page of :func:`cnnviz.analysis.compare_runs`'s table: the ``top``
     most changed channels, both runs' dataset examples side by side, and a per-layer summary."""
     out = Path(out_dir)
-    _style(out)
-    with RunReader(run_a) as a, RunReader(run_b) as b:
-        shown = []
-        for row in table.head(top).itertuples():
-            key = f"{_safe(row.layer)}-c{row.channel}.png"
-            shown.append(_Shown(row.layer, int(row.channel), row.channel_name, _change(row),
-                                _examples(a, row.layer, int(row.channel), out, "a-" + key), None,
-                                _examples(b, row.layer, int(row.channel), out, "b-" + key)))
-        names = (a.path.name, b.path.name)
-    summary = (table.groupby("layer", sort=False)
-               .agg(channels=("channel", "size"), median_change=("change", "median"),
-                    mean_topk_overlap=("topk_overlap", "mean"), median_rank_corr=("rank_corr", "median"),
-                    mean_d_mean_max=("d_mean_max", "mean"))
-               .reset_index())
-    index = out / "index.html"
-    _render(_environment(), "compare.html", index, root="", names=names, shown=shown,
-            summary=[(r.layer, r.channels, _num(r.median_change), _num(r.mean_topk_overlap),
-                      _num(r.median_rank_corr), _num(r.mean_d_mean_max)) for r in summary.itertuples()],
-            shared=int(table["shared_images"].iloc[0]) if len(table) else 0)
-    return index
+    with writing_to(out):
+        _style(out)
+        with RunReader(run_a) as a, RunReader(run_b) as b:
+            shown = []
+            for row in table.head(top).itertuples():
+                key = f"{_safe(row.layer)}-c{row.channel}.png"
+                shown.append(_Shown(row.layer, int(row.channel), row.channel_name, _change(row),
+                                    _examples(a, row.layer, int(row.channel), out, "a-" + key), None,
+                                    _examples(b, row.layer, int(row.channel), out, "b-" + key)))
+            names = (a.path.name, b.path.name)
+        summary = (table.groupby("layer", sort=False)
+                   .agg(channels=("channel", "size"), median_change=("change", "median"),
+                        mean_topk_overlap=("topk_overlap", "mean"), median_rank_corr=("rank_corr", "median"),
+                        mean_d_mean_max=("d_mean_max", "mean"))
+                   .reset_index())
+        index = out / "index.html"
+        _render(_environment(), "compare.html", index, root="", names=names, shown=shown,
+                summary=[(r.layer, r.channels, _num(r.median_change), _num(r.mean_topk_overlap),
+                          _num(r.median_rank_corr), _num(r.mean_d_mean_max)) for r in summary.itertuples()],
+                shared=int(table["shared_images"].iloc[0]) if len(table) else 0)
+        return index
 
 
 def _change(row) -> str:

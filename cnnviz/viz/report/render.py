@@ -20,6 +20,8 @@ need no server.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
 import sys
 from importlib import resources
@@ -29,6 +31,7 @@ import numpy as np
 from markupsafe import Markup
 from PIL import Image
 
+from ...errors import OutputError
 from ...run.reader import RunReader
 from .collect import ChannelInfo, LayerInfo, RunInfo, channels_of, layer_info, layer_stats, run_info
 
@@ -69,10 +72,28 @@ def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=Non
     Returns:
         The path of ``index.html``.
     """
+    out = Path(out_dir)
+    with writing_to(out):
+        return _write_report(run, out, layers, channels, attributions or {}, model, scale, progress,
+                             context, explain)
+
+
+@contextlib.contextmanager
+def writing_to(out: Path):
+    """A disk that fills while pages are written: one error naming the folder, not the errno."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise OutputError(f"the disk holding {out} is full ({exc.strerror or exc}): the pages there are "
+                          "incomplete; free some space and run the same command again") from None
+
+
+def _write_report(run, out: Path, layers, channels, attributions: dict, model, scale: int, progress: bool,
+                  context: bool, explain) -> Path:
     from tqdm.auto import tqdm
 
-    attributions = attributions or {}
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "style.css").write_text(resources.files(__package__).joinpath("style.css").read_text("utf-8"),
                                    encoding="utf-8")
