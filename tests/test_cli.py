@@ -133,6 +133,7 @@ def test_misused_commands_answer_in_one_line(photo_dir, tmp_path, capsys):
         (["plot", "distribution", run, "--layer", "nope", "--out", "x.png"], "--layer 'nope'"),
         (["top", run, "--channel", "-1"], "--channel [-1]"),
         (["report", run, "--out", str(tmp_path / "rep"), "--layers", "nope"], "--layers 'nope'"),
+        (["report", run, "--out", run], "is a file; a report is a folder of pages"),
         (["report", run, "--out", str(tmp_path / "rep"), "--attributions", "features.3:999",
           "--model", "squeezenet1_1", "--weights", "none"], "[999]"),
     ]

@@ -21,6 +21,7 @@ from cnnviz import ImageLibrary, load_model, scan
 from cnnviz.errors import ScanError, UsageError
 from cnnviz.images import load_rgb
 from cnnviz.model.taps import capture
+from cnnviz.scanner import scan_shard
 
 LAYERS = ["layer1.0", "layer2.1", "layer3.0.conv2", "layer4.1"]
 K = 5
@@ -404,6 +405,11 @@ def test_bad_options_are_refused_before_any_work(photo_dir, tiny_model, tmp_path
     (tmp_path / "dir.h5").mkdir()
     with pytest.raises(UsageError, match="is a directory"):
         scan(photo_dir, tiny_model, tmp_path / "dir.h5", progress=False, overwrite=True)
+    for shard in ((0, 1), (1, 2)):  # named before a lock file is made beside the run file
+        with pytest.raises(UsageError, match=f"folder {tmp_path / 'nope'} does not exist"):
+            scan_shard(photo_dir, tiny_model, tmp_path / "nope" / "run.h5", shard, progress=False)
+    with pytest.raises(UsageError, match=f"folder {tmp_path / 'nope'} does not exist"):
+        scan(photo_dir, tiny_model, tmp_path / "nope" / "run.h5", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.h5"]
 
 

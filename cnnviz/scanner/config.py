@@ -144,5 +144,11 @@ def check_output(out: Path, overwrite: bool) -> None:
     if out.exists() and not overwrite:
         raise ScanError(f"`out` {out} exists; pass `overwrite=True` to replace it, or choose another "
                         "file (a finished run is never overwritten silently)")
+    check_folder(out)
+
+
+def check_folder(out: Path) -> None:
+    """The run file's folder exists (checked before its lock file is made beside it)."""
     if not out.parent.is_dir():
-        raise UsageError(f"`out` {out}: folder {out.parent} does not exist")
+        raise UsageError(f"`out` {out}: folder {out.parent} does not exist; create it first, or "
+                         "choose another place for the run file")

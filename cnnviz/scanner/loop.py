@@ -30,7 +30,7 @@ from ..model.copying import copy_module
 from ..model.loading import weights_digest
 from ..model.taps import LayerTap, capture, require_fields, resolve_layers
 from .assemble import assemble_run, tap_record
-from .config import ScanConfig, check_output
+from .config import ScanConfig, check_folder, check_output
 from .lock import OutputLock
 from .reducers import spatial_max
 from .space import check_space, estimate_bytes
@@ -60,6 +60,7 @@ def scan(library: str | Path | ImageLibrary, model, out: str | Path, layers=None
         >>> scan("photos/", load_model("resnet50"), "run.h5", top_k=16)        # doctest: +SKIP
     """
     out = Path(out)
+    check_folder(out)
     with OutputLock(out, str(out)):  # one writer for the run file and its work folder
         work = scan_shard(library, model, out, (0, 1), layers, config, _locked=True, **options)
         try:
@@ -81,6 +82,7 @@ def scan_shard(library: str | Path | ImageLibrary, model, out: str | Path, shard
     rank, world = shard
     if not 0 <= rank < world:
         raise UsageError(f"`shard` {rank}/{world}: the rank must be in 0..{world - 1}")
+    check_folder(out)
     work = WorkDir(work_path(out, rank, world))
     with contextlib.ExitStack() as stack:
         if not _locked:

@@ -31,7 +31,7 @@ import numpy as np
 from markupsafe import Markup
 from PIL import Image
 
-from ...errors import OutputError
+from ...errors import OutputError, UsageError
 from ...run.reader import RunReader
 from .collect import ChannelInfo, LayerInfo, RunInfo, channels_of, layer_info, layer_stats, run_info
 
@@ -73,6 +73,8 @@ def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=Non
         The path of ``index.html``.
     """
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} is a file; a report is a folder of pages: name a folder to write it in")
     with writing_to(out):
         return _write_report(run, out, layers, channels, attributions or {}, model, scale, progress,
                              context, explain)
