@@ -18,6 +18,7 @@ import importlib
 
 from .errors import (
     CnnvizError,
+    OutputError,
     RunFileError,
     ScanError,
     ScanInterrupted,
@@ -41,7 +42,8 @@ _MODULES = {"figures": "viz.figures", "attribution": "viz.attribution", "report"
             "run": "run", "viz": "viz", "analysis": "analysis"}
 
 __all__ = ["__version__", "CnnvizError", "UsageError", "ScanError", "ScanInterrupted", "RunFileError",
-           "WeightsUnavailableError", *_NAMES, "figures", "attribution", "report", "optim", "analysis"]
+           "OutputError", "WeightsUnavailableError", *_NAMES, "figures", "attribution", "report", "optim",
+           "analysis"]
 
 
 def __getattr__(name: str):
