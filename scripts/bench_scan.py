@@ -110,13 +110,13 @@ def bare_pipeline(model, library_list: Path, batch_size: int, device: str, amp: 
 
     from cnnviz.images.dataset import LibraryDataset, batch_ranges, collate
     from cnnviz.images.library import ImageLibrary
-    from cnnviz.scanner.config import _default_workers
+    from cnnviz.scanner.config import default_workers
 
     module = copy.deepcopy(model.module).to(device).to(memory_format=torch.channels_last)
     if compiled:
         module = torch.compile(module, dynamic=False)
     lib = ImageLibrary.open(library_list)
-    workers = _default_workers() if workers is None else workers
+    workers = default_workers() if workers is None else workers
     loader = DataLoader(LibraryDataset(lib, model.preprocessing),
                         batch_sampler=batch_ranges(len(lib), batch_size), collate_fn=collate,
                         num_workers=workers, pin_memory=device.startswith("cuda"),
@@ -143,10 +143,10 @@ def decode_throughput(library_list: Path, model, batch_size: int, workers: int |
 
     from cnnviz.images.dataset import LibraryDataset, batch_ranges, collate
     from cnnviz.images.library import ImageLibrary
-    from cnnviz.scanner.config import _default_workers
+    from cnnviz.scanner.config import default_workers
 
     lib = ImageLibrary.open(library_list)
-    workers = _default_workers() if workers is None else workers
+    workers = default_workers() if workers is None else workers
     loader = DataLoader(LibraryDataset(lib, model.preprocessing),
                         batch_sampler=batch_ranges(len(lib), batch_size), collate_fn=collate,
                         num_workers=workers, prefetch_factor=4 if workers else None)

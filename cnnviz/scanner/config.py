@@ -18,7 +18,7 @@ from ..errors import ScanError, UsageError
 __all__ = ["ScanConfig", "check_output"]
 
 
-def _default_workers() -> int:
+def default_workers() -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
@@ -97,7 +97,7 @@ class ScanConfig:
 
     @property
     def num_workers(self) -> int:
-        return _default_workers() if self.workers is None else self.workers
+        return default_workers() if self.workers is None else self.workers
 
     def validate(self) -> None:
         """Refuse values out of range and a device this machine does not have."""

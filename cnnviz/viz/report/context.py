@@ -59,7 +59,7 @@ def gather_context(reader: RunReader, wanted: dict[str, list[int]], model=None, 
 
     from ...model.copying import copy_module
     from ...model.taps import capture
-    from ...scanner.config import _default_workers
+    from ...scanner.config import default_workers
 
     need: dict[int, list[tuple[str, int]]] = defaultdict(list)
     for layer, channels in wanted.items():
@@ -69,7 +69,7 @@ def gather_context(reader: RunReader, wanted: dict[str, list[int]], model=None, 
                 need[int(i)].append((layer, c))
     ctx = Context(with_maps=model is not None)
     photos = _Photos(reader, sorted(need), None if model is None else model.preprocessing)
-    workers = _default_workers() if workers is None else workers
+    workers = default_workers() if workers is None else workers
     loader = DataLoader(photos, batch_size=batch_size, num_workers=min(workers, len(photos) // batch_size),
                         collate_fn=_as_list)
     module = None
