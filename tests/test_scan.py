@@ -240,6 +240,35 @@ def test_float16_maxima_and_list_file_library(photo_dir, tiny_model, tmp_path):
     assert set(df.label) <= {"cat", "cup"}
 
 
+def test_unlabelled_images_count_in_no_class(photo_dir, tiny_model, tmp_path):
+    """A list file may label some lines only: the unlabelled images are no class of their own in
+    the top label, its share (of the whole top-k) or the selectivity (pandas over the matrix)."""
+    files = sorted(p for p in photo_dir.rglob("*") if p.is_file() and p.name != "corrupt.jpg")
+    labels = [p.parent.name if p.parent.name == "animals" or n % 2 else "" for n, p in enumerate(files)]
+    lst = tmp_path / "list.txt"
+    lst.write_text("".join(f"{p},{lab}\n" if lab else f"{p}\n" for p, lab in zip(files, labels, strict=True)))
+    run = scan(lst, tiny_model, tmp_path / "r.h5", top_k=4, workers=0, progress=False)
+    with cnnviz.RunReader(run) as reader:
+        layer = reader.layers[-1]
+        assert list(reader.labels) == labels  # the list file's labels, in its order
+    stats = cnnviz.channel_stats(run, layer).set_index("channel")
+    maxima = cnnviz.channel_maxima(run, layer)
+    label_of = pd.Series(labels, index=maxima.index)
+    named = maxima[label_of != ""]
+    per_label = named.groupby(label_of[label_of != ""]).mean()
+    best, rest = per_label.max(), (per_label.sum() - per_label.max()) / (len(per_label) - 1)
+    np.testing.assert_allclose(stats["selectivity"], ((best - rest) / (best + rest)).to_numpy(), rtol=1e-6)
+    top = cnnviz.top_patches(run, layer=layer)
+    assert (top.label == "").any()
+    for c in stats.index:
+        counts = top[(top.channel == c) & (top.label != "")].label.value_counts()
+        if counts.empty:
+            assert stats.loc[c, "top_label"] == "" and np.isnan(stats.loc[c, "top_label_share"])
+            continue
+        assert counts[stats.loc[c, "top_label"]] == counts.iloc[0]
+        assert stats.loc[c, "top_label_share"] == counts.iloc[0] / 4
+
+
 def _cli(*args, **kw):
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-m", "cnnviz", *args], env=env,

@@ -116,9 +116,10 @@ def channel_stats(run: str | Path, layer: str | None = None) -> pd.DataFrame:
     images whose maximum is > 0; 1 - sparsity), ``mean_activation`` (mean over images of the
     spatial mean), ``channel_name`` (a logits layer's class name, else empty), and where labels
     are known ``top_label``/``top_label_name``/``top_label_share`` (most frequent label among
-    the top-k, its class name when it is a class index or WordNet id, and its share) and
-    ``selectivity`` (class-selectivity index (mu_max - mu_rest) / (mu_max + mu_rest) of the
-    per-label mean of maxima, Morcos et al. 2018).
+    the top-k, its class name when it is a class index or WordNet id, and its share of the
+    top-k) and ``selectivity`` (class-selectivity index (mu_max - mu_rest) / (mu_max + mu_rest)
+    of the per-label mean of maxima, Morcos et al. 2018). Unlabelled images (label ``""``) count
+    in no class.
     """
     frames = []
     with RunReader(run) as r:
@@ -139,14 +140,17 @@ def channel_stats(run: str | Path, layer: str | None = None) -> pd.DataFrame:
 
 
 def _label_columns(df: pd.DataFrame, labels: np.ndarray, topk_ids: np.ndarray, maxima_blocks, layer: str):
+    # an unlabelled image (label "", e.g. a list file that labels some lines) is in no class
+    labels = labels.astype(str)
     top_label, share = [], []
     for row in topk_ids:
         row = row[row >= 0]
-        if len(row) == 0:
+        named = labels[row][labels[row] != ""]
+        if len(named) == 0:
             top_label.append("")
             share.append(np.nan)
             continue
-        values, counts = np.unique(labels[row].astype(str), return_counts=True)
+        values, counts = np.unique(named, return_counts=True)
         top_label.append(str(values[counts.argmax()]))
         share.append(counts.max() / len(row))
     df["top_label"] = top_label
@@ -156,7 +160,8 @@ def _label_columns(df: pd.DataFrame, labels: np.ndarray, topk_ids: np.ndarray, m
                       stacklevel=3)
         df["selectivity"] = np.nan
         return
-    codes, uniques = pd.factorize(pd.Series(labels.astype(str)))
+    codes, uniques = pd.factorize(pd.Series(labels))
+    codes[labels == ""] = -1
     # per-label mean of the maxima, streamed over rows (the matrix can be larger than memory)
     sums = np.zeros((len(uniques), len(df)))
     counts = np.zeros(len(uniques))
@@ -164,7 +169,7 @@ def _label_columns(df: pd.DataFrame, labels: np.ndarray, topk_ids: np.ndarray, m
     for m in maxima_blocks:
         block_codes = codes[start: start + len(m)]
         start += len(m)
-        ok = ~np.isnan(m).any(axis=1)
+        ok = ~np.isnan(m).any(axis=1) & (block_codes >= 0)
         _add_by_label(sums, counts, block_codes[ok], m[ok])
     present = counts > 0
     if present.sum() < 2:
