@@ -117,6 +117,26 @@ def test_store_in_run_and_report(photo_dir, tmp_path):
     assert "optimized" not in (tmp_path / "site" / "0" / "c0.html").read_text()
 
 
+def test_images_of_another_size_replace_the_stored_ones_cleanly(photo_dir, tmp_path):
+    """Optimized images of a new size replace a layer's stored ones: the new ``done`` flags must
+    not be read from the space the old images left (HDF5 writes no fill value by default)."""
+    import h5py
+
+    from cnnviz import load_model, scan
+
+    run = scan(photo_dir, load_model("resnet18", None), tmp_path / "run.h5", layers="layer3.0", top_k=2,
+               workers=0, progress=False)
+    big = torch.rand(64, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    store_in_run(run, "layer3.0", list(range(64)), big, "modern")
+    small = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    store_in_run(run, "layer3.0", [5, 9], small, "cs231n")
+    with h5py.File(run, "r") as f:
+        g = f["layers/layer3.0/optimized"]
+        assert np.flatnonzero(g["done"][()]).tolist() == [5, 9] and g.attrs["recipe"] == "cs231n"
+        np.testing.assert_array_equal(g["images"][[5, 9]], to_uint8(small))
+        assert not g["images"][0].any()
+
+
 def test_redirected_relu_reaches_a_channel_that_starts_silent():
     """Channel 0 needs red > 3 (normalized) before it fires: on the grey start its ReLU passes
     no gradient. Lucid's redirected ReLU lets the optimizer find it; a plain ReLU cannot."""

@@ -297,7 +297,8 @@ def class_probabilities(model, images_uint8: np.ndarray) -> torch.Tensor:
 def store_in_run(run: str | Path, layer: str, channels: Sequence[int], images: torch.Tensor,
                  recipe: str) -> None:
     """Add optimized images of some channels to a run file (``layers/<layer>/optimized``), so
-    the report shows each beside its dataset examples."""
+    the report shows each beside its dataset examples. Images of another size than those the
+    layer holds replace them all."""
     import h5py
 
     from ..run.reader import RunReader
@@ -311,9 +312,11 @@ def store_in_run(run: str | Path, layer: str, channels: Sequence[int], images: t
         if fmt.OPTIMIZED_IMAGES in g and g[fmt.OPTIMIZED_IMAGES].shape[1:] != arr.shape[1:]:
             del g[fmt.OPTIMIZED]
         if fmt.OPTIMIZED_IMAGES not in g:
+            # explicit fill values: without one HDF5 leaves new space as it finds it, and space
+            # freed by replaced images would read as `done` flags
             g.create_dataset(fmt.OPTIMIZED_IMAGES, shape=(n_ch, *arr.shape[1:]), dtype=np.uint8,
-                             chunks=(1, *arr.shape[1:]))
-            g.create_dataset(fmt.OPTIMIZED_DONE, shape=(n_ch,), dtype=bool)
+                             chunks=(1, *arr.shape[1:]), fillvalue=0)
+            g.create_dataset(fmt.OPTIMIZED_DONE, shape=(n_ch,), dtype=bool, fillvalue=False)
         for c, a in zip(channels, arr, strict=True):
             g[fmt.OPTIMIZED_IMAGES][c] = a
             g[fmt.OPTIMIZED_DONE][c] = True
