@@ -387,6 +387,41 @@ def test_a_report_on_a_full_disk_blames_the_disk_not_the_run_file(photo_dir, sma
     assert (site / "index.html").exists()
 
 
+_HOLD = """
+import sys, time, h5py
+f = h5py.File(sys.argv[1], sys.argv[2])
+print("open", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_run_file_another_process_holds_open_is_named_busy_not_broken(photo_dir, tmp_path):
+    """HDF5 locks an open file: reading one a notebook writes, or storing optimized images into
+    one a report reads, says so, not that the file is no HDF5 file."""
+    from cnnviz.optim.render import store_in_run
+
+    run = scan(photo_dir, load_model("resnet18", None), tmp_path / "run.h5", **KW)
+    for mode, attempt, expected in (
+            ("r+", lambda: cnnviz.top_patches(run, layer="layer3.0"),
+             "is open for writing in another process"),
+            ("r", lambda: store_in_run(run, "layer3.0", [0], torch.rand(1, 3, 8, 8), "modern"),
+             "is open in another process")):
+        holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(run), mode], stdout=subprocess.PIPE,
+                                  text=True)
+        try:
+            assert holder.stdout.readline().strip() == "open"
+            try:
+                attempt()
+            except RunFileError as exc:
+                assert expected in str(exc) and "HDF5 file" not in str(exc).split("(")[0], exc
+            else:
+                pytest.skip("HDF5 file locking is off here (HDF5_USE_FILE_LOCKING=FALSE?)")
+        finally:
+            holder.kill()
+            holder.wait()
+    assert len(cnnviz.top_patches(run, layer="layer3.0"))  # unharmed once the other process is gone
+
+
 def test_an_error_writing_elsewhere_is_not_a_damaged_run_file(photo_dir, tmp_path):
     """Only errors reading the run file itself say that it is damaged."""
     import errno

@@ -301,12 +301,19 @@ def store_in_run(run: str | Path, layer: str, channels: Sequence[int], images: t
     layer holds replace them all."""
     import h5py
 
-    from ..run.reader import RunReader
+    from ..errors import RunFileError
+    from ..run.reader import RunReader, busy_message, is_locked_error
 
     with RunReader(run) as r:  # format and version check
         r.check_layer(layer)
     arr = to_uint8(images)
-    with h5py.File(run, "r+") as f:
+    try:
+        f = h5py.File(run, "r+")
+    except OSError as exc:
+        if is_locked_error(exc):
+            raise RunFileError(busy_message(Path(run), writing=True)) from None
+        raise
+    with f:
         g = f[fmt.layer_group(layer)]
         n_ch = int(g.attrs["channels"])
         if fmt.OPTIMIZED_IMAGES in g and g[fmt.OPTIMIZED_IMAGES].shape[1:] != arr.shape[1:]:

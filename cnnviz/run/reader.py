@@ -36,6 +36,8 @@ def open_run(path: str | Path) -> h5py.File:
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
+        if is_locked_error(exc):
+            raise RunFileError(busy_message(path)) from None
         raise RunFileError(f"{path} is not an HDF5 file ({exc})") from None
     if f.attrs.get(fmt.ATTR_FORMAT) != fmt.FORMAT:
         f.close()
@@ -48,6 +50,21 @@ def open_run(path: str | Path) -> h5py.File:
         raise RunFileError(f"{path} has run-file format {version}; this cnnviz ({__version__}) "
                            f"reads up to {fmt.FORMAT_VERSION}: upgrade cnnviz")
     return f
+
+
+def is_locked_error(exc: OSError) -> bool:
+    """HDF5 refused to open a file that another process holds open for writing (or, opening
+    for writing, one that another process reads): its file lock."""
+    return exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK) or "unable to lock file" in str(exc)
+
+
+def busy_message(path: Path, writing: bool = False) -> str:
+    """What to do when :func:`is_locked_error`: the other process is named by what it does."""
+    if writing:
+        return (f"{path} is open in another process (a report, a notebook...: HDF5 locks the file "
+                "while it is open); close it there or wait for it, then run this again")
+    return (f"{path} is open for writing in another process (HDF5 locks the file); wait for it to "
+            "finish, or close the file where it is open (a notebook?), then run this again")
 
 
 # what writing elsewhere meets (a report's folder on a full disk...): not this file's fault
