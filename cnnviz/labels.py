@@ -8,6 +8,7 @@ the package data file ``imagenet_classes.tsv``, kept in the repository's ``data/
 
 from __future__ import annotations
 
+import difflib
 import functools
 import re
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["data_file", "ImageNetClass", "imagenet_classes", "label_name", "label_names"]
+__all__ = ["data_file", "ImageNetClass", "imagenet_classes", "label_name", "label_names", "class_indices"]
 
 _WNID = re.compile(r"n\d{8}")
 
@@ -80,3 +81,51 @@ def label_names(labels: Sequence[str] | None, class_names: Sequence[str] | None 
     cache: dict[str, str | None] = {}
     return [cache.setdefault(str(lab), label_name(lab, class_names)) if lab is not None else None
             for lab in labels]
+
+
+_NUMBERS = re.compile(r"\d+(\s*-\s*\d+)?")
+
+
+def class_indices(spec: str, class_names: Sequence[str] | None, what: str = "target") -> list[int]:
+    """Classes as people name them -> indices: ``"76"``, ``"76,130-132"``, ``"tarantula"``,
+    ``"n01774750"`` (an ImageNet WordNet id, for a model of the 1000 ImageNet classes) or a mix.
+
+    A name is matched without regard to case: the model's class name, else (ImageNet) one of the
+    class's WordNet lemmas, else a part of one name only. A name that fits several classes is
+    refused with their indices. ``what`` names the argument in error messages."""
+    from .errors import UsageError
+    from .viz.channels import parse_channels
+
+    n = len(class_names) if class_names is not None else 1 << 30
+    out: list[int] = []
+    for token in (t.strip() for t in spec.split(",")):
+        if _NUMBERS.fullmatch(token):
+            out.extend(parse_channels(token, n, what=what))
+        elif token:
+            if class_names is None:
+                raise UsageError(f"`{what}` {token!r}: this model has no class names; give class indices")
+            out.append(_class_by_name(token, [str(c) for c in class_names], what))
+    if not out:
+        raise UsageError(f"`{what}` {spec!r}: name at least one class (an index or a name)")
+    return out
+
+
+def _class_by_name(token: str, names: list[str], what: str) -> int:
+    from .errors import UsageError
+
+    key = token.lower()
+    imagenet = len(names) == len(imagenet_classes())
+    for found in ([i for i, n in enumerate(names) if n.lower() == key],
+                  [_by_wnid()[token].index] if imagenet and token in _by_wnid() else [],
+                  [c.index for c in imagenet_classes()
+                   if key in (lemma.strip().lower() for lemma in c.lemmas.split(","))] if imagenet else [],
+                  [i for i, n in enumerate(names) if key in n.lower()]):
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            listed = ", ".join(f"{names[i]} ({i})" for i in found[:8]) + (" ..." if len(found) > 8 else "")
+            raise UsageError(f"`{what}` {token!r} fits several classes: {listed}; give the index of one")
+    close = difflib.get_close_matches(key, [n.lower() for n in names], n=3)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise UsageError(f"`{what}` {token!r} is not a class of this model{hint} (give a class index 0-"
+                     f"{len(names) - 1} or a name)")

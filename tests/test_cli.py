@@ -134,6 +134,9 @@ def test_misused_commands_answer_in_one_line(photo_dir, tmp_path, capsys):
         (["top", run, "--channel", "-1"], "--channel [-1]"),
         (["report", run, "--out", str(tmp_path / "rep"), "--layers", "nope"], "--layers 'nope'"),
         (["report", run, "--out", run], "is a file; a report is a folder of pages"),
+        (["class-vis", "--model", "squeezenet1_1", "--weights", "none", "--target", "zebraa",
+          "--out", "x.png"],
+         "--target 'zebraa' is not a class of this model; did you mean 'zebra'?"),
         (["report", run, "--out", str(tmp_path / "rep"), "--attributions", "features.3:999",
           "--model", "squeezenet1_1", "--weights", "none"], "[999]"),
     ]

@@ -41,6 +41,33 @@ def test_label_names():
     assert label_names(["7", "n01440764", None], names) == ["class 7", "class 0", None]
 
 
+def test_classes_named_as_people_name_them():
+    """Every class of torchvision's ImageNet names by its own name (unless two classes share it)
+    and by its WordNet id; numbers, ranges and names mix; a name that fits several classes or none
+    is refused with the candidates."""
+    from collections import Counter
+
+    from torchvision.models._meta import _IMAGENET_CATEGORIES as names
+
+    from cnnviz.errors import UsageError
+    from cnnviz.labels import class_indices
+
+    shared = {n for n, k in Counter(n.lower() for n in names).items() if k > 1}
+    for i, (name, cls) in enumerate(zip(names, imagenet_classes(), strict=True)):
+        assert class_indices(cls.wnid, names) == [i]
+        if name.lower() not in shared:
+            assert class_indices(name.upper(), names) == [i], name
+    assert class_indices("76, 130-132,zebra", names) == [76, 130, 131, 132, 340]
+    assert class_indices("tabby cat", names) == [281]  # a WordNet lemma of 281 'tabby'
+    for spec, message in (("cat", "fits several classes: "), ("zebraa", "did you mean 'zebra'"),
+                          (sorted(shared)[0], "fits several classes"), ("1000", "out of range"),
+                          (" , ", "name at least one class")):
+        with pytest.raises(UsageError, match=message):
+            class_indices(spec, names)
+    with pytest.raises(UsageError, match="no class names; give class indices"):
+        class_indices("zebra", None)
+
+
 def test_demo_manifest_names_photos_that_exist():
     from cnnviz.demo import _package_folder, demo_manifest
 

@@ -27,7 +27,8 @@ def _write_images(images, out: str, names: list[str], columns: int = 8) -> None:
 def add_class_vis(sub) -> None:
     p = sub.add_parser("class-vis", help="an image the model takes for a class (gradient ascent)")
     add_model_args(p)
-    p.add_argument("--target", required=True, help="class index or list, e.g. 76 or 76,130,366")
+    p.add_argument("--target", required=True,
+                   help="classes by index or name, e.g. 76, tarantula, n01774750 or 76,130-132,zebra")
     p.add_argument("--recipe", choices=["cs231n", "modern"], default="cs231n",
                    help="cs231n: pixels, L2 decay, jitter, blur, clamp (lr 25, 100 steps); modern: "
                         "Fourier + decorrelated colour + transforms + Adam (lr 0.05, 256 steps)")
@@ -41,11 +42,11 @@ def add_class_vis(sub) -> None:
 
 
 def run_class_vis(args) -> int:
+    from ..labels import class_indices
     from ..optim import class_probabilities, cs231n_class_visualization, objectives, render, to_uint8
 
     model = load(args)
-    n_classes = len(model.class_names) if model.class_names else 1 << 30
-    targets = channel_list(args.target, "target", n_classes)
+    targets = class_indices(args.target, model.class_names, "target")
     if args.recipe == "cs231n":
         res = cs231n_class_visualization(model, targets, steps=args.steps or 100, seed=args.seed,
                                          progress=not args.no_progress)
