@@ -68,6 +68,44 @@ def test_class_vis_and_channel_vis_commands(photo_dir, tmp_path, capsys):
         "features.3-c4.png", "features.3-c5.png", "features.3-c6.png"]
     with h5py.File(run, "r") as f:
         assert f["layers/features.3/optimized/done"][()].nonzero()[0].tolist() == [4, 5, 6]
+    # a --run that cannot take the images is refused before any optimization
+    capsys.readouterr()
+    for bad, message in ((tmp_path / "nope.h5", "does not exist"),
+                         (run, "--layer 'features.4' is not in run.h5")):
+        assert main(["channel-vis", "--model", "squeezenet1_1", "--weights", "none", "--layer",
+                     "features.4" if bad == run else "features.3", "--channels", "0", "--steps", "2",
+                     "--run", str(bad), "--out", str(tmp_path / "never"), "--no-progress"]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "never").exists()
+
+
+def test_channel_vis_keeps_finished_images_when_storing_fails(tmp_path, capsys, monkeypatch):
+    """The run file refuses the second batch (another process opened it meanwhile): the images
+    of the first batch are written all the same, and the error is one line."""
+    import cnnviz.optim
+    from cnnviz import load_model, scan
+    from cnnviz.errors import RunFileError
+
+    calls = []
+
+    def store(run, layer, channels, images, recipe):
+        calls.append(list(channels))
+        if len(calls) == 2:
+            raise RunFileError(f"{run} is open in another process")
+
+    monkeypatch.setattr(cnnviz.optim, "store_in_run", store)
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for i in range(2):
+        Image.new("RGB", (64, 64), (60 * i, 90, 20)).save(lib / f"{i}.png")
+    run = scan(lib, load_model("squeezenet1_1", None), tmp_path / "run.h5", layers="features.3", top_k=1,
+               workers=0, progress=False)
+    assert main(["channel-vis", "--model", "squeezenet1_1", "--weights", "none", "--layer", "features.3",
+                 "--channels", "0-3", "--batch-size", "2", "--steps", "2", "--run", str(run),
+                 "--out", str(tmp_path / "ch"), "--no-progress"]) == 2
+    assert "is open in another process" in capsys.readouterr().err
+    assert calls == [[0, 1], [2, 3]]
+    assert sorted(p.name for p in (tmp_path / "ch").iterdir()) == [
+        "features.3-c0.png", "features.3-c1.png", "features.3-c2.png", "features.3-c3.png"]
 
 
 def test_library_errors_are_spelled_as_flags_and_bugs_keep_their_traceback(

@@ -86,18 +86,37 @@ def run_channel_vis(args) -> int:
     model = load(args)
     tap = resolve_layer(model, args.layer)
     chans = channel_list(args.channels, n_channels=tap.channels)
-    images = []
-    for start in range(0, len(chans), args.batch_size):
-        part = chans[start: start + args.batch_size]
-        res = render(model, objectives.channels(tap.name, part), batch=len(part),
-                     steps=args.steps, lr=args.lr or 0.05, seed=args.seed, progress=not args.no_progress)
-        images.append(res.images)
-        if args.run:
-            store_in_run(args.run, tap.name, part, res.images, "modern")
-    _write_images(torch.cat(images), args.out, [f"{tap.name}-c{c}" for c in chans])
+    if args.run:
+        _check_run_takes(args.run, tap)  # before the optimization, not after it
+    images, done = [], []
+    try:
+        for start in range(0, len(chans), args.batch_size):
+            part = chans[start: start + args.batch_size]
+            res = render(model, objectives.channels(tap.name, part), batch=len(part),
+                         steps=args.steps, lr=args.lr or 0.05, seed=args.seed, progress=not args.no_progress)
+            images.append(res.images)
+            done += part
+            if args.run:
+                store_in_run(args.run, tap.name, part, res.images, "modern")
+    finally:  # Ctrl-C, or a run file that could not take them: the finished images are kept
+        if images:
+            _write_images(torch.cat(images), args.out, [f"{tap.name}-c{c}" for c in done])
     if args.run:
         print(f"stored in {args.run} (layers/{tap.name}/optimized): the report shows them")
     return 0
+
+
+def _check_run_takes(run: str, tap) -> None:
+    """The run file has the layer, with as many channels as the model's."""
+    from ..errors import UsageError
+    from ..run.reader import RunReader
+
+    with RunReader(run) as r:
+        r.check_layer(tap.name, "layer")
+        channels = int(r.layer(tap.name).attrs["channels"])
+    if channels != tap.channels:
+        raise UsageError(f"`run` {run}: its layer {tap.name} has {channels} channels, this model's "
+                         f"{tap.channels}: is it the run of this model?")
 
 
 COMMANDS = [add_class_vis, add_channel_vis]
