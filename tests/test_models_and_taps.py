@@ -61,6 +61,12 @@ def test_bad_specs_name_the_flag_and_the_fix(tmp_path):
     torch.save(torchvision.models.squeezenet1_1(weights=None).state_dict(), bogus)
     with pytest.raises(ValueError, match="does not fit the 'resnet18' architecture"):
         load_model("resnet18", str(bogus))
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"cannot read it as a PyTorch state_dict \(EOFError: empty or cut"):
+        load_model("squeezenet1_1", str(tmp_path / "empty.pt"))
+    (tmp_path / "cut.pt").write_bytes(bogus.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"cut.pt: cannot read it as a PyTorch state_dict \(RuntimeError: "):
+        load_model("squeezenet1_1", str(tmp_path / "cut.pt"))
 
 
 def test_local_file_round_trip(tmp_path):

@@ -145,7 +145,8 @@ def _read_state_dict(path: Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means "not a readable state_dict"
-        raise UsageError(f"`weights` {path}: cannot read it as a PyTorch state_dict ({exc})") from exc
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__}: empty or cut short?"
+        raise UsageError(f"`weights` {path}: cannot read it as a PyTorch state_dict ({why})") from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
