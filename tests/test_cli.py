@@ -150,7 +150,7 @@ def test_reading_results_and_help_do_not_import_torch(photo_dir, tmp_path):
             "print(json.dumps(sorted(m for m in ('torch', 'captum') if m in sys.modules)))")
     for argv in (["--help"], ["compare", str(run), str(run)],
                  ["report", str(run), "--out", str(tmp_path / "site"), "--no-context", "--no-progress"],
-                 ["top", str(run), "--max-rows", "3"]):
+                 ["failures", str(run)], ["top", str(run), "--max-rows", "3"]):
         res = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
                              check=True)
         assert json.loads(res.stdout.strip().splitlines()[-1]) == [], argv
@@ -182,3 +182,43 @@ def test_misused_commands_answer_in_one_line(photo_dir, tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert expected in err and "Traceback" not in err and err.count("\n") == 1, (argv, err)
+
+
+def test_unreadable_images_are_counted_by_kind_and_listed(tmp_path, capsys):
+    """The scan's last lines say what could not be read and how to see every one; ``failures``
+    lists them (text or CSV, equal to ``cnnviz.failures``); the report has a page for them; a
+    library of which nothing could be read gets a note."""
+    import io
+
+    import pandas as pd
+
+    import cnnviz
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(lib / "good.png")
+    for name in ("bad1.jpg", "bad2.jpg"):
+        (lib / name).write_bytes(b"not an image")
+    (lib / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    run = tmp_path / "run.h5"
+    common = ["--model", "squeezenet1_1", "--weights", "none", "--layers", "features.3", "--top-k", "1",
+              "--workers", "0", "--no-progress"]
+    assert main(["scan", str(lib), *common, "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {run}: 4 images, 3 unreadable" in out and f"cnnviz failures {run}" in out
+    assert "       2 x UnidentifiedImageError (e.g. bad1.jpg: " in out and "1 x FileNotFoundError" in out
+    expected = cnnviz.failures(run)
+    assert sorted(expected.path) == ["bad1.jpg", "bad2.jpg", "gone.png"]
+    assert main(["failures", str(run), "--csv"]) == 0
+    listed = pd.read_csv(io.StringIO(capsys.readouterr().out), keep_default_na=False)
+    pd.testing.assert_frame_equal(listed, expected, check_dtype=False)
+    assert main(["failures", str(run)]) == 0
+    text = capsys.readouterr().out
+    assert all(f"{row.path}\t{row.reason}" in text for row in expected.itertuples())
+    assert main(["report", str(run), "--out", str(tmp_path / "site"), "--no-context", "--no-progress"]) == 0
+    page = (tmp_path / "site" / "failures.html").read_text()
+    assert all(path in page for path in expected.path) and "failures.html" in (
+        tmp_path / "site" / "index.html").read_text()
+    (lib / "good.png").unlink()
+    assert main(["scan", str(lib), *common, "--out", str(tmp_path / "none.h5")]) == 0
+    assert "none of the 3 images could be read" in capsys.readouterr().err

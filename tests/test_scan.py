@@ -133,6 +133,10 @@ def test_tables_and_failures(photo_dir, run_file):
         assert paths == ["things/corrupt.jpg"] and reasons[0].startswith("OSError")
         assert f.attrs["n_failed"] == 1 and f.attrs["format_version"] == 1
         assert f.attrs["weights_origin"] == "random (seed 0)"
+    fails = cnnviz.failures(run_file)
+    assert fails.path.tolist() == paths and fails.reason.tolist() == reasons
+    assert fails.kind.tolist() == ["OSError"]
+    assert fails.image_id.tolist() == [ImageLibrary.open(photo_dir).relpaths.index("things/corrupt.jpg")]
     m = cnnviz.channel_maxima(run_file, "layer2.1")
     assert m.shape == (len(ImageLibrary.open(photo_dir)), 128)
     assert m.loc["things/corrupt.jpg"].isna().all()

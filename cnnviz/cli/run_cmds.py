@@ -1,4 +1,4 @@
-"""Commands that read a run file: top, report, plot. None of them imports torch unless
+"""Commands that read a run file: top, failures, report, plot. None of them imports torch unless
 attributions are asked for."""
 
 from __future__ import annotations
@@ -35,6 +35,40 @@ def run_top(args) -> int:
                                "display.max_colwidth", 48):
             print(df[cols].to_string(index=False, max_rows=args.max_rows))
     return 0
+
+
+def add_failures(sub) -> None:
+    p = sub.add_parser("failures", help="the images a scan could not read, and why")
+    p.add_argument("run", metavar="RUN.h5")
+    p.add_argument("--csv", action="store_true", help="CSV of every failure, to stdout")
+    p.set_defaults(func=run_failures)
+
+
+def run_failures(args) -> int:
+    from ..run.tables import failures
+
+    df = failures(args.run)
+    if args.csv:
+        df.to_csv(sys.stdout, index=False)
+        return 0
+    print(failure_summary(df, limit=None))
+    return 0
+
+
+def failure_summary(df, limit: int | None = 3) -> str:
+    """Failures counted by kind, each with an example; with ``limit`` None, every file too."""
+    if df.empty:
+        return "every image was read"
+    lines = []
+    kinds = df.groupby("kind", sort=False).size().sort_values(ascending=False, kind="stable")
+    for kind, n in kinds.items():
+        first = df[df.kind == kind].iloc[0]
+        lines.append(f"{n:>8} x {kind} (e.g. {first.path}: {first.reason.split(': ', 1)[-1]})")
+    if limit is not None and len(lines) > limit:
+        lines = lines[:limit] + [f"         ... {len(kinds) - limit} more kinds"]
+    if limit is None:
+        lines += ["", *(f"{row.path}\t{row.reason}" for row in df.itertuples())]
+    return "\n".join(lines)
 
 
 def add_report(sub) -> None:
@@ -128,4 +162,4 @@ def run_plot(args) -> int:
     return 0
 
 
-COMMANDS = [add_top, add_report, add_plot]
+COMMANDS = [add_top, add_failures, add_report, add_plot]

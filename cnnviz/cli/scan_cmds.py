@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from .common import add_model_args, add_progress_arg, load
@@ -99,11 +100,18 @@ def run_scan(args) -> int:
 
 def _print_summary(path: Path) -> None:
     from ..run.reader import RunReader
+    from ..run.tables import failures
+    from .run_cmds import failure_summary
 
     with RunReader(path) as r:
         n, failed = int(r.attrs["n_images"]), int(r.attrs["n_failed"])
-    print(f"wrote {path}: {n} images, {failed} unreadable"
-          + (" (see /failures in the file)" if failed else ""))
+    print(f"wrote {path}: {n} images, {failed} unreadable")
+    if failed:
+        print(failure_summary(failures(path)))
+        print(f"every one, with its reason: cnnviz failures {path}")
+    if failed == n:
+        print(f"note: none of the {n} images could be read (reasons above), so the run holds no "
+              "results: is the library the folder you meant?", file=sys.stderr)
 
 
 def add_merge(sub) -> None:
@@ -119,7 +127,7 @@ def run_merge(args) -> int:
     from ..scanner import merge
 
     path = merge(args.shards, args.out, overwrite=args.overwrite, keep_shards=args.keep_shards)
-    print(f"wrote {path}")
+    _print_summary(path)
     return 0
 
 

@@ -2,7 +2,7 @@
 pandas tables (:mod:`.tables`). Nothing here imports torch."""
 
 from .reader import RunReader, open_run
-from .tables import channel_maxima, channel_stats, read_patches, run_layers, top_patches
+from .tables import channel_maxima, channel_stats, failures, read_patches, run_layers, top_patches
 
 __all__ = ["RunReader", "open_run", "top_patches", "channel_maxima", "channel_stats", "run_layers",
-           "read_patches"]
+           "read_patches", "failures"]

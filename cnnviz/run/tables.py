@@ -16,7 +16,7 @@ from ..labels import label_names
 from . import format as fmt
 from .reader import RunReader
 
-__all__ = ["top_patches", "channel_maxima", "channel_stats", "run_layers", "read_patches"]
+__all__ = ["top_patches", "channel_maxima", "channel_stats", "run_layers", "read_patches", "failures"]
 
 
 def run_layers(run: str | Path) -> list[str]:
@@ -201,3 +201,17 @@ def read_patches(run: str | Path, layer: str, channel: int) -> np.ndarray:
     with RunReader(run) as r:
         r.check_channels(layer, channel)
         return r.layer(layer)[fmt.TOPK_PATCHES][channel]
+
+
+def failures(run: str | Path) -> pd.DataFrame:
+    """The images the scan could not read, one row each: ``image_id``, ``path`` (relative to the
+    library), ``kind`` (the exception type: ``UnidentifiedImageError``, ``FileNotFoundError``...)
+    and ``reason`` (type and message). Empty when every image was read."""
+    with RunReader(run) as r:
+        ids = r.file[fmt.FAILURE_ID][()] if fmt.FAILURE_ID in r.file else np.zeros(0, np.int64)
+        paths = r.strings(fmt.FAILURE_PATH)
+        reasons = r.strings(fmt.FAILURE_REASON)
+    paths = paths if paths is not None else np.zeros(0, object)
+    reasons = reasons if reasons is not None else np.zeros(0, object)
+    return pd.DataFrame({"image_id": ids.astype(np.int64), "path": paths.astype(str),
+                         "kind": [str(x).split(":", 1)[0] for x in reasons], "reason": reasons.astype(str)})

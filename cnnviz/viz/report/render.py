@@ -3,6 +3,7 @@
 Layout of the output folder::
 
     index.html            layers, each with a thumbnail (best patch) per channel
+    failures.html         the images the scan could not read, and why (when there are any)
     style.css
     <layer>/index.html    one layer: every reported channel with its best patch
     <layer>/by-<order>.html  the same, ordered by selectivity, fire rate or strength
@@ -153,8 +154,16 @@ def _write_report(run, out: Path, layers, channels, attributions: dict, model, s
 
         write_explain_page(explained, run, out / "explain", back="../index.html")
         explain_link = "explain/index.html"
+    if info.n_failed:
+        from ...run.tables import failures
+
+        table = failures(run)
+        kinds = table.groupby("kind", sort=False).size().sort_values(ascending=False, kind="stable")
+        _render(env, "failures.html", out / "failures.html", root="", run=info, kinds=list(kinds.items()),
+                rows=list(table.itertuples()))
     index = out / "index.html"
-    _render(env, "index.html", index, root="", run=info, layers=shown, explain=explain_link)
+    _render(env, "index.html", index, root="", run=info, layers=shown, explain=explain_link,
+            failures=bool(info.n_failed))
     return index
 
 
