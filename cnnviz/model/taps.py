@@ -143,7 +143,9 @@ def resolve_layer(model, name: str) -> LayerTap:
         why = ("has neither a 4-D feature map nor a whole-image output" if key in known
                else "is not a module of this model")
         hint = f" Closest valid names: {', '.join(close)}." if close else ""
-        raise UsageError(f"layer {name!r} {why}.{hint} cnnviz.list_layers(model) lists them all.")
+        arch = getattr(model, "name", None)
+        where = f"`cnnviz layers --model {arch}` (Python: " if arch else "("
+        raise UsageError(f"layer {name!r} {why}.{hint} {where}cnnviz.list_layers(model)) lists them all.")
     tap = layers[key]
     if not tap.tappable:
         raise UsageError(
