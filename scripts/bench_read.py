@@ -71,15 +71,16 @@ def main() -> None:
         while f.read(64 << 20):
             pass
     print(f"{'read the whole file once':<36s} {time.perf_counter() - t:7.2f} s  ({size / 1e9:.2f} GB)")
-    out = Path(tempfile.mkdtemp(prefix="bench_read_"))
     results = {}
-    for name, code in _OPS.items():
-        r = measure(code, args.file, out / "report")
-        results[name] = r
-        print(f"{name:<36s} {r['seconds']:7.2f} s   peak {r['peak_mb']:6.0f} MB")
+    with tempfile.TemporaryDirectory(prefix="bench_read_") as out:
+        for name, code in _OPS.items():
+            r = measure(code, args.file, Path(out) / "report")
+            results[name] = r
+            print(f"{name:<36s} {r['seconds']:7.2f} s   peak {r['peak_mb']:6.0f} MB")
     raw = results["raw h5py read of layer1.0/maxima"]["seconds"]
     ours = results["channel_maxima(run, 'layer1.0')"]["seconds"]
     print(f"channel_maxima / raw h5py read     : {ours / raw:7.2f}x the time")
+    print(f"(the synthetic file stays in {args.file} for the next run; delete it when done)")
 
 
 if __name__ == "__main__":

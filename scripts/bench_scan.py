@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -243,6 +244,7 @@ def main() -> None:
                         "when the memory check runs, so that N and 2N images both checkpoint and "
                         "their peak memory compares)")
     p.add_argument("--skip-memory", action="store_true", help="skip the 2N-image scan")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder (run files, report)")
     p.add_argument("--compile", action="store_true",
                    help="also bare compiled and scan --compile (torch.compile; adds the compile times)")
     args = p.parse_args()
@@ -252,6 +254,16 @@ def main() -> None:
         sys.exit(f"--library {args.library} does not exist (the default needs ../shared)")
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_scan_"))
+    try:
+        _measure(args, tmp)
+    finally:  # run files, reports and links: gigabytes per run
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _measure(args, tmp: Path) -> None:
     lst = library_subset(args.library, args.images, tmp)
     print(f"model {args.model}, batch {args.batch_size}, device {args.device}, amp {args.amp}, "
           f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
