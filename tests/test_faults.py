@@ -30,30 +30,11 @@ from cnnviz.images.decoding import MAX_PIXELS, decode_file
 from cnnviz.images.library import ImageLibrary
 from cnnviz.scanner import scan_shard
 
-from .test_scan import _big_library, _cli, assert_same_file
+from .test_scan import _big_library, _checkpointed, _cli, _wait_for, assert_same_file
 
 COMMON = ["--model", "resnet18", "--weights", "none", "--layers", "layer1.1,layer3.0", "--top-k", "3",
           "--batch-size", "2", "--workers", "0", "--no-progress"]
 KW = dict(layers="layer1.1,layer3.0", top_k=3, batch_size=2, workers=0, progress=False)
-
-
-def _wait_for(predicate, timeout: float = 300, what: str = "") -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _checkpointed(work: Path, batches: int):
-    def done() -> bool:
-        try:
-            with np.load(work / "state.npz") as z:
-                return int(z["next_batch"]) >= batches
-        except (OSError, ValueError, KeyError, EOFError):
-            return False
-    return done
 
 
 def _one_line_error(text: str) -> None:
@@ -240,6 +221,31 @@ def test_a_truncated_state_falls_back_to_the_previous_checkpoint(photo_dir, tmp_
     scan(lib, load_model("resnet18", None), out, resume=True, **KW)
     ref = scan(lib, load_model("resnet18", None), tmp_path / "ref.h5", **KW)
     assert_same_file(ref, out)
+
+
+def test_the_state_file_is_never_missing_while_a_new_one_replaces_it(tmp_path, monkeypatch):
+    """A reader (a monitor, a test polling it) or a crash between two renames must find a
+    complete ``state.npz``; the one replaced is kept as ``state.prev.npz``."""
+    import cnnviz.scanner.workdir as workdir
+
+    work = workdir.WorkDir(tmp_path / "w")
+    work.path.mkdir()
+    work.save_state(next_batch=np.int64(1))
+    seen = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        seen.append(work.state_path.exists())
+        real_replace(src, dst)
+        seen.append(work.state_path.exists())
+
+    monkeypatch.setattr(workdir.os, "replace", replace)
+    for b in (2, 3):
+        work.save_state(next_batch=np.int64(b))
+    assert seen and all(seen)
+    assert int(work.load_state()["next_batch"]) == 3
+    assert int(np.load(work.prev_state_path)["next_batch"]) == 2
+    assert sorted(p.name for p in work.path.iterdir()) == ["state.npz", "state.prev.npz"]
 
 
 def test_each_checkpoint_counts_exactly_the_batches_its_state_names(photo_dir, tmp_path, monkeypatch):

@@ -279,6 +279,27 @@ def _cli(*args, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
+def _wait_for(predicate, timeout: float = 300, what: str = "") -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _checkpointed(work: Path, batches: int):
+    """Whether the scan in ``work`` has checkpointed ``batches`` batches (a state being replaced
+    or half read counts as not yet)."""
+    def done() -> bool:
+        try:
+            with np.load(work / "state.npz") as z:
+                return int(z["next_batch"]) >= batches
+        except (OSError, ValueError, KeyError, EOFError):
+            return False
+    return done
+
+
 def _big_library(photo_dir: Path, root: Path, copies: int = 4) -> Path:
     lib = root / "lib"
     for c in range(copies):
@@ -301,13 +322,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_file(photo_dir, tmp_path):
     out = tmp_path / "run.h5"
     state = tmp_path / "run.h5.work" / "state.npz"
     proc = _cli("scan", str(lib), *common, "--out", str(out), "--checkpoint-images", "2")
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if state.exists():
-            with np.load(state) as z:
-                if int(z["next_batch"]) >= 5:
-                    break
-        time.sleep(0.01)
+    _wait_for(_checkpointed(state.parent, 5), what="5 batches checkpointed")
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert not out.exists(), "the scan finished before it could be killed"
@@ -333,13 +348,7 @@ def test_ctrl_c_checkpoints_and_resumes(photo_dir, tmp_path):
     proc = _cli("scan", str(lib), *common, "--out", str(out), "--checkpoint-images", "4",
                 start_new_session=True)
     work = tmp_path / "run.h5.work"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if (work / "state.npz").exists():
-            with np.load(work / "state.npz") as z:
-                if int(z["next_batch"]) >= 4:
-                    break
-        time.sleep(0.01)
+    _wait_for(_checkpointed(work, 4), what="4 batches checkpointed")
     os.killpg(proc.pid, signal.SIGINT)
     text = proc.stdout.read()
     assert proc.wait() == 130, text

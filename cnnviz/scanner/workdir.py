@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -122,11 +123,24 @@ class WorkDir:
         _atomic_write(self.path / f"seg-{first:010d}-{end:010d}.npz", lambda f: np.savez(f, **arrays))
 
     def save_state(self, **arrays) -> None:
-        """The new state; the one it replaces is kept as ``state.prev.npz``."""
+        """The new state; the one it replaces is kept as ``state.prev.npz``. ``state.npz`` is
+        never missing meanwhile (the old one is linked as the previous one before the new one
+        takes its name), so a reader or a crash at any moment finds a complete state there."""
         tmp = self.path / "state.next.npz"
         _atomic_write(tmp, lambda f: np.savez(f, **arrays))
         if self.state_path.exists():
-            os.replace(self.state_path, self.prev_state_path)
+            prev_tmp = self.path / "state.prev.npz.tmp"
+            prev_tmp.unlink(missing_ok=True)
+            try:
+                try:
+                    os.link(self.state_path, prev_tmp)
+                except OSError:  # a filesystem without hard links: a copy does the same
+                    shutil.copyfile(self.state_path, prev_tmp)
+                os.replace(prev_tmp, self.prev_state_path)
+            except BaseException:
+                prev_tmp.unlink(missing_ok=True)
+                tmp.unlink(missing_ok=True)  # a full disk must not be left fuller
+                raise
         os.replace(tmp, self.state_path)
         fsync_dir(self.path)
 
