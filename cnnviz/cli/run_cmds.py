@@ -60,7 +60,9 @@ def failure_summary(df, limit: int | None = 3) -> str:
     if df.empty:
         return "every image was read"
     lines = []
-    kinds = df.groupby("kind", sort=False).size().sort_values(ascending=False, kind="stable")
+    from ..run.tables import failure_kinds
+
+    kinds = failure_kinds(df)
     for kind, n in kinds.items():
         first = df[df.kind == kind].iloc[0]
         lines.append(f"{n:>8} x {kind} (e.g. {first.path}: {first.reason.split(': ', 1)[-1]})")

@@ -16,7 +16,8 @@ from ..labels import label_names
 from . import format as fmt
 from .reader import RunReader
 
-__all__ = ["top_patches", "channel_maxima", "channel_stats", "run_layers", "read_patches", "failures"]
+__all__ = ["top_patches", "channel_maxima", "channel_stats", "run_layers", "read_patches", "failures",
+           "failure_kinds"]
 
 
 def run_layers(run: str | Path) -> list[str]:
@@ -215,3 +216,8 @@ def failures(run: str | Path) -> pd.DataFrame:
     reasons = reasons if reasons is not None else np.zeros(0, object)
     return pd.DataFrame({"image_id": ids.astype(np.int64), "path": paths.astype(str),
                          "kind": [str(x).split(":", 1)[0] for x in reasons], "reason": reasons.astype(str)})
+
+
+def failure_kinds(table: pd.DataFrame) -> pd.Series:
+    """Images per kind of failure in a :func:`failures` table, most frequent first."""
+    return table.groupby("kind", sort=False).size().sort_values(ascending=False, kind="stable")

@@ -57,7 +57,7 @@ def gather_context(reader: RunReader, wanted: dict[str, list[int]], model=None, 
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from ...model.copying import copy_module
+    from ...model.copying import inference_copy
     from ...model.taps import capture
     from ...scanner.config import default_workers
 
@@ -75,7 +75,7 @@ def gather_context(reader: RunReader, wanted: dict[str, list[int]], model=None, 
     module = None
     if model is not None:
         device = torch.device(device or model.device)
-        module = copy_module(model.module).to(device).to(memory_format=torch.channels_last)
+        module = inference_copy(model.module, device)
     layers = sorted({layer for pairs in need.values() for layer, _ in pairs})
     bar = tqdm(total=len(photos), desc="report: photos in context", disable=not progress, leave=False)
     for items in loader:

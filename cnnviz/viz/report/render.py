@@ -155,10 +155,10 @@ def _write_report(run, out: Path, layers, channels, attributions: dict, model, s
         write_explain_page(explained, run, out / "explain", back="../index.html")
         explain_link = "explain/index.html"
     if info.n_failed:
-        from ...run.tables import failures
+        from ...run.tables import failure_kinds, failures
 
         table = failures(run)
-        kinds = table.groupby("kind", sort=False).size().sort_values(ascending=False, kind="stable")
+        kinds = failure_kinds(table)
         _render(env, "failures.html", out / "failures.html", root="", run=info, kinds=list(kinds.items()),
                 rows=list(table.itertuples()))
     index = out / "index.html"
