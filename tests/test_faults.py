@@ -210,6 +210,7 @@ def _interrupted_work(photo_dir, tmp_path) -> tuple[Path, Path, Path]:
     work = scan_shard(lib, load_model("resnet18", None), out, (0, 1), checkpoint_images=2, **KW)
     state = dict(np.load(work / "state.npz"))
     state["next_batch"] = np.int64(3)  # as if it had stopped after batch 2
+    state["next_image"] = np.int64(3 * KW["batch_size"])
     np.savez(work / "state.npz", **state)
     return lib, out, work
 
@@ -278,8 +279,8 @@ def test_each_checkpoint_counts_exactly_the_batches_its_state_names(photo_dir, t
 
 def test_damaged_checkpoints_are_named_before_scanning(photo_dir, tmp_path):
     lib, out, work = _interrupted_work(photo_dir, tmp_path)
-    seg = sorted(work.glob("seg-*.npz"))[0]
-    seg.write_bytes(seg.read_bytes()[:200])
+    seg = sorted(work.glob("seg-*/l0_max.npy"))[0]
+    seg.write_bytes(seg.read_bytes()[:-200])
     text = _run_cli("scan", str(lib), *COMMON, "--out", str(out), "--resume", code=2)
     assert f"checkpoint {seg} is damaged" in text and "--overwrite" in text
     (work / "meta.json").write_text('{"format": "cnnviz-scan-work", "mod')

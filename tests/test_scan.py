@@ -171,7 +171,7 @@ def _contents(path: Path) -> dict:
 
         f.visititems(keep)
         for k, v in f.attrs.items():
-            if k not in ("created", "finished", "scan_seconds", "assemble_seconds"):
+            if k not in ("created", "finished") and not k.endswith("_seconds"):  # timings
                 out[f"@{k}"] = v
     return out
 

@@ -85,10 +85,9 @@ def explain_images(images, run, layers=None, model=None, device: str = "cpu",
             model = model_of_run(run, device=device)
         decoded = [_crop(p, model.preprocessing, param) for p in paths]
         crops = np.stack([c for c, _ in decoded])
-        # as the scan ran: under autocast when it did (the values then are those of the
-        # float16/bfloat16 network)
-        amp = bool(reader.attrs.get("amp", False))
-        reduced = reduce_images(model, names, torch.from_numpy(crops), device, batch_size, amp=amp)
+        # in the scan's precision (under AMP the values are those of the float16/bfloat16 network)
+        reduced = reduce_images(model, names, torch.from_numpy(crops), device, batch_size,
+                                precision=reader.precision)
         library_ids = _library_ids(reader, [identity for _, identity in decoded], model)
         frames = []
         for name in names:

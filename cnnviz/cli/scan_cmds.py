@@ -27,8 +27,11 @@ def add_scan(sub) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="image-decoding processes (default: CPU count - 1, at most 8)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1... (default: cpu)")
-    p.add_argument("--amp", action="store_true",
-                   help="mixed-precision forward pass (reductions stay float32)")
+    p.add_argument("--precision", choices=["fp32", "tf32", "amp"], default=None,
+                   help="fp32: IEEE float32, a GPU scan equals the CPU scan (default); tf32: TF32 "
+                        "convolutions on GPUs that have them (faster, maxima to ~1e-3); amp: float16 "
+                        "autocast on CUDA, bfloat16 on a CPU (fastest; reductions stay float32)")
+    p.add_argument("--amp", action="store_true", help="the same as --precision amp")
     p.add_argument("--compile", action="store_true",
                    help="compile the network, its taps traced (torch.compile; seconds to a minute "
                         "before the first batch, then faster; torchvision models)")
@@ -49,10 +52,10 @@ def add_scan(sub) -> None:
     p.add_argument("--patch-size", type=int, default=64,
                    help="largest stored patch side; larger fields are downsampled (default: 64)")
     p.add_argument("--checkpoint-seconds", type=float, default=60.0,
-                   help="checkpoint at most this often (default: 60)")
+                   help="checkpoint this often: after a crash, --resume loses at most this much "
+                        "work (default: 60; the per-image maxima go to disk as they are made)")
     p.add_argument("--checkpoint-images", type=int, default=None,
-                   help="also checkpoint after this many images (default: whenever 64 MB of "
-                        "per-image maxima are buffered)")
+                   help="also checkpoint after this many images (default: by time only)")
     p.add_argument("--shard", default=None, metavar="RANK/WORLD",
                    help="scan only this share of a distributed scan, without torchrun (e.g. to "
                         "rerun a rank that died, with --resume); then `cnnviz merge`")
@@ -76,7 +79,8 @@ def run_scan(args) -> int:
 
     config = ScanConfig(
         layers=args.layers, top_k=args.top_k, batch_size=args.batch_size, workers=args.workers,
-        device=args.device, amp=args.amp, resume=args.resume, overwrite=args.overwrite,
+        device=args.device, precision=args.precision, amp=args.amp, resume=args.resume,
+        overwrite=args.overwrite,
         maxima_dtype=args.maxima_dtype, maxima_layers=args.maxima_layers, patch_size=args.patch_size,
         checkpoint_seconds=args.checkpoint_seconds, checkpoint_images=args.checkpoint_images,
         progress=not args.no_progress, compile=args.compile)
@@ -105,13 +109,56 @@ def _print_summary(path: Path) -> None:
 
     with RunReader(path) as r:
         n, failed = int(r.attrs["n_images"]), int(r.attrs["n_failed"])
-    print(f"wrote {path}: {n} images, {failed} unreadable")
+        timing = scan_timing(r)
+    print(f"wrote {path}: {n} images, {failed} unreadable, precision {timing['precision']}")
+    for line in timing_lines(timing, n):
+        print(line)
     if failed:
         print(failure_summary(failures(path)))
         print(f"every one, with its reason: cnnviz failures {path}")
     if failed == n:
         print(f"note: none of the {n} images could be read (reasons above), so the run holds no "
               "results: is the library the folder you meant?", file=sys.stderr)
+
+
+def scan_timing(reader) -> dict:
+    """The scan's time and what it waited for, as recorded in the run file (0 in older files)."""
+    a = reader.attrs
+    kept = sum(int(reader.layer(n).attrs["channels"]) for n in reader.layers if reader.has_maxima(n))
+    dtype = str(a["maxima_dtype"])
+    itemsize = 0 if dtype == "none" else 2 + (2 if dtype == "float16" else 4)  # value + position
+    return {"precision": reader.precision, "seconds": float(a.get("scan_seconds", 0.0)),
+            "wait_data": float(a.get("scan_wait_data_seconds", 0.0)),
+            "wait_disk": float(a.get("scan_wait_disk_seconds", 0.0)),
+            "row_bytes": kept * itemsize, "assemble": float(a.get("assemble_seconds", 0.0))}
+
+
+def timing_lines(t: dict, n: int, share: float = 0.1) -> list[str]:
+    """How fast the scan ran, and which limit it met when it waited for decoding or the disk
+    for more than ``share`` of its time (the rate it would have needed)."""
+    secs = t["seconds"]
+    if secs <= 0:
+        return []
+    lines = [f"scanned at {n / secs:.1f} img/s ({secs:.0f} s), patches cut in {t['assemble']:.0f} s"]
+    busy = max(1e-9, secs - t["wait_data"] - t["wait_disk"])  # the network's own time
+    if t["wait_data"] > share * secs:
+        lines.append(f"decoding was the limit: the network waited {t['wait_data']:.0f} s "
+                     f"({t['wait_data'] / secs:.0%}) for images; it could have taken {n / busy:.0f} img/s. "
+                     "More --workers (this machine has "
+                     f"{_cpus()} CPUs) or faster storage would help")
+    if t["wait_disk"] > share * secs:
+        need = n / busy * t["row_bytes"] / 1e6
+        lines.append(f"the disk was the limit: the scan waited {t['wait_disk']:.0f} s "
+                     f"({t['wait_disk'] / secs:.0%}) to write the per-image maxima; the network's pace "
+                     f"needed {need:.0f} MB/s. A faster disk, --maxima float16, --maxima-layers or "
+                     "--maxima none would help")
+    return lines
+
+
+def _cpus() -> int:
+    import os
+
+    return os.cpu_count() or 1
 
 
 def add_merge(sub) -> None:

@@ -65,8 +65,11 @@ class LoadedModel:
     @torch.no_grad()
     def classify(self, images, top: int = 5) -> list[list[tuple[int, str, float]]]:
         """Top classes ``(index, name, probability)`` for each PIL image."""
+        from .precision import precision_scope
+
         x = torch.cat([self.preprocessing(im) for im in images]).to(self.device)
-        probs = self.module(x).softmax(dim=1)
+        with torch.no_grad(), precision_scope("fp32", self.device):
+            probs = self.module(x).softmax(dim=1)
         values, indices = probs.topk(min(top, probs.shape[1]), dim=1)
         out = []
         for vals, idxs in zip(values.tolist(), indices.tolist(), strict=True):

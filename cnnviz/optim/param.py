@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .seeding import randn
+
 __all__ = ["PixelImage", "FourierImage", "COLOR_CORRELATION_SVD_SQRT"]
 
 # Square root of the colour correlation of ImageNet photos (from Lucid's
@@ -25,12 +27,12 @@ class PixelImage:
     Args:
         preprocessing: the model's :class:`~cnnviz.model.Preprocessing` (mean/std).
         batch, size: shape.
-        generator: seeds the ``randn`` initialization.
+        generator: seeds the ``randn`` initialization (a CPU generator: :mod:`.seeding`).
     """
 
     def __init__(self, preprocessing, batch: int, size: tuple[int, int], device, generator: torch.Generator):
         self.preprocessing = preprocessing
-        self.tensor = torch.randn((batch, 3, *size), generator=generator, device=device).requires_grad_()
+        self.tensor = randn((batch, 3, *size), generator, device).requires_grad_()
 
     def parameters(self) -> list[torch.Tensor]:
         return [self.tensor]
@@ -70,7 +72,7 @@ class FourierImage:
         # orthonormal inverse used here the two cancel, leaving the scale alone.
         self.scale = scale[None, None, :, :, None]
         shape = (batch, 3, h, w // 2 + 1, 2)
-        self.spectrum = (torch.randn(shape, generator=generator, device=device) * sd).requires_grad_()
+        self.spectrum = (randn(shape, generator, device) * sd).requires_grad_()
         cc = COLOR_CORRELATION_SVD_SQRT.to(device)
         self.color = cc / cc.norm(dim=0).max()
 

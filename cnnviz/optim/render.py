@@ -27,8 +27,10 @@ import torch.nn.functional as F
 from captum.attr import Saliency
 
 from ..model.copying import copy_module
+from ..model.precision import precision_scope
 from ..model.taps import capture, resolve_layer
 from ..run import format as fmt
+from . import seeding
 from .objectives import Objective, class_logits
 from .param import FourierImage, PixelImage
 from .transforms import standard_transforms
@@ -104,12 +106,6 @@ def _render_module(module: torch.nn.Module, redirected_relu: bool) -> torch.nn.M
 REDIRECT_STEPS = 32
 
 
-def _generator(seed: int, device) -> torch.Generator:
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
-    return gen
-
-
 @torch.enable_grad()
 def render(model, objective: Objective, batch: int = 1, steps: int = 256, lr: float = 0.05,
            size: tuple[int, int] | None = None, transforms="standard", seed: int = 0,
@@ -144,7 +140,7 @@ def render(model, objective: Objective, batch: int = 1, steps: int = 256, lr: fl
 
     device = torch.device(device) if device is not None else model.device
     size = tuple(size or model.input_size)
-    gen = _generator(seed, device)
+    gen = seeding.generator(seed)
     param = FourierImage(batch, size, device, gen)
     tf = standard_transforms() if transforms == "standard" else transforms
     opt = torch.optim.Adam(param.parameters(), lr=lr)
@@ -154,7 +150,8 @@ def render(model, objective: Objective, batch: int = 1, steps: int = 256, lr: fl
     redirect_steps = steps if redirected_relu is True else int(redirected_relu)
     module = _render_module(model.module, redirect_steps > 0)
     redirected = [m for m in module.modules() if isinstance(m, _RedirectedReLUModule)]
-    with capture(module, modules, stop_early=not objective.needs_logits) as cap, torch.enable_grad():
+    with precision_scope("fp32", device), torch.enable_grad(), \
+            capture(module, modules, stop_early=not objective.needs_logits) as cap:
         for step in tqdm(range(1, steps + 1), desc=objective.name, disable=not progress, leave=False):
             if step == redirect_steps + 1:
                 for m in redirected:
@@ -233,7 +230,7 @@ def cs231n_class_visualization(model, targets: int | Sequence[int], l2_reg: floa
 
     device = torch.device(device) if device is not None else model.device
     targets = [targets] if isinstance(targets, int) else list(targets)
-    gen = _generator(seed, device)
+    gen = seeding.generator(seed)
     param = PixelImage(model.preprocessing, len(targets), tuple(model.input_size), device, gen)
     img = param.tensor
     seen: dict[str, torch.Tensor] = {}
@@ -246,24 +243,25 @@ def cs231n_class_visualization(model, targets: int | Sequence[int], l2_reg: floa
     score = class_logits(targets)
     result = RenderResult(images=param.image().detach())
     history = []
-    for t in tqdm(range(steps), desc=f"class {targets[0]}", disable=not progress, leave=False):
-        ox, oy = (int(v) for v in torch.randint(0, max_jitter + 1, (2,), generator=gen, device=device))
-        with torch.no_grad():
-            img.copy_(_jitter(img, ox, oy))
-        # d(score)/dI from Captum; the L2 penalty's gradient is 2 * l2_reg * I.
-        grad = saliency.attribute(img, target=targets, abs=False).detach()
-        history.append(score({}, seen["logits"].detach(), img).cpu().numpy())
-        with torch.no_grad():
-            grad -= 2.0 * l2_reg * img
-            norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-            img += lr * grad / norms
-            img.copy_(_jitter(img, -ox, -oy))
-        param.clamp_()
-        if t % blur_every == 0:
+    with precision_scope("fp32", device):
+        for t in tqdm(range(steps), desc=f"class {targets[0]}", disable=not progress, leave=False):
+            ox, oy = seeding.randint(max_jitter + 1, 2, gen)
             with torch.no_grad():
-                img.copy_(_gaussian_blur(img, sigma))
-        if snapshot_every and (t + 1) % snapshot_every == 0:
-            result.snapshots.append((t + 1, param.image().detach().cpu()))
+                img.copy_(_jitter(img, ox, oy))
+            # d(score)/dI from Captum; the L2 penalty's gradient is 2 * l2_reg * I.
+            grad = saliency.attribute(img, target=targets, abs=False).detach()
+            history.append(score({}, seen["logits"].detach(), img).cpu().numpy())
+            with torch.no_grad():
+                grad -= 2.0 * l2_reg * img
+                norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+                img += lr * grad / norms
+                img.copy_(_jitter(img, -ox, -oy))
+            param.clamp_()
+            if t % blur_every == 0:
+                with torch.no_grad():
+                    img.copy_(_gaussian_blur(img, sigma))
+            if snapshot_every and (t + 1) % snapshot_every == 0:
+                result.snapshots.append((t + 1, param.image().detach().cpu()))
     result.images = param.image().detach()
     result.history = np.stack(history) if history else None
     return result
@@ -291,7 +289,8 @@ def save_png(images: torch.Tensor, paths: Sequence[str | Path]) -> list[Path]:
 def class_probabilities(model, images_uint8: np.ndarray) -> torch.Tensor:
     """Softmax of the model for uint8 ``(batch, H, W, 3)`` images fed as they are (no resize)."""
     x = model.preprocessing.normalize(torch.from_numpy(images_uint8).to(model.device))
-    return model.module(x).softmax(dim=1)
+    with precision_scope("fp32", model.device):
+        return model.module(x).softmax(dim=1)
 
 
 def store_in_run(run: str | Path, layer: str, channels: Sequence[int], images: torch.Tensor,

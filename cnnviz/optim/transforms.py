@@ -1,4 +1,5 @@
-"""Random transforms for transformation robustness, seeded by a ``torch.Generator``.
+"""Random transforms for transformation robustness, seeded by a CPU ``torch.Generator``
+(:mod:`.seeding`: the same draws whatever device the image is on).
 
 Each transform maps ``(batch, 3, H, W)`` to an image of (nearly) the same size, differently for
 each step; the same generator state gives the same sequence. :func:`standard_transforms` is
@@ -14,13 +15,11 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .seeding import choice, randint
+
 __all__ = ["pad", "jitter", "random_scale", "random_rotate", "compose", "standard_transforms"]
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-
-
-def _choice(values: Sequence, gen: torch.Generator):
-    return values[int(torch.randint(len(values), (1,), generator=gen))]
 
 
 def pad(width: int, value: float = 0.5) -> Transform:
@@ -32,7 +31,7 @@ def jitter(d: int) -> Transform:
     """Random crop shifted by up to ``d - 1`` pixels (the image shrinks by ``d - 1``)."""
 
     def fn(img, gen):
-        dy, dx = (int(v) for v in torch.randint(d, (2,), generator=gen))
+        dy, dx = randint(d, 2, gen)
         h, w = img.shape[-2:]
         return img[..., dy: h - (d - 1) + dy, dx: w - (d - 1) + dx]
 
@@ -43,7 +42,7 @@ def random_scale(scales: Sequence[float]) -> Transform:
     """Bilinear resize by a factor drawn from ``scales``."""
 
     def fn(img, gen):
-        s = _choice(scales, gen)
+        s = choice(scales, gen)
         h, w = img.shape[-2:]
         return F.interpolate(img, size=(max(1, round(h * s)), max(1, round(w * s))),
                              mode="bilinear", align_corners=False)
@@ -55,7 +54,7 @@ def random_rotate(degrees: Sequence[float]) -> Transform:
     """Rotation about the centre by an angle drawn from ``degrees`` (bilinear, border copied)."""
 
     def fn(img, gen):
-        a = math.radians(_choice(degrees, gen))
+        a = math.radians(choice(degrees, gen))
         theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]],
                              dtype=img.dtype, device=img.device).expand(img.shape[0], 2, 3)
         grid = F.affine_grid(theta, list(img.shape), align_corners=False)

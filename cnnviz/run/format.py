@@ -30,6 +30,7 @@ ATTR_VERSION = "format_version"
 ATTR_LAYERS = "layers"  # JSON list
 ATTR_PREPROCESSING = "preprocessing"  # JSON dict
 ATTR_WEIGHTS_SPEC = "weights_spec"  # JSON dict; absent in files written before cnnviz 0.2
+ATTR_PRECISION = "precision"  # fp32, tf32 or amp; since cnnviz 0.4 (older files: from `amp`)
 
 # attributes of layers/<name> (since cnnviz 0.3; absent means "map", False)
 LAYER_UNIT = "unit"  # "map": a spatial map; "image": one value per image (whole-image unit)

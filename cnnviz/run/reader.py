@@ -209,6 +209,14 @@ class RunReader:
         return classes if len(classes) == int(g.attrs["channels"]) else None
 
     @property
+    def precision(self) -> str:
+        """The scan's precision (``fp32``, ``tf32`` or ``amp``); files written before cnnviz 0.4
+        recorded only ``amp`` (and ran float32 scans in whatever TF32 mode torch had)."""
+        if fmt.ATTR_PRECISION in self.attrs:
+            return str(self.attrs[fmt.ATTR_PRECISION])
+        return "amp" if bool(self.attrs.get("amp", False)) else "fp32"
+
+    @property
     def library_root(self) -> Path:
         return Path(str(self.attrs["library_root"]))
 

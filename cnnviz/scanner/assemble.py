@@ -9,7 +9,6 @@ renamed when complete, so a crash never leaves a half-written run file.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import multiprocessing
 import os
@@ -17,24 +16,23 @@ import signal
 import sys
 import time
 import traceback
-import zipfile
-from collections import OrderedDict
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from ..errors import CnnvizError, RunFileError, ScanError
-from ..images.dataset import decode_crop
 from ..images.library import ImageLibrary
-from ..images.patches import downsample, patch_box, patch_factor, patch_shape
+from ..images.patches import patch_box, patch_factor, patch_shape
 from ..model.preprocessing import Preprocessing, boxes_to_original
 from ..model.receptive_field import AxisField, ReceptiveField
 from ..model.taps import LayerTap
 from ..run import format as fmt
+from .config import default_workers
+from .cutting import CropStore, write_patches
 from .space import check_space, run_file_bytes
-from .state import MergedLayer, merge_states, read_segment
-from .workdir import WorkDir, fsync_dir, is_disk_full
+from .state import MergedLayer, merge_states, segment_columns, segments_of
+from .workdir import WorkDir, check_work_format, fsync_dir, is_disk_full
 
 __all__ = ["assemble_run", "tap_record", "tap_from_record", "write_header", "write_image_records",
            "create_layer_maxima", "write_topk", "write_stats"]
@@ -80,33 +78,46 @@ def _load_states(works: list[WorkDir], metas: list[dict]) -> list[dict[str, np.n
         rank, world = meta["shard"]
         n_batches = -(-meta["n_images"] // meta["batch_size"])
         mine = [b for b in range(n_batches) if b % world == rank]
-        if mine and int(s["next_batch"]) <= mine[-1]:
+        unfinished = (int(s["next_image"]) < meta["n_images"] if world == 1
+                      else mine and int(s["next_batch"]) <= mine[-1])
+        if unfinished:
             how = "`resume=True`" + (f" with `shard={rank}/{world}`" if world > 1 else "")
-            raise RunFileError(f"{w.path} is unfinished (batch {int(s['next_batch'])} of {n_batches}): "
-                               f"finish that scan with {how} first")
+            where = (f"image {int(s['next_image'])} of {meta['n_images']}" if world == 1
+                     else f"batch {int(s['next_batch'])} of {n_batches}")
+            raise RunFileError(f"{w.path} is unfinished ({where}): finish that scan with {how} first")
     return states
 
 
-def assemble_run(works: list[WorkDir], out: Path, keep_work: bool = False) -> Path:
+def assemble_run(works: list[WorkDir], out: Path, keep_work: bool = False,
+                 workers: int | None = None) -> Path:
     """Write the run file ``out`` from the checkpoints of one or more (shard) work folders.
 
     The file is written as ``out.tmp``, flushed to disk and renamed; on any failure the ``.tmp``
     is removed and the work folders are kept, so the same scan with ``resume=True`` writes it
-    again. A full disk becomes one :class:`ScanError` saying so."""
+    again. A full disk becomes one :class:`ScanError` saying so. ``workers`` processes decode
+    the top-k images for their patches (``None``: as many as a scan's decoding uses)."""
     metas = [w.read_meta() for w in works]
+    for w, m in zip(works, metas, strict=True):
+        check_work_format(m, w.path)
     _check_shards_match(metas, works)
     states = _load_states(works, metas)
     started = time.monotonic()
-    inputs = _Inputs(metas[0], works[0])
+    inputs = _Inputs(metas[0], works[0], default_workers() if workers is None else workers)
+    merged, fail_ids, fail_reasons, scan_seconds = merge_states(states, len(inputs.taps), metas[0]["top_k"])
+    n_crops = len(np.unique(np.concatenate([m.ids.ravel() for m in merged])))
     check_space(out, run_file_bytes(inputs.taps, len(inputs.lib), metas[0]["top_k"], metas[0]["maxima_dtype"],
                                     metas[0]["patch_size"], inputs.preprocessing.crop,
-                                    set(metas[0]["maxima_layers"])))
-    merged, fail_ids, fail_reasons, scan_seconds = merge_states(states, len(inputs.taps), metas[0]["top_k"])
+                                    set(metas[0]["maxima_layers"]))
+                + n_crops * 3 * int(np.prod(inputs.preprocessing.crop)))
     tmp = out.with_name(out.name + ".tmp")
 
+    segments = [(w, seg) for w, st in zip(works, states, strict=True) for seg in segments_of(st)]
+
     def write(f: h5py.File) -> None:
-        _write(f, inputs, works, merged, fail_ids, fail_reasons)
+        _write(f, inputs, segments, merged, fail_ids, fail_reasons, len(works))
         f.attrs["scan_seconds"] = scan_seconds
+        for key in ("wait_data_seconds", "wait_disk_seconds"):
+            f.attrs[f"scan_{key}"] = max(float(st[key]) for st in states)
         f.attrs["assemble_seconds"] = time.monotonic() - started
 
     outcome, detail = _write_isolated(write, tmp)
@@ -128,17 +139,17 @@ def assemble_run(works: list[WorkDir], out: Path, keep_work: bool = False) -> Pa
 class _Inputs:
     """What a run file is written from, all read from the (first) work folder."""
 
-    def __init__(self, meta: dict, work: WorkDir):
-        self.meta = meta
+    def __init__(self, meta: dict, work: WorkDir, workers: int):
+        self.meta, self.folder, self.workers = meta, work.path, workers
         self.lib = ImageLibrary.from_dict(work.read_library())
         self.taps = [tap_from_record(r) for r in meta["taps"]]
         self.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
 
 
-def _write(f: h5py.File, inputs: _Inputs, works, merged, fail_ids, fail_reasons) -> None:
+def _write(f: h5py.File, inputs: _Inputs, segments, merged, fail_ids, fail_reasons, world: int) -> None:
     meta, lib = inputs.meta, inputs.lib
-    write_header(f, meta, len(lib), n_failed=len(fail_ids), world=len(works))
-    geometry, identity = _write_images(f, lib, works, fail_ids, fail_reasons, inputs.taps,
+    write_header(f, meta, len(lib), n_failed=len(fail_ids), world=world)
+    geometry, identity = _write_images(f, lib, segments, fail_ids, fail_reasons, inputs.taps,
                                        set(meta["maxima_layers"]))
     boxes = []
     for tap, layer in zip(inputs.taps, merged, strict=True):
@@ -146,10 +157,14 @@ def _write(f: h5py.File, inputs: _Inputs, works, merged, fail_ids, fail_reasons)
         boxes.append(write_topk(g, tap, layer, inputs.preprocessing.crop, meta["patch_size"],
                                  geometry))
         write_stats(g, layer.stats)
-    cache = _CropCache(lib, inputs.preprocessing, identity)
-    _write_patches(f, inputs.taps, [m.ids for m in merged], boxes, cache)
-    _strings(f, fmt.IMAGE_PATCH_ERROR, [cache.errors.get(i, "") for i in range(len(lib))])
-    f.attrs["n_patch_errors"] = len(cache.errors)
+    store = CropStore(lib, inputs.preprocessing, identity, np.concatenate([m.ids.ravel() for m in merged]),
+                      inputs.folder, inputs.workers)
+    try:
+        write_patches(f, inputs.taps, [m.ids for m in merged], boxes, store)
+    finally:
+        store.close()
+    _strings(f, fmt.IMAGE_PATCH_ERROR, [store.errors.get(i, "") for i in range(len(lib))])
+    f.attrs["n_patch_errors"] = len(store.errors)
     f.attrs["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
@@ -175,7 +190,7 @@ def _write_isolated(write, tmp: Path) -> tuple[str, str]:
     of that reaches the scan or the user's notebook."""
     ctx = multiprocessing.get_context("fork")
     receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_writer, args=(write, tmp, send), daemon=True)
+    proc = ctx.Process(target=_writer, args=(write, tmp, send))  # not a daemon: it starts decoders
     proc.start()
     send.close()
     try:
@@ -255,6 +270,7 @@ def write_header(f: h5py.File, meta: dict, n_images: int, n_failed: int, world: 
     a["maxima_dtype"] = meta["maxima_dtype"]
     a["patch_size"] = meta["patch_size"]
     a["amp"] = meta["amp"]
+    a[fmt.ATTR_PRECISION] = meta.get("precision", "amp" if meta["amp"] else "fp32")
     a["world_size"] = world
     if meta.get("class_names"):
         f.create_dataset(fmt.CLASS_NAMES, data=np.array(meta["class_names"], dtype=object), dtype=_STR)
@@ -267,25 +283,23 @@ def _strings(f: h5py.File, path: str, values) -> None:
     f.create_dataset(path, data=np.array(clean, dtype=object), dtype=_STR)
 
 
-def _write_images(f, lib, works, fail_ids, fail_reasons, taps, kept: set[str]):
+def _write_images(f, lib, segments, fail_ids, fail_reasons, taps, kept: set[str]):
     n = len(lib)
     write_image_records(f, lib.relpaths, lib.labels, fail_ids, fail_reasons)
     geometry = np.zeros((n, 6), dtype=np.int32)
     identity = np.zeros((n, 3), dtype=np.int64)
     dsets = create_layer_maxima(f, taps, n, kept)
-    segments = sorted((s for w in works for s in w.segments()), key=lambda s: s[0])
-    for _, _, path in segments:
-        with _segment(path) as z:
-            ids, geoms, ident, layers = read_segment(z, len(taps))
-            geometry[ids] = geoms
-            identity[ids] = ident
-            for dset, rows in zip(dsets, layers, strict=True):
-                if dset is None:
-                    continue
-                (mx, ps), (m, p) = dset, rows
-                for first, end, s, e in _contiguous_runs(ids):
-                    mx[first:end] = m[s:e]
-                    ps[first:end] = p[s:e]
+    for work, seg in sorted(segments, key=lambda ws: ws[1]["first"]):
+        ids = np.asarray(_column(work, seg, "ids"))
+        geometry[ids] = _column(work, seg, "geometry")
+        identity[ids] = _column(work, seg, "identity")
+        for dset, (mkey, pkey) in zip(dsets, segment_columns(len(taps)), strict=True):
+            if dset is None:
+                continue
+            (mx, ps), m, p = dset, _column(work, seg, mkey), _column(work, seg, pkey)
+            for first, end, s, e in _contiguous_runs(ids):
+                mx[first:end] = m[s:e]
+                ps[first:end] = p[s:e]
     _dataset(f, fmt.IMAGE_GEOMETRY, geometry)
     _dataset(f, fmt.IMAGE_IDENTITY, identity)
     return geometry, identity
@@ -325,14 +339,14 @@ def create_layer_maxima(f, taps, n: int, kept: set[str]) -> list:
     return dsets
 
 
-@contextlib.contextmanager
-def _segment(path: Path):
+def _column(work: WorkDir, segment: dict, key: str) -> np.ndarray:
+    """One array of a sealed segment (memory-mapped); a damaged one is named."""
     try:
-        with np.load(path) as z:
-            yield z
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        raise ScanError(f"checkpoint {path} is damaged ({type(exc).__name__}: {exc}): the per-image "
-                        "maxima in it are lost; start the scan again with `overwrite=True`") from None
+        return work.read_column(segment, key)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ScanError(f"checkpoint {work.path / segment['name']} is damaged ({type(exc).__name__}: "
+                        f"{exc}): the per-image maxima in it are lost; start the scan again with "
+                        "`overwrite=True`") from None
 
 
 def _dataset(parent, path: str, data) -> None:
@@ -379,118 +393,7 @@ def write_topk(g, tap: LayerTap, layer: MergedLayer, input_size, patch_size, geo
     return p_box
 
 
-class _CropCache:
-    """Network-input crops of the top-k images, least recently used dropped first. An image
-    whose file changed or vanished since it was scanned gets no crop: ``errors`` says why (its
-    patches stay black), and the run file keeps everything else."""
-
-    def __init__(self, lib: ImageLibrary, preprocessing, identity: np.ndarray, size: int = 1024):
-        self.lib, self.pre, self.identity, self.size = lib, preprocessing, identity, size
-        self.items: OrderedDict[int, np.ndarray | None] = OrderedDict()
-        self.errors: dict[int, str] = {}
-
-    def get(self, image_id: int) -> np.ndarray | None:
-        if image_id in self.items:
-            self.items.move_to_end(image_id)
-            return self.items[image_id]
-        crop = self._decode(image_id)
-        self.items[image_id] = crop
-        if len(self.items) > self.size:
-            self.items.popitem(last=False)
-        return crop
-
-    def _decode(self, image_id: int) -> np.ndarray | None:
-        try:
-            crop, _, identity = decode_crop(self.lib, self.pre, image_id)
-        except FileNotFoundError:
-            self.errors[image_id] = "vanished after it was scanned"
-            return None
-        except Exception as exc:  # noqa: BLE001 - any failure costs this image's patches only
-            self.errors[image_id] = f"unreadable when its patches were cut: {type(exc).__name__}: {exc}"
-            return None
-        if identity[2] != int(self.identity[image_id][2]):  # the content's digest
-            self.errors[image_id] = "changed after it was scanned (its content differs)"
-            return None
-        return crop
-
-
 def write_stats(g, stats) -> None:
     """A layer's statistics (:meth:`ChannelStats.summary`)."""
     for k, v in stats.summary().items():
         _dataset(g, f"{fmt.STATS}/{k}", v)
-
-
-def _write_patches(f, taps, layer_ids: list[np.ndarray], layer_boxes: list[np.ndarray], cache: _CropCache,
-                   block_bytes: int = 128 << 20) -> None:
-    """Cut every top-k patch, per layer and block of channels.
-
-    Each image's crop is zero-padded to the layer's reach and block-averaged once per phase of
-    the boxes modulo the downsampling factor (almost always one phase: boxes move by the
-    stride); every patch is then a slice of that small image. The blocks averaged are exactly
-    those of each box, so the pixels equal cutting each box and downsampling it alone (what
-    :func:`cnnviz.images.patches.cut_patch` does), at a fraction of the memory traffic."""
-    for tap, ids, boxes in zip(taps, layer_ids, layer_boxes, strict=True):
-        g = f[fmt.layer_group(tap.name)]  # (ids and boxes from memory: a full disk may lose writes)
-        ph, pw = (int(v) for v in g.attrs["patch_shape"])
-        c_total, k = ids.shape
-        ds = g.create_dataset(fmt.TOPK_PATCHES, shape=(c_total, k, ph, pw, 3), dtype=np.uint8,
-                              chunks=(1, k, ph, pw, 3), fletcher32=True)
-        cutter = _PatchCutter(cache, int(g.attrs["patch_factor"]), (ph, pw), boxes[ids >= 0])
-        channel_block = max(1, block_bytes // (k * ph * pw * 3))
-        for c0 in range(0, c_total, channel_block):
-            c1 = min(c_total, c0 + channel_block)
-            block = cutter.cut(ids[c0:c1].reshape(-1), boxes[c0:c1].reshape(-1, 4))
-            ds[c0:c1] = block.reshape(c1 - c0, k, ph, pw, 3)
-
-
-class _PatchCutter:
-    """Patches of one layer: ``cut(ids, boxes)`` -> uint8 ``(n, ph, pw, 3)``, black for empty
-    slots and for images that changed since they were scanned."""
-
-    def __init__(self, cache: _CropCache, factor: int, shape: tuple[int, int], boxes: np.ndarray,
-                 max_bytes: int = 256 << 20):
-        self.cache, self.factor, (self.ph, self.pw) = cache, factor, shape
-        # the area every box of the layer lies in, in network-input pixels
-        self.lo = (int(boxes[:, 0].min()), int(boxes[:, 1].min())) if len(boxes) else (0, 0)
-        self.hi = (int(boxes[:, 2].max()), int(boxes[:, 3].max())) if len(boxes) else (0, 0)
-        self.smalls: OrderedDict[tuple[int, int, int], np.ndarray | None] = OrderedDict()
-        self.max_items = max(16, max_bytes // max(1, (self.hi[0] - self.lo[0]) * (self.hi[1] - self.lo[1])
-                                                  * 3 // (factor * factor)))
-
-    def cut(self, ids: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        f, ph, pw = self.factor, self.ph, self.pw
-        out = np.zeros((len(ids), ph, pw, 3), dtype=np.uint8)
-        for e in np.flatnonzero(ids >= 0):
-            qy, qx = int(boxes[e, 0] - self.lo[0]) % f, int(boxes[e, 1] - self.lo[1]) % f
-            small = self._small(int(ids[e]), qy, qx)
-            if small is not None:
-                r = (int(boxes[e, 0]) - self.lo[0] - qy) // f
-                c = (int(boxes[e, 1]) - self.lo[1] - qx) // f
-                out[e] = small[r: r + ph, c: c + pw]
-        return out
-
-    def _small(self, image_id: int, qy: int, qx: int) -> np.ndarray | None:
-        key = (image_id, qy, qx)
-        if key in self.smalls:
-            self.smalls.move_to_end(key)
-            return self.smalls[key]
-        crop = self.cache.get(image_id)
-        small = None if crop is None else self._average(crop, qy, qx)
-        self.smalls[key] = small
-        if len(self.smalls) > self.max_items:
-            self.smalls.popitem(last=False)
-        return small
-
-    def _average(self, crop: np.ndarray, qy: int, qx: int) -> np.ndarray:
-        """The crop zero-padded to the layer's area (starting ``qy, qx`` past its corner),
-        averaged in ``factor x factor`` blocks."""
-        f = self.factor
-        y0, x0 = self.lo[0] + qy, self.lo[1] + qx
-        h = (self.hi[0] - y0 + f - 1) // f * f
-        w = (self.hi[1] - x0 + f - 1) // f * f
-        area = np.zeros((h, w, 3), dtype=np.uint8)
-        sy0, sx0 = max(y0, 0), max(x0, 0)
-        sy1, sx1 = min(y0 + h, crop.shape[0]), min(x0 + w, crop.shape[1])
-        if sy1 > sy0 and sx1 > sx0:
-            area[sy0 - y0: sy1 - y0, sx0 - x0: sx1 - x0] = crop[sy0:sy1, sx0:sx1]
-        return downsample(area[None], f)[0]

@@ -32,8 +32,12 @@ class ScanConfig:
         batch_size: images per forward pass.
         workers: decoding processes (``None``: CPU count - 1, at most 8; 0 decodes inline).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
-        amp: forward pass under float16 (CUDA) / bfloat16 (CPU) autocast; maxima and top-k are
-            still computed in float32 from the activations the network produced.
+        precision: ``"fp32"`` (IEEE float32: a GPU scan equals the CPU scan), ``"tf32"`` (TF32
+            convolutions and matrix products on GPUs that have them: faster, maxima to about
+            1e-3) or ``"amp"`` (float16 autocast on CUDA, bfloat16 on a CPU); ``None``: ``amp``
+            decides (see :mod:`cnnviz.model.precision`). Maxima and top-k are computed in float32
+            from the activations the network produced, whatever the precision.
+        amp: the older spelling of ``precision="amp"``.
         resume: continue from the output's work folder after an interruption.
         overwrite: replace an existing output and discard an existing work folder.
         maxima_dtype: dtype of the stored images x channels maxima (``float32``, ``float16``), or
@@ -41,9 +45,10 @@ class ScanConfig:
         maxima_layers: the layers whose per-image maxima are kept (names or comma-separated;
             ``None``: every scanned layer).
         patch_size: largest side of a stored patch; larger receptive fields are downsampled.
-        checkpoint_seconds: checkpoint at most this often (and at the end).
-        checkpoint_images: also checkpoint after this many images (``None``: when the buffered
-            per-image maxima reach 64 MB, so memory does not depend on the library size).
+        checkpoint_seconds: checkpoint this often (and at the end). The per-image rows go to
+            disk as they are made, whatever this is: a checkpoint only makes them durable and
+            records the reducers.
+        checkpoint_images: also checkpoint after this many images (``None``: by time only).
         progress: show a tqdm progress bar.
         compile: compile the network, its taps traced by torch.fx instead of hooked
             (``torch.compile``; the model must be traceable, as torchvision's are). Compiling
@@ -56,6 +61,7 @@ class ScanConfig:
     batch_size: int = 32
     workers: int | None = None
     device: str = "cpu"
+    precision: str | None = None
     amp: bool = False
     resume: bool = False
     overwrite: bool = False
@@ -96,6 +102,13 @@ class ScanConfig:
         return set(wanted)
 
     @property
+    def resolved_precision(self) -> str:
+        """``fp32``, ``tf32`` or ``amp``: what ``precision`` and ``amp`` ask for together."""
+        from ..model.precision import resolve_precision
+
+        return resolve_precision(self.precision, self.amp)
+
+    @property
     def num_workers(self) -> int:
         return default_workers() if self.workers is None else self.workers
 
@@ -114,6 +127,7 @@ class ScanConfig:
             raise UsageError(f"`checkpoint_seconds` {self.checkpoint_seconds}: must be positive")
         if self.maxima_dtype not in ("float32", "float16", "none"):
             raise UsageError(f"`maxima_dtype` {self.maxima_dtype!r}: choose float32, float16 or none")
+        _ = self.resolved_precision
         _check_device(self.device)
 
 

@@ -26,11 +26,13 @@ __all__ = ["torchrun_env", "scan_distributed", "merge"]
 
 
 def torchrun_env() -> tuple[int, int, int] | None:
-    """``(rank, world_size, local_rank)`` when started by torchrun with several processes."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    """``(rank, world_size, local_rank)`` when started by torchrun (even with one process: its
+    process group, NCCL on a GPU, is then used as with many)."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
-    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
+    if "RANK" not in os.environ:
+        return None
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def scan_distributed(library, model, out, config: ScanConfig) -> Path | None:

@@ -16,7 +16,6 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +27,16 @@ from ..images.dataset import LibraryDataset, batch_ranges, collate
 from ..images.library import ImageLibrary
 from ..model.copying import inference_copy
 from ..model.loading import weights_digest
+from ..model.precision import precision_scope
 from ..model.taps import LayerTap, capture, require_fields, resolve_layers
 from .assemble import assemble_run, tap_record
+from .checkpoint import CheckpointWriter
 from .config import ScanConfig, check_folder, check_output
 from .lock import OutputLock
 from .reducers import spatial_max
 from .space import check_space, estimate_bytes
 from .state import ScanState
-from .workdir import WorkDir, is_disk_full, work_path
+from .workdir import WORK_FORMAT, WorkDir, work_path
 
 __all__ = ["scan", "scan_shard", "ScanConfig", "reduce_images"]
 
@@ -64,7 +65,8 @@ def scan(library: str | Path | ImageLibrary, model, out: str | Path, layers=None
     with OutputLock(out, str(out)):  # one writer for the run file and its work folder
         work = scan_shard(library, model, out, (0, 1), layers, config, _locked=True, **options)
         try:
-            return assemble_run([WorkDir(work)], out)
+            workers = _with_options(config, layers, options).num_workers
+            return assemble_run([WorkDir(work)], out, workers=workers)
         except KeyboardInterrupt:
             raise ScanInterrupted(
                 f"interrupted while writing {out}; every image is scanned and checkpointed in {work}. "
@@ -107,19 +109,43 @@ def _scan_share(library, model, out: Path, shard, config: ScanConfig, work: Work
     resumed = work.prepare(meta, lib.to_dict(), config.resume, config.overwrite)
     if resumed is not None:
         state.load(resumed)
-    rank, world = shard
-    batches = [(b, ids) for b, ids in enumerate(batch_ranges(len(lib), config.batch_size))
-               if b % world == rank]                         # 3. plan batches
+    plan = _plan(len(lib), config.batch_size, shard, state)      # 3. plan batches
     module = inference_copy(model.module, device)
     names = [t.name for t in taps]
-    with _taps(module, names, config, model) as cap:           # 4. capture the taps
-        checkpointer = _Checkpointer(work, state, config, taps)
-        try:
-            _run_batches(cap, lib, model.preprocessing, batches, state, checkpointer, config, out)
-            checkpointer.save()                              # 5. the last checkpoint
-        finally:
-            checkpointer.close()
+    writer = CheckpointWriter(work, state, config.checkpoint_seconds, config.checkpoint_images,
+                              row_bytes=config.batch_size * _row_bytes(state))
+    try:
+        with precision_scope(config.resolved_precision, device), \
+                _taps(module, names, config, model) as cap:      # 4. capture the taps
+            loader = _loader(lib, model.preprocessing, [ids for _, ids in plan[0]], config.num_workers,
+                             device.type == "cuda")
+            _run_batches(cap, loader, model.preprocessing, plan, state, writer, config, out)
+        writer.checkpoint(wait=True)                             # 5. the last checkpoint
+    finally:
+        writer.close()
     return work.path
+
+
+def _row_bytes(state: ScanState) -> int:
+    return sum(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+               for dtype, shape in state.column_dtypes().values())
+
+
+def _plan(n_images: int, batch_size: int, shard: tuple[int, int], state: ScanState):
+    """``(batches to do as (index, image ids), images already done, images in all)`` of this
+    scan or shard. A single process goes on from the first image not done, in batches of
+    ``batch_size`` (which may differ from the batch size it started with); a shard takes batch
+    ``b`` of the fixed batches ``[b*B, (b+1)*B)`` when ``b % world == rank``."""
+    rank, world = shard
+    if world == 1:
+        start = state.next_image
+        todo = [(state.next_batch + j, list(range(s, min(s + batch_size, n_images))))
+                for j, s in enumerate(range(start, n_images, batch_size))]
+        return todo, start, n_images
+    mine = [(b, ids) for b, ids in enumerate(batch_ranges(n_images, batch_size)) if b % world == rank]
+    todo = [(b, ids) for b, ids in mine if b >= state.next_batch]
+    total = sum(len(ids) for _, ids in mine)
+    return todo, total - sum(len(ids) for _, ids in todo), total
 
 
 @contextlib.contextmanager
@@ -134,7 +160,7 @@ def _taps(module, names: list[str], config: ScanConfig, model):
     h, w = model.input_size
     example = torch.zeros((config.batch_size, 3, h, w), device=next(module.parameters()).device)
     example = example.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad(), _autocast(example.device, config.amp):
+    with torch.no_grad():
         yield CompiledTaps(module, names, config.batch_size, example)
 
 
@@ -160,11 +186,11 @@ def _library(library, work: WorkDir | None) -> ImageLibrary:
 
 
 def reduce_images(model, names: list[str], crops: torch.Tensor, device="cpu", batch_size: int = 16,
-                  amp: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+                  precision: str = "fp32") -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per image and channel of each named tap, ``(maximum, flat position)`` as float32/int64
     ``(N, C)`` arrays, computed exactly as a scan computes them (its copy of the module in
-    the channels_last layout, its reductions, its AMP rule), so an image of a scanned library
-    gets the values the scan recorded for it.
+    the channels_last layout, its reductions, its ``precision``), so an image of a scanned
+    library gets the values the scan recorded for it.
 
     Args:
         crops: uint8 ``(N, H, W, 3)`` network-input crops (``Preprocessing.crop_uint8``).
@@ -173,11 +199,12 @@ def reduce_images(model, names: list[str], crops: torch.Tensor, device="cpu", ba
     module = inference_copy(model.module, device)
     parts: dict[str, list] = {n: [] for n in names}
     ok = [""] * batch_size
-    with capture(module, names, reduce=_spatial_max_of, stop_early=True) as cap:
+    with precision_scope(precision, device), \
+            capture(module, names, reduce=_spatial_max_of, stop_early=True) as cap:
         for start in range(0, len(crops), batch_size):
             batch = crops[start: start + batch_size]
             for name, (values, index, _) in _forward(cap, model.preprocessing, batch, ok[: len(batch)],
-                                                     device, amp).items():
+                                                     device).items():
                 parts[name].append((values.cpu().numpy(), index.cpu().numpy()))
     return {n: (np.concatenate([v for v, _ in p]), np.concatenate([i for _, i in p]).astype(np.int64))
             for n, p in parts.items()}
@@ -210,7 +237,9 @@ def scan_meta(lib: ImageLibrary, model, taps: list[LayerTap], config: ScanConfig
         "library_fingerprint": lib.fingerprint(), "n_images": len(lib),
         "maxima_dtype": config.maxima_dtype, "patch_size": config.patch_size,
         "maxima_layers": [t.name for t in taps if t.name in kept],
-        "shard": list(shard), "amp": bool(config.amp), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "shard": list(shard), "precision": config.resolved_precision,
+        "amp": config.resolved_precision == "amp", "work_format": WORK_FORMAT,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     return json.loads(json.dumps(meta))  # tuples -> lists, as read back from meta.json
 
@@ -221,117 +250,81 @@ def _version() -> str:
     return __version__
 
 
-class _Checkpointer:
-    """Saves the buffered rows and the reducers every ``checkpoint_seconds`` or
-    ``checkpoint_images`` (default: when 64 MB of per-image rows are buffered).
-
-    The files are written by one background thread while the next batches run (a checkpoint is
-    tens of MB, fsync'd: on a GPU, writing them in line took most of the scan's time). Order
-    holds: a checkpoint's segment before its state, one checkpoint after the other; at most one
-    is in flight. :meth:`save` takes the snapshot; :meth:`flush` waits until it is on disk."""
-
-    def __init__(self, work: WorkDir, state: ScanState, config: ScanConfig, taps: list[LayerTap]):
-        self.work, self.state = work, state
-        self.seconds = config.checkpoint_seconds
-        self.images = config.checkpoint_images
-        if self.images is None:
-            row_bytes = 8 + sum(t.channels for t in taps if t.name in state.kept) * 6
-            self.images = max(config.batch_size, (64 << 20) // row_bytes)
-        self.elapsed_before = state.elapsed_seconds
-        self.session_start = self.last = time.monotonic()
-        self.pending = 0
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cnnviz-checkpoint")
-        self._in_flight: Future | None = None
-
-    def add(self, images: int) -> None:
-        self.pending += images
-        if time.monotonic() - self.last >= self.seconds or self.pending >= self.images:
-            self.save(wait=False)
-
-    def save(self, wait: bool = True) -> None:
-        """Checkpoint what has been scanned so far (``wait``: until it is on disk)."""
-        self.flush()
-        segment = self.state.take_segment()
-        self.state.elapsed_seconds = self.elapsed_before + time.monotonic() - self.session_start
-        arrays = self.state.to_arrays()
-        self._in_flight = self._writer.submit(self._write, segment, arrays)
-        self.last = time.monotonic()
-        self.pending = 0
-        if wait:
-            self.flush()
-
-    def _write(self, segment, arrays) -> None:
-        if segment is not None:
-            ids = segment["ids"]
-            self.work.save_segment(int(ids[0]), int(ids[-1]) + 1, **segment)
-        self.work.save_state(**arrays)
-
-    def flush(self) -> None:
-        """Wait for the checkpoint in flight; a failure to write it is raised here."""
-        job, self._in_flight = self._in_flight, None
-        if job is None:
-            return
-        try:
-            job.result()
-        except OSError as exc:
-            if not is_disk_full(exc):
-                raise
-            raise ScanError(f"the disk holding {self.work.path} is full ({exc.strerror or exc}); the last "
-                            "complete checkpoint is kept: free some space, then run the same scan "
-                            "with `resume=True`") from None
-
-    def close(self) -> None:
-        """Stop the writer thread once what is in flight is written (errors were raised by
-        :meth:`flush`; here they are let go, as the scan already stops for another reason)."""
-        job = self._in_flight
-        if job is not None:
-            wait([job])
-        self._writer.shutdown(wait=True)
+_OUT_OF_MEMORY = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),)
 
 
-def _run_batches(cap, lib: ImageLibrary, preprocessing, batches, state: ScanState,
-                 checkpointer: _Checkpointer, config: ScanConfig, out: Path) -> None:
-    """Decode, forward and reduce every batch not done yet; Ctrl-C stops after a whole batch."""
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, _OUT_OF_MEMORY) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
+def _run_batches(cap, loader, preprocessing, plan, state: ScanState, writer: CheckpointWriter,
+                 config: ScanConfig, out: Path) -> None:
+    """Forward and reduce every batch not done yet, as ``loader`` delivers them decoded; Ctrl-C
+    stops after a whole batch."""
     device = torch.device(config.device)
-    todo = [(b, ids) for b, ids in batches if b >= state.next_batch]
-    total = sum(len(ids) for _, ids in batches)
-    done = total - sum(len(ids) for _, ids in todo)
-    workers = config.num_workers
-    loader = DataLoader(
-        LibraryDataset(lib, preprocessing), batch_sampler=[ids for _, ids in todo], collate_fn=collate,
-        num_workers=workers, pin_memory=device.type == "cuda", worker_init_fn=_ignore_sigint,
-        prefetch_factor=4 if workers else None,
-    )
+    todo, done, total = plan
     bar = _progress_bar(config.progress, total, done, out)
     interrupt = _InterruptFlag()
     interrupt.install()
     try:
-        for (b, _), (ids, crops, geoms, identity, errors) in zip(todo, loader, strict=True):
-            reduced = _forward(cap, preprocessing, crops, errors, device, config.amp)
-            state.add_batch(b, ids, geoms, identity, errors, reduced)
+        batches = iter(loader)
+        for b, ids_planned in todo:
+            started = time.monotonic()
+            ids, crops, geoms, identity, errors = next(batches)
+            state.wait_data_seconds += time.monotonic() - started
+            try:
+                reduced = _forward(cap, preprocessing, crops, errors, device)
+            except Exception as exc:
+                if _out_of_memory(exc):
+                    _out_of_memory_stop(writer, config, done, ids_planned, device)
+                raise
+            writer.rows(state.add_batch(b, ids, geoms, identity, errors, reduced))
             done += len(errors)
             bar.update(len(errors))
             if any(errors):
                 bar.set_postfix(unreadable=len(state.failures))
-            checkpointer.add(len(errors))
             if interrupt.requested:
-                checkpointer.save()
+                writer.checkpoint(wait=True)
                 raise ScanInterrupted(
                     f"scan interrupted after {done} of {total} images; checkpoint saved in "
-                    f"{checkpointer.work.path}. Continue with the same scan plus `resume=True`.")
+                    f"{writer.work.path}. Continue with the same scan plus `resume=True`.")
     except KeyboardInterrupt:
         # a second Ctrl-C, or one while waiting for data: keep the last checkpoint as it is
         raise ScanInterrupted(
-            f"scan stopped; the last checkpoint in {checkpointer.work.path} is kept. Continue with "
+            f"scan stopped; the last checkpoint in {writer.work.path} is kept. Continue with "
             "the same scan plus `resume=True`.") from None
     finally:
         interrupt.restore()
         bar.close()
 
 
-def _forward(cap, preprocessing, crops: torch.Tensor, errors: list[str], device: torch.device,
-             amp: bool) -> dict:
-    """The reduced taps of the readable images of one batch (``{}`` when none was readable)."""
+def _out_of_memory_stop(writer: CheckpointWriter, config: ScanConfig, done: int, ids: list[int],
+                        device: torch.device) -> None:
+    """The batch did not fit: checkpoint what was scanned before it, and say what to do."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    writer.checkpoint(wait=True)
+    smaller = max(1, config.batch_size // 2)
+    raise ScanError(
+        f"the {'GPU' if device.type == 'cuda' else 'machine'} ran out of memory for a batch of "
+        f"{config.batch_size} images (images {ids[0]}-{ids[-1]}); the {done} images before it are "
+        f"checkpointed in {writer.work.path}. Continue with a smaller batch: the same scan with "
+        f"`batch_size={smaller}` and `resume=True` (a resumed scan may change its batch size; the "
+        "results are the same)") from None
+
+
+def _loader(lib: ImageLibrary, preprocessing, batches: list[list[int]], workers: int, pin: bool):
+    return DataLoader(
+        LibraryDataset(lib, preprocessing), batch_sampler=batches, collate_fn=collate,
+        num_workers=workers, pin_memory=pin, worker_init_fn=_ignore_sigint,
+        prefetch_factor=4 if workers else None,
+    )
+
+
+def _forward(cap, preprocessing, crops: torch.Tensor, errors: list[str], device: torch.device) -> dict:
+    """The reduced taps of the readable images of one batch (``{}`` when none was readable).
+    Runs in the precision of the enclosing :func:`~cnnviz.model.precision.precision_scope`."""
     ok = np.array([e == "" for e in errors])
     if not ok.any():
         return {}
@@ -339,9 +332,9 @@ def _forward(cap, preprocessing, crops: torch.Tensor, errors: list[str], device:
     # indexing first would make a pageable copy and a blocking transfer
     batch = crops.to(device, non_blocking=True)
     if not ok.all():
-        batch = batch[torch.from_numpy(ok).to(device)]
+        batch = batch.index_select(0, torch.from_numpy(np.flatnonzero(ok)).to(device))
     x = preprocessing.normalize(batch).contiguous(memory_format=torch.channels_last)
-    with torch.no_grad(), _autocast(device, amp):
+    with torch.no_grad():
         cap.forward(x)
     return cap.outputs
 
@@ -389,10 +382,3 @@ def _progress_bar(enabled: bool, total: int, initial: int, out: Path):
 
     return tqdm(total=total, initial=initial, unit="img", desc=f"scan {out.name}",
                 disable=not enabled, dynamic_ncols=True, smoothing=0.05)
-
-
-def _autocast(device: torch.device, amp: bool):
-    if not amp:
-        return torch.autocast(device.type, enabled=False)
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype)

@@ -3,7 +3,7 @@
 State is O(channels x k) whatever the number of images. The top-k holds, for each channel, the
 ``k`` images with the largest spatial maximum, one entry per image; ties are broken by the
 smaller image id, so the result equals a brute-force sort of the whole library by
-``(-value, image_id)``.
+``(-value, image_id)``. A NaN or -inf maximum never enters a top-k.
 """
 
 from __future__ import annotations
@@ -65,55 +65,132 @@ def _snapshot(t: torch.Tensor) -> np.ndarray:
 
 
 def merge_topk(values: np.ndarray, ids: np.ndarray, k: int, *extra: np.ndarray):
-    """Exact top-k along axis 1 of ``(C, n)`` candidates by ``(-value, id)``; ``id < 0`` is empty.
+    """Exact top-k along axis 1 of ``(C, n)`` candidates by ``(-value, id)``; ``id < 0`` is empty,
+    and so is a NaN or -inf value (as in :class:`TopK`).
 
     Returns the selected ``values, ids, *extra`` as ``(C, k)`` arrays. Order-independent: any
     split of the candidates merges to the same result (used to merge shards).
     """
-    v = np.where(ids < 0, -np.inf, np.nan_to_num(values, nan=-np.inf))
-    id_key = np.where(ids < 0, np.iinfo(np.int64).max, ids)
+    empty = (ids < 0) | ~(values > -np.inf)
+    v = np.where(empty, -np.inf, values)
+    id_key = np.where(empty, np.iinfo(np.int64).max, ids)
     order = np.lexsort((id_key, -v), axis=1)[:, :k]
     pick = [np.take_along_axis(a, order, axis=1) for a in (values, ids, *extra)]
     return tuple(pick)
 
 
+_EMPTY = torch.iinfo(torch.int64).min
+_ID_SPAN = 1 << 32  # image ids below 2**32 (4 billion images)
+
+
+def order_keys(values: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """int64 keys whose descending order is the top-k order: larger value first, then smaller id.
+
+    The float32 value's bits, turned into an integer of the same order, fill the high 32 bits,
+    ``2**32 - 1 - id`` the low ones: one integer comparison settles ties exactly, so an unstable
+    ``topk`` gives the exact result. ``-0.0`` counts as ``0.0``; NaN and -inf get the empty key
+    (they never enter a top-k). ``ids`` broadcasts against ``values``."""
+    v = values.float() + 0.0
+    bits = v.view(torch.int32)
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    keys = ordered.to(torch.int64) * _ID_SPAN + (_ID_SPAN - 1 - ids)
+    return torch.where(v > float("-inf"), keys, _EMPTY)
+
+
+def decode_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, ids)`` of :func:`order_keys` keys; empty keys give ``(-inf, -1)``."""
+    ordered = torch.div(keys, _ID_SPAN, rounding_mode="floor")
+    ids = _ID_SPAN - 1 - (keys - ordered * _ID_SPAN)
+    o32 = ordered.to(torch.int32)
+    values = (o32 ^ ((o32 >> 31) & 0x7FFFFFFF)).view(torch.float32)
+    empty = keys == _EMPTY
+    return values.masked_fill(empty, float("-inf")), ids.masked_fill(empty, -1)
+
+
 class TopK:
     """Running top-k per channel, kept on the device of the activations.
 
-    Attributes:
+    Entries are :func:`order_keys` keys (value and id in one integer) and the flat positions of
+    the maxima, sorted best first. On the CPU only the values above a channel's k-th can enter,
+    so a batch is first compared with those thresholds and only its few candidates are merged
+    (after the first batches, a handful per channel); on a GPU every batch is merged whole,
+    which is cheap there and needs no transfer to the host.
+
+    Attributes (views decoded on demand):
         values: ``(C, k)`` float32, ``-inf`` where empty.
         ids: ``(C, k)`` int64 image ids, ``-1`` where empty.
-        index: ``(C, k)`` int64 flat position ``y*W + x`` of the maximum.
+        index: ``(C, k)`` int64 flat position ``y*W + x`` of the maximum, ``-1`` where empty.
     """
 
-    def __init__(self, channels: int, k: int, device="cpu"):
+    def __init__(self, channels: int, k: int, device="cpu", sparse: bool | None = None):
+        device = torch.device(device)
         self.k = k
-        self.values = torch.full((channels, k), float("-inf"), device=device)
-        self.ids = torch.full((channels, k), -1, dtype=torch.int64, device=device)
+        self.keys = torch.full((channels, k), _EMPTY, dtype=torch.int64, device=device)
         self.index = torch.full((channels, k), -1, dtype=torch.int64, device=device)
+        self.threshold = torch.full((channels,), float("-inf"), device=device)  # the k-th value
+        self.sparse = device.type == "cpu" if sparse is None else sparse
 
-    def update(self, values: torch.Tensor, index: torch.Tensor, ids: torch.Tensor) -> None:
-        """Add a batch: ``values``/``index`` ``(B, C)``, ``ids`` ``(B,)`` increasing and larger
-        than every id seen so far (streaming order), which a stable sort turns into the
-        smaller-id-first tie-break."""
-        b = values.shape[0]
-        v = torch.nan_to_num(values.t().float(), nan=float("-inf"))
-        all_v = torch.cat([self.values, v], dim=1)
-        all_ids = torch.cat([self.ids, ids.view(1, b).expand(v.shape[0], b)], dim=1)
-        all_idx = torch.cat([self.index, index.t()], dim=1)
-        order = torch.sort(all_v, dim=1, descending=True, stable=True).indices[:, : self.k]
-        self.values = all_v.gather(1, order)
-        self.ids = all_ids.gather(1, order)
-        self.index = all_idx.gather(1, order)
+    @property
+    def values(self) -> torch.Tensor:
+        return decode_keys(self.keys)[0]
+
+    @property
+    def ids(self) -> torch.Tensor:
+        return decode_keys(self.keys)[1]
+
+    def update(self, values: torch.Tensor, index: torch.Tensor, ids: torch.Tensor,
+               batch_max: torch.Tensor | None = None) -> None:
+        """Add a batch: ``values``/``index`` ``(B, C)``, ``ids`` ``(B,)`` on the same device;
+        ``batch_max`` the per-channel maximum of ``values`` if already computed."""
+        if not self.sparse:
+            self._merge(None, order_keys(values.t(), ids), index.t())
+            return
+        best = values.amax(dim=0) if batch_max is None else batch_max
+        rows = torch.nonzero((best > self.threshold) | best.isnan()).flatten()  # NaN hides the rest
+        if len(rows) == 0:
+            return
+        sub = values.index_select(1, rows)
+        r, b = torch.nonzero((sub > self.threshold[rows]).t()).unbind(1)  # grouped by row
+        self._merge(rows, *_grid(r, order_keys(sub[b, r], ids[b]), index[b, rows[r]], len(rows)))
+
+    def _merge(self, rows: torch.Tensor | None, keys: torch.Tensor, index: torch.Tensor) -> None:
+        """Merge candidate ``keys``/``index`` ``(R, m)`` into ``rows`` (``None``: every row)."""
+        old_keys = self.keys if rows is None else self.keys[rows]
+        old_index = self.index if rows is None else self.index[rows]
+        top, order = torch.cat([old_keys, keys], 1).topk(self.k, dim=1)
+        where = torch.cat([old_index, index], 1).gather(1, order).masked_fill(top == _EMPTY, -1)
+        kth = decode_keys(top[:, -1])[0]
+        if rows is None:
+            self.keys, self.index, self.threshold = top, where, kth
+        else:
+            self.keys[rows], self.index[rows], self.threshold[rows] = top, where, kth
 
     def state(self) -> dict[str, np.ndarray]:
-        return {k: _snapshot(getattr(self, k)) for k in ("values", "ids", "index")}
+        values, ids = decode_keys(self.keys)
+        return {"values": _snapshot(values), "ids": _snapshot(ids), "index": _snapshot(self.index)}
 
     def load(self, state: dict[str, np.ndarray]) -> None:
-        dev = self.values.device
-        self.values = torch.from_numpy(np.asarray(state["values"])).to(dev)
-        self.ids = torch.from_numpy(np.asarray(state["ids"])).to(dev)
-        self.index = torch.from_numpy(np.asarray(state["index"])).to(dev)
+        dev = self.keys.device
+        values = torch.from_numpy(np.asarray(state["values"], dtype=np.float32)).to(dev)
+        ids = torch.from_numpy(np.asarray(state["ids"], dtype=np.int64)).to(dev)
+        keys = order_keys(values, ids).masked_fill(ids < 0, _EMPTY)
+        self.keys, order = keys.sort(dim=1, descending=True)
+        index = torch.from_numpy(np.asarray(state["index"], dtype=np.int64)).to(dev)
+        self.index = index.gather(1, order).masked_fill(self.keys == _EMPTY, -1)
+        self.threshold = decode_keys(self.keys[:, -1])[0]
+
+
+def _grid(rows: torch.Tensor, keys: torch.Tensor, index: torch.Tensor, n_rows: int):
+    """Candidates ``(row, key, index)``, grouped by row, as ``(n_rows, m)`` grids (``m`` the
+    most candidates of a row); empty cells hold the empty key."""
+    counts = torch.bincount(rows, minlength=n_rows)
+    rank = torch.arange(len(rows), device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]
+    m = int(counts.max())
+    grid_keys = torch.full((n_rows, m), _EMPTY, dtype=torch.int64, device=keys.device)
+    grid_index = torch.full((n_rows, m), -1, dtype=torch.int64, device=keys.device)
+    grid_keys[rows, rank] = keys
+    grid_index[rows, rank] = index
+    return grid_keys, grid_index
 
 
 @dataclass
@@ -184,17 +261,21 @@ class RunningStats:
         self.fires = torch.zeros(channels, dtype=torch.int64, device=device)
         self.sum_mean = torch.zeros(channels, **f64)
 
-    def update(self, maxima: torch.Tensor, means: torch.Tensor) -> None:
-        """``maxima``/``means``: ``(B, C)`` for the readable images of a batch."""
+    def update(self, maxima: torch.Tensor, means: torch.Tensor,
+               batch_max: torch.Tensor | None = None) -> None:
+        """``maxima``/``means``: ``(B, C)`` float32 for the readable images of a batch. A batch's
+        sums are taken in float32 (pairwise: relative error about 1e-7) and accumulated over
+        batches in float64; a float64 copy of the batch would cost more than the rest."""
         if maxima.shape[0] == 0:
             return
-        m = maxima.double()
-        self.count += m.shape[0]
-        self.sum += m.sum(dim=0)
-        self.sumsq += (m * m).sum(dim=0)
-        self.max = torch.maximum(self.max, m.amax(dim=0))
-        self.fires += (m > 0).sum(dim=0)
-        self.sum_mean += means.double().sum(dim=0)
+        f64 = torch.float64
+        self.count += maxima.shape[0]
+        self.sum += maxima.sum(dim=0).to(f64)
+        self.sumsq += (maxima * maxima).sum(dim=0).to(f64)
+        best = maxima.amax(dim=0) if batch_max is None else batch_max
+        self.max = torch.maximum(self.max, best.to(f64))
+        self.fires += (maxima > 0).sum(dim=0)
+        self.sum_mean += means.sum(dim=0).to(f64)
 
     def to_stats(self) -> ChannelStats:
         return ChannelStats(**{k: _snapshot(getattr(self, k)) for k in ChannelStats.__dataclass_fields__})

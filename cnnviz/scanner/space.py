@@ -35,12 +35,14 @@ def run_file_bytes(taps, n_images: int, top_k: int, maxima_dtype: str, patch_siz
 
 def estimate_bytes(taps, n_images: int, config, input_size: tuple[int, int]) -> int:
     """A whole scan's need at its peak, while the run file is written: the work folder's
-    checkpoints (per-image rows) and the run file side by side."""
+    checkpoints (per-image rows), the decoded top-k images the patches are cut from (at most
+    one per top-k entry) and the run file side by side."""
     kept = config.kept_maxima(taps)
     rows = 0 if config.maxima_dtype == "none" else sum(
         tap.channels * (np.dtype(config.maxima_dtype).itemsize + 4) for tap in taps if tap.name in kept)
-    return rows * n_images + run_file_bytes(taps, n_images, config.top_k, config.maxima_dtype,
-                                            config.patch_size, input_size, kept)
+    crops = min(n_images, sum(t.channels for t in taps) * config.top_k) * 3 * input_size[0] * input_size[1]
+    return rows * n_images + crops + run_file_bytes(taps, n_images, config.top_k, config.maxima_dtype,
+                                                    config.patch_size, input_size, kept)
 
 
 def check_space(out: Path, need: int, already: int = 0) -> None:

@@ -1,14 +1,16 @@
 """The state of a running scan, and the one place that names its checkpoint arrays.
 
-A scan's state is its reducers (per layer: exact top-k and statistics), the failures so far and
-the next batch to scan; the per-image rows (maxima and their positions) are buffered between
-checkpoints and written as a *segment*. :meth:`ScanState.to_arrays`/:meth:`ScanState.load`
-and :meth:`ScanState.take_segment`/:func:`read_segment` are the only code that knows the keys
-inside ``state.npz`` and ``seg-*.npz``.
+A scan's state is its reducers (per layer: exact top-k and statistics), the failures so far, its
+progress and the list of sealed row segments; the per-image rows (maxima and their positions,
+geometry, file identity) leave the main thread after every batch as :class:`Rows` and are
+streamed to segment files by the checkpoint writer (:mod:`.checkpoint`).
+:meth:`ScanState.to_arrays`/:meth:`ScanState.load` (``state.npz``), :meth:`ScanState.row_layout`
+and :func:`segment_columns` (the files of a segment) are the only code that knows those keys.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +20,8 @@ from ..model.taps import LayerTap
 from ..run.format import position_dtype
 from .reducers import ChannelStats, RunningStats, TopK, merge_topk
 
-__all__ = ["ScanState", "LayerReducer", "read_segment", "merge_states", "MergedLayer"]
+__all__ = ["ScanState", "LayerReducer", "Rows", "HostCopy", "merge_states", "MergedLayer",
+           "segment_columns", "progress_of"]
 
 
 def _key(layer_index: int, name: str) -> str:
@@ -27,20 +30,69 @@ def _key(layer_index: int, name: str) -> str:
 
 @dataclass
 class LayerReducer:
-    """One layer's reducers, and its per-image rows buffered until the next checkpoint."""
+    """One layer's reducers."""
 
     tap: LayerTap
     topk: TopK
     stats: RunningStats
-    maxima: list[np.ndarray] = field(default_factory=list)
-    positions: list[np.ndarray] = field(default_factory=list)
+
+
+class HostCopy:
+    """Tensors on their way to the host: copied asynchronously (into pinned memory) when they
+    are on an accelerator, so the main thread never waits for the device; :meth:`arrays` (called
+    by the writer thread) waits for the copy. On the CPU the tensors are used as they are."""
+
+    def __init__(self, tensors: list[torch.Tensor]):
+        device = tensors[0].device if tensors else torch.device("cpu")
+        self._tensors = [t.to("cpu", non_blocking=True) for t in tensors]
+        self._event = None
+        if device.type == "cuda":  # scans run on cpu or cuda (ScanConfig.validate)
+            self._event = torch.cuda.Event()
+            self._event.record()
+
+    def arrays(self) -> list[np.ndarray]:
+        if self._event is not None:
+            self._event.synchronize()
+        return [t.numpy() for t in self._tensors]
+
+
+@dataclass
+class Rows:
+    """One batch's per-image rows for the writer: ids, geometry and file identity of every image
+    of the batch, and per kept layer (maxima, flat positions); ``columns()`` gives them under the
+    segment's file keys, in their stored dtypes."""
+
+    ids: np.ndarray
+    geometry: np.ndarray
+    identity: np.ndarray
+    keys: list[tuple[str, str]] = field(default_factory=list)  # (maxima key, position key) per kept layer
+    position_dtypes: list = field(default_factory=list)
+    host: HostCopy | None = None
+
+    def columns(self) -> dict[str, np.ndarray]:
+        cols = {"ids": self.ids, "geometry": self.geometry, "identity": self.identity}
+        arrays = self.host.arrays() if self.host is not None else []
+        for (mkey, pkey), dtype, maxima, pos in zip(self.keys, self.position_dtypes, arrays[0::2],
+                                                   arrays[1::2], strict=True):
+            cols[mkey] = maxima
+            cols[pkey] = pos.astype(dtype)
+        return cols
+
+    @property
+    def first(self) -> int:
+        return int(self.ids[0])
+
+    @property
+    def end(self) -> int:
+        return int(self.ids[-1]) + 1
 
 
 class ScanState:
     """Reducers, failures and progress of one scan (or one shard of a distributed one).
 
-    The reducers live on the device of the activations; per batch, the rows of every layer go
-    to the host in one copy (maxima already in their stored dtype)."""
+    The reducers live on the device of the activations; :meth:`add_batch` folds a batch in
+    without waiting for the device (no host copy, no data-dependent shape on an accelerator)
+    and returns the batch's rows, on their way to the host."""
 
     def __init__(self, taps: list[LayerTap], top_k: int, device, maxima_dtype: str,
                  kept: set[str] | None = None):
@@ -49,80 +101,77 @@ class ScanState:
                                     RunningStats(t.channels, self.device)) for t in taps]
         self.maxima_dtype = maxima_dtype
         self.kept = {t.name for t in taps} if kept is None else set(kept)  # layers keeping maxima
-        self.next_batch = 0
+        self.next_batch = 0  # batches of the plan done (a shard's progress)
+        self.next_image = 0  # images [0, next_image) done (a single process's progress)
         self.elapsed_seconds = 0.0
+        self.wait_data_seconds = 0.0  # the scan waited for decoded images
+        self.wait_disk_seconds = 0.0  # the scan waited for the writer of the rows
         self.failures: list[tuple[int, str]] = []
-        self._ids: list[np.ndarray] = []
-        self._geometry: list[np.ndarray] = []
-        self._identity: list[np.ndarray] = []
+        self.segments: list[dict] = []  # sealed row segments (their files and CRCs)
 
     def add_batch(self, batch_index: int, ids: torch.Tensor, geometry: torch.Tensor,
-                  identity: torch.Tensor, errors: list[str], reduced: dict) -> None:
+                  identity: torch.Tensor, errors: list[str], reduced: dict) -> Rows:
         """Fold one batch in: ``reduced[layer name]`` is the readable images' ``spatial_max``;
         ``identity`` the files' ``(size, mtime_ns, digest)`` as they were read."""
-        ok = torch.tensor([e == "" for e in errors])
+        ok = np.array([e == "" for e in errors])
         self.failures += [(i, e) for i, e in zip(ids.tolist(), errors, strict=True) if e]
-        ok_dev = ok.to(self.device)
-        ok_ids = ids[ok].to(self.device)
-        rows, where = [], []
+        readable = None if ok.all() else torch.from_numpy(np.flatnonzero(ok)).to(self.device)
+        ok_ids = (ids if readable is None else ids[torch.from_numpy(ok)]).to(self.device, non_blocking=True)
+        kept = []
         for layer in self.layers:
             if layer.tap.name in reduced:
                 values, index, mean = reduced[layer.tap.name]
-                layer.topk.update(values, index, ok_ids)
-                layer.stats.update(values, mean)
+                best = values.amax(dim=0)
+                layer.topk.update(values, index, ok_ids, best)
+                layer.stats.update(values, mean, best)
             if layer.tap.name in self.kept:
-                maxima, pos = self._rows(layer, reduced.get(layer.tap.name), ok_dev)
-                rows.append(maxima)
-                where.append(pos)
-        if rows:
-            self._buffer_rows(torch.cat(rows, dim=1).cpu().numpy(), torch.cat(where, dim=1).cpu().numpy())
-        self._ids.append(ids.numpy())
-        self._geometry.append(geometry.numpy())
-        self._identity.append(identity.numpy())
+                kept += self._rows(layer, reduced.get(layer.tap.name), len(errors), readable)
         self.next_batch = batch_index + 1
+        self.next_image = int(ids[-1]) + 1
+        keys, dtypes = self.row_layout()
+        return Rows(ids.numpy().copy(), geometry.numpy().copy(), identity.numpy().copy(), keys, dtypes,
+                    HostCopy(kept) if kept else None)
 
-    def _rows(self, layer: LayerReducer, reduced, ok: torch.Tensor):
-        """A batch's rows of maxima (NaN for unreadable images) and positions, on the device."""
-        n, c = len(ok), layer.tap.channels
-        maxima = torch.full((n, c), float("nan"), dtype=getattr(torch, self.maxima_dtype), device=self.device)
-        pos = torch.zeros((n, c), dtype=torch.int32, device=self.device)
+    def _rows(self, layer: LayerReducer, reduced, n: int, readable: torch.Tensor | None):
+        """A batch's maxima (NaN for unreadable images) and positions, on the device."""
+        dtype = getattr(torch, self.maxima_dtype)
+        if reduced is not None and readable is None:
+            return [reduced[0].to(dtype), reduced[1]]
+        c = layer.tap.channels
+        maxima = torch.full((n, c), float("nan"), dtype=dtype, device=self.device)
+        pos = torch.zeros((n, c), dtype=torch.int64, device=self.device)
         if reduced is not None:
-            values, index, _ = reduced
-            maxima[ok] = values.to(maxima.dtype)
-            pos[ok] = index.to(torch.int32)
-        return maxima, pos
+            maxima.index_copy_(0, readable, reduced[0].to(dtype))
+            pos.index_copy_(0, readable, reduced[1])
+        return [maxima, pos]
 
-    def _buffer_rows(self, maxima: np.ndarray, positions: np.ndarray) -> None:
-        start = 0
-        for layer in (la for la in self.layers if la.tap.name in self.kept):
-            end = start + layer.tap.channels
-            layer.maxima.append(maxima[:, start:end])
-            layer.positions.append(positions[:, start:end].astype(position_dtype(*layer.tap.shape[1:])))
-            start = end
+    def row_layout(self) -> tuple[list[tuple[str, str]], list]:
+        """Per kept layer, the segment keys of its (maxima, positions) and the positions' dtype."""
+        kept = [(i, la) for i, la in enumerate(self.layers) if la.tap.name in self.kept]
+        return ([(_key(i, "max"), _key(i, "pos")) for i, _ in kept],
+                [position_dtype(*la.tap.shape[1:]) for _, la in kept])
 
-    def take_segment(self) -> dict[str, np.ndarray] | None:
-        """The rows buffered since the last checkpoint as segment arrays (buffers emptied), or
-        ``None`` when there are none."""
-        if not self._ids:
-            return None
-        arrays = {"ids": np.concatenate(self._ids), "geometry": np.concatenate(self._geometry),
-                  "identity": np.concatenate(self._identity)}
+    def column_dtypes(self) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+        """Every segment file's dtype and row shape."""
+        cols = {"ids": (np.dtype(np.int64), ()), "geometry": (np.dtype(np.int64), (6,)),
+                "identity": (np.dtype(np.int64), (3,))}
         for i, layer in enumerate(self.layers):
-            if layer.tap.name not in self.kept:
-                continue
-            arrays[_key(i, "max")] = np.concatenate(layer.maxima)
-            arrays[_key(i, "pos")] = np.concatenate(layer.positions)
-            layer.maxima.clear()
-            layer.positions.clear()
-        self._ids, self._geometry, self._identity = [], [], []
-        return arrays
+            if layer.tap.name in self.kept:
+                c = layer.tap.channels
+                cols[_key(i, "max")] = (np.dtype(self.maxima_dtype), (c,))
+                cols[_key(i, "pos")] = (np.dtype(position_dtype(*layer.tap.shape[1:])), (c,))
+        return cols
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """Everything but the buffered rows, as the arrays of ``state.npz``."""
-        arrays = {"next_batch": np.int64(self.next_batch),
+        """Everything but the rows, as the arrays of ``state.npz`` (copies: the reducers go on
+        changing while a checkpoint is written)."""
+        arrays = {"next_batch": np.int64(self.next_batch), "next_image": np.int64(self.next_image),
                   "elapsed_seconds": np.float64(self.elapsed_seconds),
+                  "wait_data_seconds": np.float64(self.wait_data_seconds),
+                  "wait_disk_seconds": np.float64(self.wait_disk_seconds),
                   "failure_ids": np.array([f[0] for f in self.failures], dtype=np.int64),
-                  "failure_reasons": np.array([f[1] for f in self.failures], dtype=str)}
+                  "failure_reasons": np.array([f[1] for f in self.failures], dtype=str),
+                  "segments": np.array(json.dumps(self.segments))}
         for i, layer in enumerate(self.layers):
             for k, v in layer.topk.state().items():
                 arrays[_key(i, k)] = v
@@ -133,12 +182,29 @@ class ScanState:
     def load(self, arrays: dict[str, np.ndarray]) -> None:
         """Continue from :meth:`to_arrays`' output (a resumed scan)."""
         self.next_batch = int(arrays["next_batch"])
+        self.next_image = int(arrays["next_image"])
         self.elapsed_seconds = float(arrays["elapsed_seconds"])
+        self.wait_data_seconds = float(arrays["wait_data_seconds"])
+        self.wait_disk_seconds = float(arrays["wait_disk_seconds"])
         self.failures = list(zip(arrays["failure_ids"].tolist(), arrays["failure_reasons"].tolist(),
                                  strict=True))
+        self.segments = segments_of(arrays)
         for i, layer in enumerate(self.layers):
             layer.topk.load({k: arrays[_key(i, k)] for k in ("values", "ids", "index")})
             layer.stats = RunningStats.from_stats(_stats(arrays, i), self.device)
+
+
+def segments_of(arrays: dict[str, np.ndarray]) -> list[dict]:
+    """The sealed segments a state lists: ``{"name", "first", "end", "rows", "crc": {key: crc}}``."""
+    return json.loads(str(arrays["segments"]))
+
+
+def progress_of(arrays: dict[str, np.ndarray], world: int, batch_size: int) -> int:
+    """Images before which every row of this scan (or shard) is written: a segment ending past
+    it was never counted by the state."""
+    if world == 1:
+        return int(arrays["next_image"])
+    return int(arrays["next_batch"]) * batch_size
 
 
 def _stats(arrays, i: int) -> ChannelStats:
@@ -146,12 +212,10 @@ def _stats(arrays, i: int) -> ChannelStats:
                                     for k in ChannelStats.__dataclass_fields__})
 
 
-def read_segment(arrays, n_layers: int):
-    """``(ids, geometry, identity, [(maxima, positions) or None per layer])`` of a segment
-    file's arrays (``None`` for a layer whose maxima are not kept)."""
-    return (arrays["ids"], arrays["geometry"], arrays["identity"],
-            [(arrays[_key(i, "max")], arrays[_key(i, "pos")]) if _key(i, "max") in arrays else None
-             for i in range(n_layers)])
+def segment_columns(n_layers: int) -> list[tuple[str, str] | None]:
+    """Per layer, the segment keys of its (maxima, positions), for a reader that checks which
+    are there (a layer whose maxima are not kept has none)."""
+    return [(_key(i, "max"), _key(i, "pos")) for i in range(n_layers)]
 
 
 @dataclass

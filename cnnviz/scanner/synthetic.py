@@ -52,8 +52,8 @@ def write_synthetic_run(path: str | Path, taps: list[LayerTap], n_images: int, t
             write_stats(g, layer.stats)
             _flat_patches(g, tap, top_k, patch_size, input_size)
         f.attrs["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        f.attrs["scan_seconds"] = 0.0
-        f.attrs["assemble_seconds"] = 0.0
+        for key in ("scan_seconds", "assemble_seconds", "scan_wait_data_seconds", "scan_wait_disk_seconds"):
+            f.attrs[key] = 0.0
         f.attrs["n_patch_errors"] = 0
     return path
 
@@ -71,7 +71,7 @@ def _meta(taps, n_images: int, top_k: int, patch_size: int, input_size, maxima_d
         "layers": [t.name for t in taps], "taps": [tap_record(t) for t in taps], "top_k": top_k,
         "batch_size": 256, "library_source": "synthetic", "library_root": "synthetic",
         "library_fingerprint": "synthetic", "n_images": n_images, "maxima_dtype": maxima_dtype,
-        "patch_size": patch_size, "amp": False,
+        "patch_size": patch_size, "amp": False, "precision": "fp32",
     }
 
 

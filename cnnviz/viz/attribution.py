@@ -20,6 +20,7 @@ from ..errors import UsageError
 from ..images.decoding import load_rgb
 from ..images.patches import cut_patch
 from ..model.copying import copy_module
+from ..model.precision import precision_scope
 from ..run import format as fmt
 from ..run.reader import RunReader
 
@@ -106,8 +107,8 @@ def neuron_attribution_maps(model, run: str | Path, layer: str, channel: int,
         def select(layer_out, rows=rows, pos_y=pos_y, pos_x=pos_x):
             return layer_out[rows, channel, pos_y, pos_x]
 
-        with warnings.catch_warnings():  # Captum announces its ReLU hooks every call
-            warnings.simplefilter("ignore", UserWarning)
+        with warnings.catch_warnings(), precision_scope("fp32", device):
+            warnings.simplefilter("ignore", UserWarning)  # Captum announces its ReLU hooks every call
             attr = attributor.attribute(x.requires_grad_(), neuron_selector=select)
         attr = attr.detach().permute(0, 2, 3, 1).cpu().numpy()
         for j, r in enumerate(ranks):

@@ -9,6 +9,7 @@ import torch
 from captum.attr import LayerActivation
 from PIL import Image
 
+from ..model.precision import precision_scope
 from ..model.taps import resolve_layer
 from .channels import parse_channels
 
@@ -30,7 +31,8 @@ def layer_activation(model, image: Image.Image | torch.Tensor, layer: str) -> to
     x = x.to(model.device)
     # Captum's hook clones the output, so later in-place ops (ResNet's residual add) cannot
     # change it; resolve_layer has checked that the module runs once per pass.
-    act = LayerActivation(module, module.get_submodule(tap.name)).attribute(x)
+    with precision_scope("fp32", x.device):
+        act = LayerActivation(module, module.get_submodule(tap.name)).attribute(x)
     return act[0].detach().clone()
 
 

@@ -32,6 +32,7 @@ class RunInfo:
     top_k: int
     library: str
     layers: list[str]
+    precision: str = "fp32"
 
 
 # index orders besides channel order: (file stem, title, statistic); highest first
@@ -92,7 +93,7 @@ def run_info(reader: RunReader, layers: Sequence[str] | None) -> RunInfo:
     for name in chosen:
         reader.check_layer(name, "layers")
     return RunInfo(reader.path.name, str(a["model"]), str(a["weights_origin"]), int(a["n_images"]),
-                   int(a["n_failed"]), int(a["top_k"]), str(a["library"]), chosen)
+                   int(a["n_failed"]), int(a["top_k"]), str(a["library"]), chosen, reader.precision)
 
 
 def _chosen(channels, n_channels: int) -> list[int]:

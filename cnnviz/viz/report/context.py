@@ -58,6 +58,7 @@ def gather_context(reader: RunReader, wanted: dict[str, list[int]], model=None, 
     from tqdm.auto import tqdm
 
     from ...model.copying import inference_copy
+    from ...model.precision import precision_scope
     from ...model.taps import capture
     from ...scanner.config import default_workers
 
@@ -87,7 +88,8 @@ def gather_context(reader: RunReader, wanted: dict[str, list[int]], model=None, 
         if module is not None and shown:
             x = torch.from_numpy(np.stack([crop for _, crop in shown])).to(device)
             x = model.preprocessing.normalize(x).contiguous(memory_format=torch.channels_last)
-            with capture(module, layers) as cap, torch.no_grad():
+            with precision_scope(reader.precision, device), capture(module, layers) as cap, \
+                    torch.no_grad():
                 cap.forward(x)
             for row, (i, _) in enumerate(shown):
                 for layer, c in need[i]:
