@@ -1,7 +1,15 @@
 """Scan throughput against a bare forward pass of the same model, batch and device.
 
     python scripts/bench_scan.py [--model resnet50] [--images 160] [--batch-size 32]
-                                 [--library ../shared/images/imagen] [--device cpu] [--amp]
+                                 [--library ../shared/images/imagen] [--device cpu]
+                                 [--precision fp32|tf32|amp] [--compile]
+    python scripts/bench_scan.py --host-only [--images 4096] [--batch-size 256]
+
+``--host-only`` measures what a GPU scan asks of the CPU, on any machine: the scan's own loop
+(reducers, rows handed to the writer thread, checkpoints) with the network replaced by a
+stand-in that costs nothing and hands it reduced outputs of the real shapes, and no decoding
+(``cnnviz/scanner/standin.py``). It prints ``host work per image`` without per-image maxima (no
+disk), then with float32 maxima and the write rate those need.
 
 Prints, measured in one run: bare eager forward images/s in both layouts (NCHW and
 channels_last, ``inference_mode``, the library's photos already decoded in memory; the ratio is
@@ -26,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from cnnviz.model.precision import precision_scope
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_LIBRARY = REPO.parent / "shared" / "images" / "imagen"
 
@@ -48,7 +58,7 @@ def decoded_library(model, library_list: Path, limit: int = 1024) -> torch.Tenso
     return torch.cat([batch[1] for batch in loader])
 
 
-def bare_forward(model, crops: torch.Tensor, batch_size: int, device: str, amp: bool,
+def bare_forward(model, crops: torch.Tensor, batch_size: int, device: str, precision: str,
                  channels_last: bool, total: int) -> float:
     """Images/s of the network alone over the decoded crops (normalization included), under
     ``torch.inference_mode`` in the given layout: the baseline a user would write."""
@@ -56,8 +66,7 @@ def bare_forward(model, crops: torch.Tensor, batch_size: int, device: str, amp: 
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     module = copy.deepcopy(model.module).to(device).to(memory_format=fmt)
-    ctx = (torch.autocast(device.split(":")[0], dtype=torch.float16 if device.startswith("cuda")
-                          else torch.bfloat16) if amp else torch.autocast("cpu", enabled=False))
+    ctx = precision_scope(precision, device)  # the scan's precision: TF32 switches and autocast
     with torch.inference_mode(), ctx:
         module(model.preprocessing.normalize(crops[:batch_size].to(device)).contiguous(memory_format=fmt))
         _sync(device)
@@ -75,15 +84,14 @@ def bare_forward(model, crops: torch.Tensor, batch_size: int, device: str, amp: 
     return done / (time.perf_counter() - t)
 
 
-def bare_compiled(model, crops: torch.Tensor, batch_size: int, device: str, amp: bool,
+def bare_compiled(model, crops: torch.Tensor, batch_size: int, device: str, precision: str,
                   total: int) -> tuple[float, float]:
     """Images/s of ``torch.compile`` of the bare network (channels_last), and its compile time."""
     import copy
 
     module = copy.deepcopy(model.module).to(device).to(memory_format=torch.channels_last)
     compiled = torch.compile(module, dynamic=False)
-    ctx = (torch.autocast(device.split(":")[0], dtype=torch.float16 if device.startswith("cuda")
-                          else torch.bfloat16) if amp else torch.autocast("cpu", enabled=False))
+    ctx = precision_scope(precision, device)  # the scan's precision: TF32 switches and autocast
     batches = [crops[s: s + batch_size] for s in range(0, len(crops) - batch_size + 1, batch_size)]
     with torch.inference_mode(), ctx:
         t = time.perf_counter()
@@ -101,7 +109,7 @@ def bare_compiled(model, crops: torch.Tensor, batch_size: int, device: str, amp:
     return done / (time.perf_counter() - t), compile_s
 
 
-def bare_pipeline(model, library_list: Path, batch_size: int, device: str, amp: bool,
+def bare_pipeline(model, library_list: Path, batch_size: int, device: str, precision: str,
                   workers: int | None, compiled: bool = False) -> float:
     """Images/s of the best plain pipeline a user would write without cnnviz: the same decoding
     DataLoader as the scan (same workers), channels_last, ``inference_mode``, nothing kept."""
@@ -122,8 +130,7 @@ def bare_pipeline(model, library_list: Path, batch_size: int, device: str, amp: 
                         batch_sampler=batch_ranges(len(lib), batch_size), collate_fn=collate,
                         num_workers=workers, pin_memory=device.startswith("cuda"),
                         prefetch_factor=4 if workers else None)
-    ctx = (torch.autocast(device.split(":")[0], dtype=torch.float16 if device.startswith("cuda")
-                          else torch.bfloat16) if amp else torch.autocast("cpu", enabled=False))
+    ctx = precision_scope(precision, device)  # the scan's precision: TF32 switches and autocast
     t = time.perf_counter()
     with torch.inference_mode(), ctx:
         for _, crops, _, _, _ in loader:
@@ -191,27 +198,27 @@ crops = decoded_library(m, {str(library_list)!r}) if {bare} else None
 def bare_pair():
     if not {bare}:
         return [0.0, 0.0]
-    return [bare_forward(m, crops, {args.batch_size}, {args.device!r}, {args.amp}, cl, {args.images})
+    return [bare_forward(m, crops, {args.batch_size}, {args.device!r}, {args.precision!r}, cl, {args.images})
             for cl in (False, True)]
 bare1 = bare_pair()
 scan({str(library_list)!r}, m, {str(out)!r}, top_k={args.top_k}, batch_size={args.batch_size},
-     workers={args.workers}, device={args.device!r}, amp={args.amp}, progress=False, overwrite=True,
-     checkpoint_images={args.checkpoint_images})
+     workers={args.workers}, device={args.device!r}, precision={args.precision!r}, progress=False,
+     overwrite=True, checkpoint_images={args.checkpoint_images})
 bare2 = bare_pair()
 from bench_scan import bare_pipeline
-pipeline = bare_pipeline(m, {str(library_list)!r}, {args.batch_size}, {args.device!r}, {args.amp},
+pipeline = bare_pipeline(m, {str(library_list)!r}, {args.batch_size}, {args.device!r}, {args.precision!r},
                          {args.workers})
 compiled = {{}}
 if {args.compile}:
     import time
     from bench_scan import bare_compiled
     compiled["bare"], compiled["bare_compile_s"] = bare_compiled(m, crops, {args.batch_size}, {args.device!r},
-                                                                 {args.amp}, {args.images})
+                                                                 {args.precision!r}, {args.images})
     t = time.perf_counter()
     cout = {str(out)!r} + ".compiled.h5"
     scan({str(library_list)!r}, m, cout, top_k={args.top_k}, batch_size={args.batch_size},
-         workers={args.workers}, device={args.device!r}, amp={args.amp}, progress=False, overwrite=True,
-         checkpoint_images={args.checkpoint_images}, compile=True)
+         workers={args.workers}, device={args.device!r}, precision={args.precision!r}, progress=False,
+         overwrite=True, checkpoint_images={args.checkpoint_images}, compile=True)
     with h5py.File(cout, "r") as f:
         compiled["scan_seconds"] = float(f.attrs["scan_seconds"])
         compiled["total_s"] = time.perf_counter() - t
@@ -238,7 +245,11 @@ def main() -> None:
     p.add_argument("--top-k", type=int, default=16)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--amp", action="store_true")
+    p.add_argument("--precision", choices=["fp32", "tf32", "amp"], default="fp32")
+    p.add_argument("--amp", action="store_true", help="the same as --precision amp")
+    p.add_argument("--host-only", action="store_true",
+                   help="the scan's host work per image, the network and decoding replaced by stand-ins "
+                        "that cost nothing (no GPU or library needed)")
     p.add_argument("--checkpoint-images", type=int, default=None,
                    help="checkpoint every this many images (default: the scan's own rule, or 64 "
                         "when the memory check runs, so that N and 2N images both checkpoint and "
@@ -248,6 +259,12 @@ def main() -> None:
     p.add_argument("--compile", action="store_true",
                    help="also bare compiled and scan --compile (torch.compile; adds the compile times)")
     args = p.parse_args()
+    if args.amp:
+        args.precision = "amp"
+    args.amp = args.precision == "amp"
+    if args.host_only:
+        host_only(args)
+        return
     if args.checkpoint_images is None and not args.skip_memory:
         args.checkpoint_images = 64
     if not args.library.exists():
@@ -265,7 +282,7 @@ def main() -> None:
 
 def _measure(args, tmp: Path) -> None:
     lst = library_subset(args.library, args.images, tmp)
-    print(f"model {args.model}, batch {args.batch_size}, device {args.device}, amp {args.amp}, "
+    print(f"model {args.model}, batch {args.batch_size}, device {args.device}, precision {args.precision}, "
           f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
     run = scan_in_child(args, lst, tmp / "run.h5", bare=True)
     (nchw1, nhwc1), (nchw2, nhwc2) = run["bare"]
@@ -302,6 +319,36 @@ def _measure(args, tmp: Path) -> None:
         run2 = scan_in_child(args, lst2, tmp / "run2.h5", bare=False)
         print(f"peak RSS, {run2['n']:5d} images: {run2['peak_rss_mb']:8.0f} MB "
               f"(scan {run2['n'] / run2['scan_seconds']:.2f} img/s)")
+
+
+def host_only(args) -> None:
+    """``host work per image`` of the scan's loop with stand-ins for the network and decoding."""
+    from cnnviz import load_model
+    from cnnviz.model.taps import resolve_layers
+    from cnnviz.scanner.standin import host_only_scan
+
+    images = args.images if args.images != 160 else 4096
+    batch = args.batch_size if args.batch_size != 32 else 256
+    taps = resolve_layers(load_model(args.model, None), None)
+    print(f"host only: {args.model}, {len(taps)} layers, {sum(t.channels for t in taps)} channels, "
+          f"k={args.top_k}, batch {batch}, {images} stand-in images, torch threads {torch.get_num_threads()}")
+    tmp = Path(tempfile.mkdtemp(prefix="bench_host_"))
+    try:
+        for dtype in ("none", "float32"):
+            r = host_only_scan(taps, images, tmp / dtype, batch_size=batch, top_k=args.top_k,
+                               maxima_dtype=dtype)
+            us = r["seconds"] / images * 1e6
+            if dtype == "none":
+                print(f"host work per image: {us:.1f} µs  (maxima not kept; a GPU network at 11,000 img/s "
+                      "leaves 90 µs)")
+                continue
+            mb = r["row_bytes"] * images / r["seconds"] / 1e6
+            print(f"host work per image with float32 maxima: {us:.1f} µs; {r['row_bytes'] / 1000:.0f} KB of "
+                  f"maxima per image, written at {mb:.0f} MB/s by the writer thread (waited "
+                  f"{r['wait_disk_seconds']:.2f} s for it); 11,000 img/s would need "
+                  f"{r['row_bytes'] * 11000 / 1e9:.2f} GB/s")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

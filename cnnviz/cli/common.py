@@ -15,14 +15,21 @@ def add_model_args(p: argparse.ArgumentParser, default: str | None = None, requi
     p.add_argument("--weights", default="DEFAULT", help=WEIGHTS_HELP)
 
 
+def add_device_arg(p: argparse.ArgumentParser, what: str = "the model") -> None:
+    p.add_argument("--device", default="cpu", help=f"where {what} runs: cpu, cuda, cuda:1... (default: cpu)")
+
+
 def add_progress_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def load(args):
     from ..model.loading import load_model
+    from ..scanner.config import check_device
 
-    return load_model(args.model, args.weights, device=getattr(args, "device", "cpu"))
+    device = getattr(args, "device", "cpu")
+    check_device(device)  # before the weights load: `--device cuda` on a machine without one
+    return load_model(args.model, args.weights, device=device)
 
 
 def channel_list(spec: str, what: str = "channels", n_channels: int = 1 << 30) -> list[int]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import add_model_args, channel_list, load, use_agg
+from .common import add_device_arg, add_model_args, channel_list, load, use_agg
 
 
 def add_models(sub) -> None:
@@ -64,6 +64,7 @@ def add_classify(sub) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     add_model_args(p)
     p.add_argument("--top", type=int, default=5, help="classes per image (default: 5)")
+    add_device_arg(p)
     p.set_defaults(func=run_classify)
 
 
@@ -89,6 +90,7 @@ def add_featuremaps(sub) -> None:
     p.add_argument("--shared-scale", action="store_true",
                    help="one colour scale for all tiles (default: one per tile)")
     p.add_argument("--dpi", type=int, default=100)
+    add_device_arg(p)
     p.add_argument("--out", required=True, help="image file to write (.png, .svg, .pdf)")
     p.set_defaults(func=run_featuremaps)
 

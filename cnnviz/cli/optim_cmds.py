@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_model_args, add_progress_arg, channel_list, load
+from .common import add_device_arg, add_model_args, add_progress_arg, channel_list, load
 
 
 def _write_images(images, out: str, names: list[str], columns: int = 8) -> None:
@@ -36,6 +36,7 @@ def add_class_vis(sub) -> None:
     p.add_argument("--lr", type=float, default=None,
                    help="modern recipe's Adam lr (default 0.05: vivid; 0.02 gives washed-out images)")
     p.add_argument("--seed", type=int, default=0)
+    add_device_arg(p, "the optimization")
     p.add_argument("--out", required=True, help="grid image (.png) or folder of PNGs")
     add_progress_arg(p)
     p.set_defaults(func=run_class_vis)
@@ -72,6 +73,7 @@ def add_channel_vis(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="channels optimized at once (default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run", default=None, help="also store the images in this run file for the report")
+    add_device_arg(p, "the optimization")
     p.add_argument("--out", required=True, help="grid image (.png) or folder of PNGs")
     add_progress_arg(p)
     p.set_defaults(func=run_channel_vis)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import ScanError, UsageError
 
-__all__ = ["ScanConfig", "check_output"]
+__all__ = ["ScanConfig", "check_output", "check_device"]
 
 
 def default_workers() -> int:
@@ -128,10 +128,10 @@ class ScanConfig:
         if self.maxima_dtype not in ("float32", "float16", "none"):
             raise UsageError(f"`maxima_dtype` {self.maxima_dtype!r}: choose float32, float16 or none")
         _ = self.resolved_precision
-        _check_device(self.device)
+        check_device(self.device)
 
 
-def _check_device(device: str) -> None:
+def check_device(device: str) -> None:
     import torch
 
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 from ..errors import ScanError, UsageError
 from .assemble import assemble_run
 from .config import ScanConfig, check_output
-from .lock import OutputLock
+from .lock import OutputLock, lock_path
 from .workdir import WorkDir, work_path
 
 __all__ = ["torchrun_env", "scan_distributed", "merge"]
@@ -98,5 +98,6 @@ def merge(shards: Sequence[str | Path], out: str | Path, overwrite: bool = False
     works.sort(key=lambda w: metas[w.path]["shard"][0])
     with OutputLock(out, str(out)):
         for w in works:
-            OutputLock(w.path, f"{w.path}").check_free()  # no rank is still scanning it
+            if lock_path(w.path) != lock_path(out):  # one process's folder shares the run's lock
+                OutputLock(w.path, f"{w.path}").check_free()  # no rank is still scanning it
         return assemble_run(works, out, keep_work=keep_shards)
