@@ -18,7 +18,7 @@ real SqueezeNet weights and photos of ``../shared`` (skipped when absent):
 7. a CUDA out-of-memory error: named with the batch size, the checkpoint kept, a smaller batch
    resumes it;
 8. the throughput benchmark (``bench_scan.py``: ResNet50, 16 blocks, k=16, batch 256) in amp
-   (with ``--compile``) and fp32, and the host-only benchmark.
+   (with ``--compile``), fp32 and tf32, and the host-only benchmark.
 
 Exit status: 0 when every check passed (or was skipped), 1 otherwise.
 """
@@ -347,7 +347,8 @@ print("RESUMED")
 @check("throughput")
 def throughput(device: str, images: int, workers: int) -> None:
     bench = REPO / "scripts" / "bench_scan.py"
-    runs = {"amp": ["--precision", "amp", "--compile"], "fp32": ["--precision", "fp32"]}
+    runs = {"amp": ["--precision", "amp", "--compile"], "fp32": ["--precision", "fp32"],
+            "tf32": ["--precision", "tf32"]}
     for name, extra in runs.items():
         res = subprocess.run([sys.executable, str(bench), "--device", device, "--batch-size", "256",
                               "--images", str(images), "--workers", str(workers), "--skip-memory", *extra],
