@@ -30,6 +30,7 @@ from cnnviz.images.decoding import MAX_PIXELS, decode_file
 from cnnviz.images.library import ImageLibrary
 from cnnviz.scanner import scan_shard
 
+from .conftest import IMAGEN, needs_shared
 from .test_scan import _big_library, _checkpointed, _cli, _wait_for, assert_same_file
 
 COMMON = ["--model", "resnet18", "--weights", "none", "--layers", "layer1.1,layer3.0", "--top-k", "3",
@@ -633,3 +634,89 @@ def test_a_layer_named_twice_is_scanned_once(photo_dir, tmp_path):
     assert cnnviz.run.run_layers(run) == ["layer2.0", "layer1.0"]
     text = _run_cli("top", str(tmp_path), code=2)
     assert "is a folder" in text
+
+
+# -- any image shape, bounded memory --------------------------------------------------------
+
+_PEAK = """
+import resource, sys
+from pathlib import Path
+from cnnviz.images.dataset import LibraryDataset
+from cnnviz.images.library import ImageLibrary
+from cnnviz.model import Preprocessing
+
+data = LibraryDataset(ImageLibrary.open(sys.argv[1]), Preprocessing(resize=232, crop=(224, 224)))
+names = data.library.relpaths
+before = None
+for i, name in enumerate(names):   # the ordinary photo first: its peak is the baseline
+    _, crop, _, _, error = data[i]
+    assert not error and tuple(crop.shape) == (224, 224, 3), (name, error)
+    if before is None:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_memory_per_image_does_not_depend_on_its_shape(photo_dir, tmp_path):
+    """A 1 x 6000 or 6000 x 1 PNG is a few kB decoded; resized whole to a shorter side of 232 it
+    was 1 GB (a 1 x 20000 one took a scan to 5.8 GB). Only the part the crop keeps is
+    resampled now: the peak grows by no more than a few network inputs."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    shutil.copy(photo_dir / "animals" / "chelsea.png", lib / "a-ordinary.png")
+    ramp = np.arange(6000, dtype=np.uint8)
+    Image.fromarray(np.stack([ramp, ramp[::-1], ramp // 2], -1)[None]).save(lib / "b-wide.png")
+    Image.fromarray(np.stack([ramp, ramp[::-1], ramp // 2], -1)[:, None]).save(lib / "c-tall.png")
+    res = subprocess.run([sys.executable, "-c", _PEAK, str(lib)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    grown_mb = int(res.stdout.strip())
+    assert grown_mb < 64, f"the peak grew by {grown_mb} MB for two thin images"
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_ordinary_photos_are_cut_exactly_as_torchvision_does_and_thin_ones_nearly(photo_dir, interpolation):
+    from torchvision import transforms as T
+
+    from cnnviz.model import Preprocessing
+    from cnnviz.model.preprocessing import FULL_RESIZE_LIMIT
+
+    mode = T.InterpolationMode(interpolation)
+    photos = [p for p in sorted(photo_dir.rglob("*.*")) if p.name != "corrupt.jpg"]
+    for resize, crop in ((232, 224), (256, 224), (342, 299), (None, 64)):
+        pre = Preprocessing(resize=resize, crop=(crop, crop), interpolation=interpolation)
+        steps = [T.Resize(resize, interpolation=mode)] if resize else []
+        reference = T.Compose([*steps, T.CenterCrop(crop)])
+        for p in photos:
+            image = decode_file(p).image
+            ours, geometry = pre.crop_uint8(image)
+            np.testing.assert_array_equal(ours, np.asarray(reference(image)), err_msg=str(p))
+    pre = Preprocessing(resize=232, crop=(224, 224), interpolation=interpolation)
+    reference = T.Compose([T.Resize(232, interpolation=mode), T.CenterCrop(224)])
+    photo = decode_file(photo_dir / "animals" / "chelsea.png").image
+    for size in ((30, 3000), (3000, 30), (7, 900), (1, 2000), (2000, 1), (30, 100)):
+        thin = photo.resize(size, Image.BILINEAR)
+        rw, rh = pre.resized_size(*size)
+        assert (rw, rh) == T.Resize(232)(thin).size
+        ours, geometry = pre.crop_uint8(thin)
+        assert (geometry.resized_width, geometry.resized_height) == (rw, rh)
+        theirs = np.asarray(reference(thin)).astype(int)
+        if rw * rh <= FULL_RESIZE_LIMIT * 224 * 224:
+            np.testing.assert_array_equal(ours, theirs)
+        else:  # resampled in the kept region only: the same filter taps, float rounding aside
+            assert np.abs(ours - theirs).max() <= 2 and np.abs(ours - theirs).mean() < 0.2, size
+
+
+@needs_shared
+def test_real_photos_are_cut_exactly_as_torchvision_does():
+    from torchvision import transforms as T
+
+    from cnnviz.model import Preprocessing
+
+    photos = sorted(IMAGEN.rglob("*.*"))[::10]
+    for interpolation in ("bilinear", "bicubic"):
+        pre = Preprocessing(resize=232, crop=(224, 224), interpolation=interpolation)
+        reference = T.Compose([T.Resize(232, interpolation=T.InterpolationMode(interpolation)),
+                               T.CenterCrop(224)])
+        for p in photos:
+            image = decode_file(p, min_side=232).image
+            np.testing.assert_array_equal(pre.crop_uint8(image)[0], np.asarray(reference(image)), str(p))
