@@ -20,6 +20,7 @@ import torchvision
 from torch import nn
 
 from ..errors import MissingDependencyError, UsageError, WeightsUnavailableError
+from .checkpoints import fit_state_dict, read_state_dict
 from .preprocessing import Preprocessing
 
 __all__ = ["LoadedModel", "load_model", "from_module", "available_models", "WeightsUnavailableError",
@@ -141,32 +142,23 @@ def _unknown_model_error(name: str) -> UsageError:
     )
 
 
-def _read_state_dict(path: Path) -> dict:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means "not a readable state_dict"
-        why = f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__}: empty or cut short?"
-        raise UsageError(f"`weights` {path}: cannot read it as a PyTorch state_dict ({why})") from exc
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict):
-        raise UsageError(f"`weights` {path}: expected a state_dict (a dict of tensors), got "
-                         f"{type(obj).__name__}")
-    return obj
-
-
 def _load_file_into(module: nn.Module, path: Path, name: str) -> None:
-    state = _read_state_dict(path)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UsageError(
-            f"`weights` {path} does not fit the {name!r} architecture: "
-            f"{len(missing)} missing keys (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}). "
-            "Is it a state_dict of another model?"
-        )
+    state = fit_state_dict(read_state_dict(path), module, path, name, candidates=_architectures)
+    module.load_state_dict(state, strict=False)  # only num_batches_tracked may be missing
+
+
+def _architectures() -> list[tuple[str, Callable[[], nn.Module]]]:
+    """Every architecture :func:`load_model` builds, as ``(name, build with random weights)``:
+    to name the one a weights file fits."""
+    out = [(n, lambda n=n: torchvision.models.get_model(n, weights=None))
+           for n in torchvision.models.list_models(module=torchvision.models)]
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        out.append(("efficientnet_lite0", lambda: EfficientNet.from_name("efficientnet-lite0")))
+    except ImportError:
+        pass
+    return out
 
 
 def _torchvision_weights(name: str, spec: str):
