@@ -394,6 +394,49 @@ def test_a_report_on_a_full_disk_blames_the_disk_not_the_run_file(photo_dir, sma
     assert (site / "index.html").exists()
 
 
+def _digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_storing_images_on_a_full_disk_leaves_the_run_file_as_it_was(photo_dir, small_disk, tmp_path,
+                                                                      capsys, monkeypatch):
+    """channel-vis --run on a full disk printed 1,429 lines of HDF5 errors, segfaulted, and left
+    the run unreadable. Now: refused before the optimization when the copy cannot fit; a disk
+    that fills while the images are written loses the copy, never the run."""
+    import cnnviz.run.update as update
+    from cnnviz.cli import main
+    from cnnviz.errors import OutputError
+    from cnnviz.optim.render import store_in_run
+
+    run = small_disk / "run.h5"
+    shutil.copy(scan(photo_dir, load_model("resnet18", None), tmp_path / "run.h5", **KW), run)
+    before = _digest(run)
+    filler = _fill(small_disk, leave=run.stat().st_size // 2)
+    assert main(["channel-vis", "--model", "resnet18", "--weights", "none", "--layer", "layer3.0",
+                 "--channels", "0-1", "--steps", "1", "--run", str(run), "--out", str(tmp_path / "ch"),
+                 "--no-progress"]) == 2
+    text = capsys.readouterr()
+    _one_line_error(text.err)
+    assert f"the disk holding {run} has" in text.err and "free some space first" in text.err
+    assert "render" not in text.out and not (tmp_path / "ch").exists()  # refused before the work
+    filler.unlink()
+    # the disk fills after that check passed, while HDF5 writes the images into the copy
+    monkeypatch.setattr(update, "check_update_space", lambda *a, **k: None)
+    filler = _fill(small_disk, leave=run.stat().st_size + 200_000)
+    images = torch.rand(64, 3, 224, 224)  # 9.6 MB
+    with pytest.raises(OutputError, match="filled up while the optimized images were written; run.h5 is "):
+        store_in_run(run, "layer3.0", list(range(64)), images, "modern")
+    assert _digest(run) == before
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "run.h5"]  # no copy, no lock
+    filler.unlink()
+    _run_cli("report", str(run), "--out", str(tmp_path / "site"), "--no-context", "--no-progress", code=0)
+    store_in_run(run, "layer3.0", list(range(64)), images, "modern")
+    with h5py.File(run, "r") as f:
+        assert f["layers/layer3.0/optimized/done"][()].sum() == 64
+
+
 _HOLD = """
 import sys, time, h5py
 f = h5py.File(sys.argv[1], sys.argv[2])
@@ -404,28 +447,36 @@ time.sleep(60)
 
 def test_a_run_file_another_process_holds_open_is_named_busy_not_broken(photo_dir, tmp_path):
     """HDF5 locks an open file: reading one a notebook writes, or storing optimized images into
-    one a report reads, says so, not that the file is no HDF5 file."""
+    one a notebook writes, says so, not that the file is no HDF5 file. A process that only reads
+    it does not stop a store (which writes a copy and swaps it in)."""
     from cnnviz.optim.render import store_in_run
 
     run = scan(photo_dir, load_model("resnet18", None), tmp_path / "run.h5", **KW)
-    for mode, attempt, expected in (
-            ("r+", lambda: cnnviz.top_patches(run, layer="layer3.0"),
-             "is open for writing in another process"),
-            ("r", lambda: store_in_run(run, "layer3.0", [0], torch.rand(1, 3, 8, 8), "modern"),
-             "is open in another process")):
-        holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(run), mode], stdout=subprocess.PIPE,
+    for attempt in (lambda: cnnviz.top_patches(run, layer="layer3.0"),
+                    lambda: store_in_run(run, "layer3.0", [0], torch.rand(1, 3, 8, 8), "modern")):
+        holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(run), "r+"], stdout=subprocess.PIPE,
                                   text=True)
         try:
             assert holder.stdout.readline().strip() == "open"
             try:
                 attempt()
             except RunFileError as exc:
-                assert expected in str(exc) and "HDF5 file" not in str(exc).split("(")[0], exc
+                assert "is open for writing in another process" in str(exc), exc
+                assert "HDF5 file" not in str(exc).split("(")[0], exc
             else:
                 pytest.skip("HDF5 file locking is off here (HDF5_USE_FILE_LOCKING=FALSE?)")
         finally:
             holder.kill()
             holder.wait()
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(run), "r"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        store_in_run(run, "layer3.0", [0], torch.rand(1, 3, 8, 8), "modern")
+    finally:
+        holder.kill()
+        holder.wait()
+    with h5py.File(run, "r") as f:
+        assert f["layers/layer3.0/optimized/done"][()].nonzero()[0].tolist() == [0]
     assert len(cnnviz.top_patches(run, layer="layer3.0"))  # unharmed once the other process is gone
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 WEIGHTS_HELP = ("DEFAULT or a torchvision weights name (IMAGENET1K_V2...), a local state_dict "
                 "file, or 'none' for random weights (default: DEFAULT)")
@@ -37,3 +39,25 @@ def use_agg() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+
+
+def check_out(out: str, file: bool) -> None:
+    """Refuse an ``--out`` that cannot be written, before the work that fills it: ``file``, an
+    output file (its folder is created when missing); else a folder of outputs."""
+    from ..errors import UsageError
+
+    path = Path(out)
+    if file and path.is_dir():
+        raise UsageError(f"`out` {out} is a folder; name the file to write")
+    if not file and path.exists() and not path.is_dir():
+        raise UsageError(f"`out` {out} is a file; name a folder to write the images in (or a .png "
+                         "file for one grid)")
+    folder = path.parent if file else path
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"`out` {out}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"`out` {out}: {existing} cannot be written here (permissions, or a read-only "
+                         "filesystem); choose another place")
