@@ -27,7 +27,7 @@ def load(args):
     return load_model(args.model, args.weights, device=getattr(args, "device", "cpu"))
 
 
-def channel_list(spec: str, what: str = "channels", n_channels: int = 1 << 30) -> list[int]:
+def channel_list(spec: str, what: str = "channels", n_channels: int = 1 << 17) -> list[int]:
     from ..viz.channels import parse_channels
 
     return parse_channels(spec, n_channels, what=what)

@@ -222,6 +222,9 @@ def load_model(
         >>> m.preprocessing.crop, len(m.class_names)
         ((224, 224), 1000)
     """
+    from .device import check_device
+
+    check_device(device)  # before the weights load: a missing GPU costs nothing
     if name in EXTRA_MODELS:
         loaded = EXTRA_MODELS[name](weights, seed)
     else:
@@ -334,11 +337,26 @@ def reload_model(name: str, weights_spec: dict | None, weights_origin: str = "",
                  device: str | torch.device = "cpu") -> LoadedModel:
     """Load a model again from what a run file records: its name and ``weights_spec`` (see
     :class:`LoadedModel`)."""
+    from ..errors import CnnvizError
+    from .device import check_device
+
     if weights_spec is None:
         origin = weights_origin or "a module wrapped with from_module"
         raise UsageError(f"cnnviz cannot reload the model {name} ({origin}); pass it in Python "
                          "(`model=...`) or give `model` and `weights`")
-    return load_model(name, weights_spec["weights"], seed=int(weights_spec.get("seed", 0)), device=device)
+    check_device(device)
+    weights, seed = weights_spec.get("weights"), weights_spec.get("seed", 0)
+    if not isinstance(weights, (str, type(None))) or not isinstance(seed, int):
+        raise UsageError(f"the run file's weights_spec {weights_spec!r} is not one cnnviz writes; give "
+                         "the run's model with `model` and `weights`")
+    try:
+        return load_model(name, weights, seed=seed, device=device)
+    except CnnvizError as exc:
+        # the user did not name these weights: the run file did; say so, and what to pass instead
+        why = str(exc).replace("`weights` ", "").replace("`", "")
+        raise type(exc)(f"the model this run was made with cannot be loaded again ({name}, weights "
+                        f"{weights!r} as the run file records them: {why}); give the run's model with "
+                        "`model` and `weights`") from None
 
 
 def weights_digest(module: nn.Module) -> str:

@@ -299,7 +299,7 @@ def _run_batches(cap, lib: ImageLibrary, preprocessing, batches, state: ScanStat
     workers = config.num_workers
     loader = DataLoader(
         LibraryDataset(lib, preprocessing), batch_sampler=[ids for _, ids in todo], collate_fn=collate,
-        num_workers=workers, pin_memory=device.type == "cuda", worker_init_fn=_ignore_sigint,
+        num_workers=workers, pin_memory=device.type == "cuda", worker_init_fn=LibraryDataset.worker_init,
         prefetch_factor=4 if workers else None,
     )
     bar = _progress_bar(config.progress, total, done, out)
