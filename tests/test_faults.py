@@ -679,9 +679,13 @@ def test_sigterm_checkpoints_like_ctrl_c(photo_dir, tmp_path):
     assert_same_file(scan(lib, load_model("resnet18", None), tmp_path / "ref.h5", **KW), out)
 
 
-def test_a_layer_named_twice_is_scanned_once(photo_dir, tmp_path):
-    run = scan(photo_dir, load_model("resnet18", None), tmp_path / "run.h5",
-               layers="layer2.0,layer2[0],layer1.0", top_k=2, workers=0, progress=False)
+def test_a_layer_named_twice_is_scanned_once_and_said(photo_dir, tmp_path):
+    from cnnviz.errors import CnnvizWarning
+
+    said = r"layer layer2.0 is named 2 times \(layer2.0, layer2\[0\]\); it is tapped once"
+    with pytest.warns(CnnvizWarning, match=said):
+        run = scan(photo_dir, load_model("resnet18", None), tmp_path / "run.h5",
+                   layers="layer2.0,layer2[0],layer1.0", top_k=2, workers=0, progress=False)
     assert cnnviz.run.run_layers(run) == ["layer2.0", "layer1.0"]
     text = _run_cli("top", str(tmp_path), code=2)
     assert "is a folder" in text
@@ -844,3 +848,171 @@ def test_weights_that_cannot_be_used_are_refused_in_one_line(tmp_path, capsys):
         for part in parts:
             assert part in text, (name, text)
     assert not marker.exists()
+
+
+
+# -- commands on the wrong machine or with the wrong names: one line each -------------------
+
+@pytest.fixture(scope="module")
+def small_run(photo_dir, tmp_path_factory) -> Path:
+    return scan(photo_dir, load_model("resnet18", None), tmp_path_factory.mktemp("small") / "run.h5", **KW)
+
+
+@pytest.fixture
+def cli(capsys):
+    """A command run in this process: its output (stdout and stderr), exit code checked."""
+    from cnnviz.cli import main
+
+    def run(*args, code: int) -> str:
+        assert main([str(a) for a in args]) == code
+        out = capsys.readouterr()
+        if code == 2:
+            _one_line_error(out.err)
+        return out.out + out.err
+    return run
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_gpu_that_is_not_here_is_one_line_for_every_command(small_run, photo_dir, tmp_path, cli):
+    """explain and report with --explain/--attributions/--model raised torch's RuntimeError; a
+    report with photos only ran on the CPU, silently."""
+    image = photo_dir / "animals" / "chelsea.png"
+    site = tmp_path / "site"
+    report = ["report", small_run, "--out", site, "--no-progress"]
+    for cmd in (["explain", image, "--run", small_run, "--device", "cuda"],
+                [*report, "--explain", image, "--device", "cuda"],
+                [*report, "--attributions", "layer3.0:0", "--device", "cuda"],
+                [*report, "--model", "resnet18", "--weights", "none", "--device", "cuda"],
+                [*report, "--device", "cuda"],
+                [*report, "--device", "cuda:x"]):
+        text = cli(*cmd, code=2)
+        assert "--device" in text and ("no CUDA GPU" in text or "not a device" in text), text
+    assert not site.exists()
+
+
+def test_plot_refuses_a_format_it_cannot_write_before_drawing(small_run, tmp_path, cli, monkeypatch):
+    import cnnviz.viz.figures as figures
+
+    monkeypatch.setattr(figures, "patch_montage", lambda *a, **k: pytest.fail("drawn before the check"))
+    text = cli("plot", "montage", small_run, "--layer", "layer3.0", "--out", tmp_path / "p.xyz", code=2)
+    assert "--out" in text and ".xyz is not an image format" in text and ".png" in text
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_channels_beyond_a_layer_are_refused_not_cut(small_run, tmp_path, cli):
+    site = tmp_path / "site"
+    text = cli("report", small_run, "--out", site, "--channels", "0-99999", "--no-context", "--no-progress",
+               code=2)
+    assert "--channels" in text and "layer1.1 has channels 0-63" in text
+    assert not site.exists()  # refused before anything is written: no folder, no style.css
+    text = cli("report", small_run, "--out", site, "--channels", "0-999999999999", "--no-context",
+               "--no-progress", code=2)  # refused as written, not first built as a list
+    text = cli("report", small_run, "--out", site, "--layers", "layer9", "--no-context", code=2)
+    assert "--layers 'layer9' is not in run.h5" in text and not site.exists()
+
+
+def test_a_run_without_maxima_is_one_note_per_layer_and_flags_are_spelled(photo_dir, tmp_path, cli):
+    run = scan(photo_dir, load_model("resnet18", None), tmp_path / "run.h5", **{**KW, "maxima_dtype": "none"})
+    text = cli("report", run, "--out", tmp_path / "site", "--channels", "2", "--no-context", "--no-progress",
+               code=0)
+    assert "UserWarning" not in text and "warnings.warn" not in text and "maxima_dtype" not in text
+    notes = [line for line in text.splitlines() if line.startswith("cnnviz report: note: ")]
+    assert len(notes) == 2 and all("--maxima none" in n for n in notes), text
+    text = cli("plot", "distribution", run, "--layer", "layer3.0", "--out", tmp_path / "d.png", code=2)
+    assert "scanned with --maxima none or other --maxima-layers" in text
+
+
+def test_an_unwritable_out_is_refused_before_the_optimization(small_run, small_disk, tmp_path, cli,
+                                                             monkeypatch):
+    """class-vis and channel-vis found out after minutes of optimizing; the work was lost."""
+    import cnnviz.optim
+
+    monkeypatch.setattr(cnnviz.optim, "render", lambda *a, **k: pytest.fail("optimized before the check"))
+    monkeypatch.setattr(cnnviz.optim, "cs231n_class_visualization",
+                        lambda *a, **k: pytest.fail("optimized before the check"))
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    common = ["--model", "resnet18", "--weights", "none", "--no-progress"]
+    for out, why in ((a_file / "x.png", "is a file, not a folder"), (a_file, "is a file; name a folder"),
+                     (small_disk / "grid.png", "cannot be written here"),
+                     (small_disk / "new" / "folder", "cannot be written here")):
+        text = cli("class-vis", *common, "--target", "1", "--out", out, code=2)
+        assert f"--out {out}" in text and why in text, text
+        text = cli("channel-vis", *common, "--layer", "layer3.0", "--channels", "0", "--out", out,
+                   "--run", small_run, code=2)
+        assert f"--out {out}" in text and why in text, text
+
+
+def test_refused_and_full_disk_commands_leave_nothing_behind(small_run, small_disk, photo_dir, tmp_path, cli):
+    """No style.css, 0-byte PNG or .lock after a command that failed."""
+    filler = _fill(small_disk, leave=0)
+    # a scan whose lock cannot even be signed on a full disk
+    cli("scan", photo_dir, *COMMON, "--out", small_disk / "run.h5", code=2)
+    # a report that runs out of space: the folder it created goes; in a folder that was there,
+    # no half-written file stays
+    text = cli("report", small_run, "--out", small_disk / "site", "--no-context", "--no-progress", code=2)
+    assert "is full" in text
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+    (small_disk / "kept").mkdir()
+    filler.unlink()
+    filler = _fill(small_disk, leave=150_000)
+    cli("report", small_run, "--out", small_disk / "kept", "--no-context", "--no-progress", code=2)
+    written = [p for p in (small_disk / "kept").rglob("*") if p.is_file()]
+    assert written and all(p.stat().st_size > 0 for p in written)
+    assert not (small_disk / "kept" / "index.html").exists()
+    # optimized images to a full disk: none left half-written
+    filler.unlink()
+    filler = _fill(small_disk, leave=0)
+    cli("channel-vis", "--model", "resnet18", "--weights", "none", "--layer", "layer3.0", "--channels", "0-1",
+        "--steps", "1", "--out", small_disk / "ch", "--no-progress", code=2)
+    assert all(p.stat().st_size > 0 for p in small_disk.rglob("*.png"))
+    assert not list(small_disk.rglob("*.lock"))
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_decoding_workers_die_with_the_scan(photo_dir, tmp_path):
+    """kill -9 of the scan's main process alone: its decoding workers lived on for seconds
+    holding the run's lock, so an immediate --resume was refused naming the dead process. The
+    workers are stopped here first (SIGSTOP), so PyTorch's own 5-second watchdog cannot end
+    them: only dying with their parent can."""
+    lib = _big_library(photo_dir, tmp_path, copies=2)
+    out = tmp_path / "run.h5"
+    common = [*COMMON[:-3], "--workers", "2", "--no-progress"]
+    proc = _cli("scan", str(lib), *common, "--out", str(out), "--checkpoint-images", "2")
+    _wait_for(_checkpointed(tmp_path / "run.h5.work", 2), what="checkpoints")
+    workers = _children(proc.pid)
+    assert len(workers) >= 2, workers
+    try:
+        for w in workers:
+            os.kill(w, signal.SIGSTOP)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        _wait_for(lambda: not any(_alive(w) for w in workers), timeout=60, what="the workers to die")
+    finally:
+        for w in workers:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
+    resumed = _cli("scan", str(lib), *common, "--out", str(out), "--resume")
+    text = resumed.stdout.read()
+    assert resumed.wait(timeout=600) == 0, text
