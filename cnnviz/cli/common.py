@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 WEIGHTS_HELP = ("DEFAULT or a torchvision weights name (IMAGENET1K_V2...), a local state_dict "
-                "file, or 'none' for random weights (default: DEFAULT)")
+                "or training checkpoint file (never unpickled), or 'none' for random weights "
+                "(default: DEFAULT)")
 
 
 def add_model_args(p: argparse.ArgumentParser, default: str | None = None, required: bool = True) -> None:

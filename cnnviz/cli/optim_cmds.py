@@ -80,7 +80,8 @@ def add_channel_vis(sub) -> None:
     p.add_argument("--lr", type=float, default=None, help="Adam lr (default: 0.05, Lucid's)")
     p.add_argument("--batch-size", type=int, default=64, help="channels optimized at once (default 64)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--run", default=None, help="also store the images in this run file for the report")
+    p.add_argument("--run", default=None, help="also store the images in this run file for the report "
+                   "(written into a copy that replaces it when complete: a failure leaves it as it was)")
     p.add_argument("--out", required=True, help="grid image (.png) or folder of PNGs")
     add_progress_arg(p)
     p.set_defaults(func=run_channel_vis)
