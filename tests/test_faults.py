@@ -953,6 +953,9 @@ def test_refused_and_full_disk_commands_leave_nothing_behind(small_run, small_di
     # no half-written file stays
     text = cli("report", small_run, "--out", small_disk / "site", "--no-context", "--no-progress", code=2)
     assert "is full" in text
+    text = cli("explain", photo_dir / "animals" / "chelsea.png", "--run", small_run, "--out",
+               small_disk / "explained", code=2)
+    assert "is full" in text
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
     (small_disk / "kept").mkdir()
     filler.unlink()

@@ -99,7 +99,10 @@ def neuron_attribution_maps(model, run: str | Path, layer: str, channel: int,
                              "in a folder you name: pass `library_root` (the library's folder)")
         pixels = {}
         for k in valid:
-            decoded = decode_file(files[k], model.preprocessing.resize)
+            try:
+                decoded = decode_file(files[k], model.preprocessing.resize)
+            except Exception:  # noqa: BLE001 - a photo gone or unreadable now gets no attribution
+                continue
             if r.identity_matches(int(ids[k]), decoded.identity):  # else: another picture now
                 pixels[k] = decoded
     module = _without_inplace(model.module).to(model.device)

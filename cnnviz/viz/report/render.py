@@ -93,26 +93,25 @@ def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=Non
         from ...model.device import check_device
 
         check_device(device)
-    created = not out.exists()
-    try:
-        with writing_to(out):
-            return _write_report(run, out, layers, channels, attributions or {}, model, scale, progress,
-                                 context, explain, library, str(device))
-    except BaseException:
-        if created and out.is_dir():
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+    with writing_to(out):
+        return _write_report(run, out, layers, channels, attributions or {}, model, scale, progress,
+                             context, explain, library, str(device))
 
 
 @contextlib.contextmanager
 def writing_to(out: Path):
-    """A disk that fills while pages are written: one error naming the folder, not the errno."""
+    """Pages written into ``out``: a failure removes the folder when this created it (no
+    ``style.css`` or half a report left behind), and a disk that fills is one error naming the
+    folder, not the errno."""
+    created = not out.exists()
     try:
         yield
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except BaseException as exc:
+        if created and out.is_dir():
+            shutil.rmtree(out, ignore_errors=True)
+        if not isinstance(exc, OSError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        raise OutputError(f"the disk holding {out} is full ({exc.strerror or exc}): the report is not "
+        raise OutputError(f"the disk holding {out} is full ({exc.strerror or exc}): the pages are not "
                           "complete; free some space and run the same command again") from None
 
 
