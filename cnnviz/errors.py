@@ -14,8 +14,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-__all__ = ["CnnvizError", "UsageError", "ScanError", "ScanInterrupted", "RunFileError",
-           "WeightsUnavailableError", "MissingDependencyError"]
+__all__ = ["CnnvizError", "UsageError", "ScanError", "ScanInterrupted", "RunFileError", "OutputError",
+           "WeightsUnavailableError", "MissingDependencyError", "CnnvizWarning", "spell_options"]
 
 _OPTION = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)(=[^`]*)?`")
 
@@ -27,15 +27,19 @@ class CnnvizError(Exception):
         """The message with each backticked option ``name`` or ``name=value`` passed through
         ``spell(name, value)``; ``spell`` returns the replacement, or ``None`` to keep it."""
         text = str(self.args[0]) if self.args else type(self).__name__
-        if spell is None:
-            return text
+        return text if spell is None else spell_options(text, spell)
 
-        def sub(m: re.Match) -> str:
-            value = m.group(2)[1:] if m.group(2) else None
-            out = spell(m.group(1), value)
-            return m.group(0) if out is None else out
 
-        return _OPTION.sub(sub, text)
+def spell_options(text: str, spell: Callable[[str, str | None], str | None]) -> str:
+    """``text`` with each backticked option passed through ``spell`` (see
+    :meth:`CnnvizError.message`)."""
+
+    def sub(m: re.Match) -> str:
+        value = m.group(2)[1:] if m.group(2) else None
+        out = spell(m.group(1), value)
+        return m.group(0) if out is None else out
+
+    return _OPTION.sub(sub, text)
 
 
 class UsageError(CnnvizError, ValueError):
@@ -65,3 +69,9 @@ class WeightsUnavailableError(CnnvizError):
 
 class MissingDependencyError(CnnvizError, ImportError):
     """An optional package is needed for this (the message says which extra installs it)."""
+
+
+class CnnvizWarning(UserWarning):
+    """Something a user should know that changes nothing they asked for (a layer named twice is
+    tapped once; a list file names an image twice): ``warnings.warn`` it, never print it. The
+    command line shows it as one ``note:`` line, options spelled as flags."""

@@ -30,6 +30,7 @@ from cnnviz.images.decoding import MAX_PIXELS, decode_file
 from cnnviz.images.library import ImageLibrary
 from cnnviz.scanner import scan_shard
 
+from .conftest import IMAGEN, needs_shared
 from .test_scan import _big_library, _checkpointed, _cli, _wait_for, assert_same_file
 
 COMMON = ["--model", "resnet18", "--weights", "none", "--layers", "layer1.1,layer3.0", "--top-k", "3",
@@ -394,6 +395,49 @@ def test_a_report_on_a_full_disk_blames_the_disk_not_the_run_file(photo_dir, sma
     assert (site / "index.html").exists()
 
 
+def _digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_storing_images_on_a_full_disk_leaves_the_run_file_as_it_was(photo_dir, small_disk, tmp_path,
+                                                                      capsys, monkeypatch):
+    """channel-vis --run on a full disk printed 1,429 lines of HDF5 errors, segfaulted, and left
+    the run unreadable. Now: refused before the optimization when the copy cannot fit; a disk
+    that fills while the images are written loses the copy, never the run."""
+    import cnnviz.run.update as update
+    from cnnviz.cli import main
+    from cnnviz.errors import OutputError
+    from cnnviz.optim.render import store_in_run
+
+    run = small_disk / "run.h5"
+    shutil.copy(scan(photo_dir, load_model("resnet18", None), tmp_path / "run.h5", **KW), run)
+    before = _digest(run)
+    filler = _fill(small_disk, leave=run.stat().st_size // 2)
+    assert main(["channel-vis", "--model", "resnet18", "--weights", "none", "--layer", "layer3.0",
+                 "--channels", "0-1", "--steps", "1", "--run", str(run), "--out", str(tmp_path / "ch"),
+                 "--no-progress"]) == 2
+    text = capsys.readouterr()
+    _one_line_error(text.err)
+    assert f"the disk holding {run} has" in text.err and "free some space first" in text.err
+    assert "render" not in text.out and not (tmp_path / "ch").exists()  # refused before the work
+    filler.unlink()
+    # the disk fills after that check passed, while HDF5 writes the images into the copy
+    monkeypatch.setattr(update, "check_update_space", lambda *a, **k: None)
+    filler = _fill(small_disk, leave=run.stat().st_size + 200_000)
+    images = torch.rand(64, 3, 224, 224)  # 9.6 MB
+    with pytest.raises(OutputError, match="filled up while the optimized images were written; run.h5 is "):
+        store_in_run(run, "layer3.0", list(range(64)), images, "modern")
+    assert _digest(run) == before
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "run.h5"]  # no copy, no lock
+    filler.unlink()
+    _run_cli("report", str(run), "--out", str(tmp_path / "site"), "--no-context", "--no-progress", code=0)
+    store_in_run(run, "layer3.0", list(range(64)), images, "modern")
+    with h5py.File(run, "r") as f:
+        assert f["layers/layer3.0/optimized/done"][()].sum() == 64
+
+
 _HOLD = """
 import sys, time, h5py
 f = h5py.File(sys.argv[1], sys.argv[2])
@@ -404,28 +448,36 @@ time.sleep(60)
 
 def test_a_run_file_another_process_holds_open_is_named_busy_not_broken(photo_dir, tmp_path):
     """HDF5 locks an open file: reading one a notebook writes, or storing optimized images into
-    one a report reads, says so, not that the file is no HDF5 file."""
+    one a notebook writes, says so, not that the file is no HDF5 file. A process that only reads
+    it does not stop a store (which writes a copy and swaps it in)."""
     from cnnviz.optim.render import store_in_run
 
     run = scan(photo_dir, load_model("resnet18", None), tmp_path / "run.h5", **KW)
-    for mode, attempt, expected in (
-            ("r+", lambda: cnnviz.top_patches(run, layer="layer3.0"),
-             "is open for writing in another process"),
-            ("r", lambda: store_in_run(run, "layer3.0", [0], torch.rand(1, 3, 8, 8), "modern"),
-             "is open in another process")):
-        holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(run), mode], stdout=subprocess.PIPE,
+    for attempt in (lambda: cnnviz.top_patches(run, layer="layer3.0"),
+                    lambda: store_in_run(run, "layer3.0", [0], torch.rand(1, 3, 8, 8), "modern")):
+        holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(run), "r+"], stdout=subprocess.PIPE,
                                   text=True)
         try:
             assert holder.stdout.readline().strip() == "open"
             try:
                 attempt()
             except RunFileError as exc:
-                assert expected in str(exc) and "HDF5 file" not in str(exc).split("(")[0], exc
+                assert "is open for writing in another process" in str(exc), exc
+                assert "HDF5 file" not in str(exc).split("(")[0], exc
             else:
                 pytest.skip("HDF5 file locking is off here (HDF5_USE_FILE_LOCKING=FALSE?)")
         finally:
             holder.kill()
             holder.wait()
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(run), "r"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        store_in_run(run, "layer3.0", [0], torch.rand(1, 3, 8, 8), "modern")
+    finally:
+        holder.kill()
+        holder.wait()
+    with h5py.File(run, "r") as f:
+        assert f["layers/layer3.0/optimized/done"][()].nonzero()[0].tolist() == [0]
     assert len(cnnviz.top_patches(run, layer="layer3.0"))  # unharmed once the other process is gone
 
 
@@ -628,9 +680,343 @@ def test_sigterm_checkpoints_like_ctrl_c(photo_dir, tmp_path):
     assert_same_file(scan(lib, load_model("resnet18", None), tmp_path / "ref.h5", **KW), out)
 
 
-def test_a_layer_named_twice_is_scanned_once(photo_dir, tmp_path):
-    run = scan(photo_dir, load_model("resnet18", None), tmp_path / "run.h5",
-               layers="layer2.0,layer2[0],layer1.0", top_k=2, workers=0, progress=False)
+def test_a_layer_named_twice_is_scanned_once_and_said(photo_dir, tmp_path):
+    from cnnviz.errors import CnnvizWarning
+
+    said = r"layer layer2.0 is named 2 times \(layer2.0, layer2\[0\]\); it is tapped once"
+    with pytest.warns(CnnvizWarning, match=said):
+        run = scan(photo_dir, load_model("resnet18", None), tmp_path / "run.h5",
+                   layers="layer2.0,layer2[0],layer1.0", top_k=2, workers=0, progress=False)
     assert cnnviz.run.run_layers(run) == ["layer2.0", "layer1.0"]
     text = _run_cli("top", str(tmp_path), code=2)
     assert "is a folder" in text
+
+
+# -- any image shape, bounded memory --------------------------------------------------------
+
+_PEAK = """
+import resource, sys
+from pathlib import Path
+from cnnviz.images.dataset import LibraryDataset
+from cnnviz.images.library import ImageLibrary
+from cnnviz.model import Preprocessing
+
+data = LibraryDataset(ImageLibrary.open(sys.argv[1]), Preprocessing(resize=232, crop=(224, 224)))
+names = data.library.relpaths
+before = None
+for i, name in enumerate(names):   # the ordinary photo first: its peak is the baseline
+    _, crop, _, _, error = data[i]
+    assert not error and tuple(crop.shape) == (224, 224, 3), (name, error)
+    if before is None:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_memory_per_image_does_not_depend_on_its_shape(photo_dir, tmp_path):
+    """A 1 x 6000 or 6000 x 1 PNG is a few kB decoded; resized whole to a shorter side of 232 it
+    was 1 GB (a 1 x 20000 one took a scan to 5.8 GB). Only the part the crop keeps is
+    resampled now: the peak grows by no more than a few network inputs."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    shutil.copy(photo_dir / "animals" / "chelsea.png", lib / "a-ordinary.png")
+    ramp = np.arange(6000, dtype=np.uint8)
+    Image.fromarray(np.stack([ramp, ramp[::-1], ramp // 2], -1)[None]).save(lib / "b-wide.png")
+    Image.fromarray(np.stack([ramp, ramp[::-1], ramp // 2], -1)[:, None]).save(lib / "c-tall.png")
+    res = subprocess.run([sys.executable, "-c", _PEAK, str(lib)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    grown_mb = int(res.stdout.strip())
+    assert grown_mb < 64, f"the peak grew by {grown_mb} MB for two thin images"
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_ordinary_photos_are_cut_exactly_as_torchvision_does_and_thin_ones_nearly(photo_dir, interpolation):
+    from torchvision import transforms as T
+
+    from cnnviz.model import Preprocessing
+    from cnnviz.model.preprocessing import FULL_RESIZE_LIMIT
+
+    mode = T.InterpolationMode(interpolation)
+    photos = [p for p in sorted(photo_dir.rglob("*.*")) if p.name != "corrupt.jpg"]
+    for resize, crop in ((232, 224), (256, 224), (342, 299), (None, 64)):
+        pre = Preprocessing(resize=resize, crop=(crop, crop), interpolation=interpolation)
+        steps = [T.Resize(resize, interpolation=mode)] if resize else []
+        reference = T.Compose([*steps, T.CenterCrop(crop)])
+        for p in photos:
+            image = decode_file(p).image
+            ours, geometry = pre.crop_uint8(image)
+            np.testing.assert_array_equal(ours, np.asarray(reference(image)), err_msg=str(p))
+    pre = Preprocessing(resize=232, crop=(224, 224), interpolation=interpolation)
+    reference = T.Compose([T.Resize(232, interpolation=mode), T.CenterCrop(224)])
+    photo = decode_file(photo_dir / "animals" / "chelsea.png").image
+    for size in ((30, 3000), (3000, 30), (7, 900), (1, 2000), (2000, 1), (30, 100)):
+        thin = photo.resize(size, Image.BILINEAR)
+        rw, rh = pre.resized_size(*size)
+        assert (rw, rh) == T.Resize(232)(thin).size
+        ours, geometry = pre.crop_uint8(thin)
+        assert (geometry.resized_width, geometry.resized_height) == (rw, rh)
+        theirs = np.asarray(reference(thin)).astype(int)
+        if rw * rh <= FULL_RESIZE_LIMIT * 224 * 224:
+            np.testing.assert_array_equal(ours, theirs)
+        else:  # resampled in the kept region only: the same filter taps, float rounding aside
+            assert np.abs(ours - theirs).max() <= 2 and np.abs(ours - theirs).mean() < 0.2, size
+
+
+@needs_shared
+def test_real_photos_are_cut_exactly_as_torchvision_does():
+    from torchvision import transforms as T
+
+    from cnnviz.model import Preprocessing
+
+    photos = sorted(IMAGEN.rglob("*.*"))[::10]
+    for interpolation in ("bilinear", "bicubic"):
+        pre = Preprocessing(resize=232, crop=(224, 224), interpolation=interpolation)
+        reference = T.Compose([T.Resize(232, interpolation=T.InterpolationMode(interpolation)),
+                               T.CenterCrop(224)])
+        for p in photos:
+            image = decode_file(p, min_side=232).image
+            np.testing.assert_array_equal(pre.crop_uint8(image)[0], np.asarray(reference(image)), str(p))
+
+
+# -- weights files as people save them ------------------------------------------------------
+
+class _Payload:
+    """Unpickling this creates a file: proof that a weights file ran code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_common_checkpoint_layouts_load_as_the_weights_they_hold(tmp_path):
+    import torchvision
+
+    ref = torchvision.models.resnet18().state_dict()
+    layouts = {
+        "dataparallel": {f"module.{k}": v for k, v in ref.items()},
+        "lightning": {"epoch": 3, "global_step": 10, "state_dict": {f"model.{k}": v for k, v in ref.items()}},
+        "training script": {"model": ref, "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]}},
+        "compiled": {f"_orig_mod.{k}": v for k, v in ref.items()},
+        "older pytorch": {k: v for k, v in ref.items() if not k.endswith("num_batches_tracked")},
+        "float16": {k: v.half() if v.is_floating_point() else v for k, v in ref.items()},
+    }
+    for name, obj in layouts.items():
+        path = tmp_path / f"{name}.pt"
+        torch.save(obj, path)
+        got = load_model("resnet18", str(path)).module.state_dict()
+        for k, v in ref.items():
+            if k.endswith("num_batches_tracked"):
+                continue
+            want = v.half().float() if name == "float16" and v.is_floating_point() else v
+            assert torch.equal(got[k], want), (name, k)
+
+
+def test_weights_that_cannot_be_used_are_refused_in_one_line(tmp_path, capsys):
+    import torchvision
+
+    from cnnviz.cli import main
+
+    marker = tmp_path / "the-payload-ran"
+    files = {
+        "resnet18.pt": torchvision.models.resnet18().state_dict(),
+        "squeezenet.pt": torchvision.models.squeezenet1_1().state_dict(),
+        "finetuned.pt": torchvision.models.resnet18(num_classes=10).state_dict(),
+        "whole-model.pt": torchvision.models.squeezenet1_1(),
+        "payload.pt": {"conv1.weight": torch.zeros(1), "x": _Payload(marker)},
+    }
+    for name, obj in files.items():
+        torch.save(obj, tmp_path / name)
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "resnet18.pt").read_bytes()[:100_000])
+    expected = {
+        ("resnet34", "resnet18.pt"): ["does not fit the 'resnet34' architecture: 80 keys missing (layer1.2.",
+                                      "It fits resnet18: use --model resnet18."],
+        ("resnet18", "squeezenet.pt"): ["102 keys missing (conv1.weight", "52 unexpected (features.0.weight",
+                                        "It fits squeezenet1_1: use --model squeezenet1_1."],
+        ("resnet18", "finetuned.pt"): ["2 of another shape (e.g. fc.weight: [10, 512] in the file",
+                                       "a classifier of 10 outputs (fine-tuned?)"],
+        ("resnet18", "whole-model.pt"): ["it holds a pickled torchvision.models.squeezenet.SqueezeNet",
+                                         "torch.save(model.state_dict(), FILE)"],
+        ("resnet18", "payload.pt"): ["it holds a pickled io.open"],
+        ("resnet18", "cut.pt"): ["cut.pt: cannot read it as a PyTorch state_dict", "is the file complete?"],
+    }
+    for (model, name), parts in expected.items():
+        assert main(["layers", "--model", model, "--weights", str(tmp_path / name)]) == 2
+        text = capsys.readouterr().err
+        _one_line_error(text)
+        assert "\x1b[" not in text and "--weights" in text, text
+        for part in parts:
+            assert part in text, (name, text)
+    assert not marker.exists()
+
+
+
+# -- commands on the wrong machine or with the wrong names: one line each -------------------
+
+@pytest.fixture(scope="module")
+def small_run(photo_dir, tmp_path_factory) -> Path:
+    return scan(photo_dir, load_model("resnet18", None), tmp_path_factory.mktemp("small") / "run.h5", **KW)
+
+
+@pytest.fixture
+def cli(capsys):
+    """A command run in this process: its output (stdout and stderr), exit code checked."""
+    from cnnviz.cli import main
+
+    def run(*args, code: int) -> str:
+        assert main([str(a) for a in args]) == code
+        out = capsys.readouterr()
+        if code == 2:
+            _one_line_error(out.err)
+        return out.out + out.err
+    return run
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_gpu_that_is_not_here_is_one_line_for_every_command(small_run, photo_dir, tmp_path, cli):
+    """explain and report with --explain/--attributions/--model raised torch's RuntimeError; a
+    report with photos only ran on the CPU, silently."""
+    image = photo_dir / "animals" / "chelsea.png"
+    site = tmp_path / "site"
+    report = ["report", small_run, "--out", site, "--no-progress"]
+    for cmd in (["explain", image, "--run", small_run, "--device", "cuda"],
+                [*report, "--explain", image, "--device", "cuda"],
+                [*report, "--attributions", "layer3.0:0", "--device", "cuda"],
+                [*report, "--model", "resnet18", "--weights", "none", "--device", "cuda"],
+                [*report, "--device", "cuda"],
+                [*report, "--device", "cuda:x"]):
+        text = cli(*cmd, code=2)
+        assert "--device" in text and ("no CUDA GPU" in text or "not a device" in text), text
+    assert not site.exists()
+
+
+def test_plot_refuses_a_format_it_cannot_write_before_drawing(small_run, tmp_path, cli, monkeypatch):
+    import cnnviz.viz.figures as figures
+
+    monkeypatch.setattr(figures, "patch_montage", lambda *a, **k: pytest.fail("drawn before the check"))
+    text = cli("plot", "montage", small_run, "--layer", "layer3.0", "--out", tmp_path / "p.xyz", code=2)
+    assert "--out" in text and ".xyz is not an image format" in text and ".png" in text
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_channels_beyond_a_layer_are_refused_not_cut(small_run, tmp_path, cli):
+    site = tmp_path / "site"
+    text = cli("report", small_run, "--out", site, "--channels", "0-99999", "--no-context", "--no-progress",
+               code=2)
+    assert "--channels" in text and "layer1.1 has channels 0-63" in text
+    assert not site.exists()  # refused before anything is written: no folder, no style.css
+    text = cli("report", small_run, "--out", site, "--channels", "0-999999999999", "--no-context",
+               "--no-progress", code=2)  # refused as written, not first built as a list
+    text = cli("report", small_run, "--out", site, "--layers", "layer9", "--no-context", code=2)
+    assert "--layers 'layer9' is not in run.h5" in text and not site.exists()
+
+
+def test_a_run_without_maxima_is_one_note_per_layer_and_flags_are_spelled(photo_dir, tmp_path, cli):
+    run = scan(photo_dir, load_model("resnet18", None), tmp_path / "run.h5", **{**KW, "maxima_dtype": "none"})
+    text = cli("report", run, "--out", tmp_path / "site", "--channels", "2", "--no-context", "--no-progress",
+               code=0)
+    assert "UserWarning" not in text and "warnings.warn" not in text and "maxima_dtype" not in text
+    notes = [line for line in text.splitlines() if line.startswith("cnnviz report: note: ")]
+    assert len(notes) == 2 and all("--maxima none" in n for n in notes), text
+    text = cli("plot", "distribution", run, "--layer", "layer3.0", "--out", tmp_path / "d.png", code=2)
+    assert "scanned with --maxima none or other --maxima-layers" in text
+
+
+def test_an_unwritable_out_is_refused_before_the_optimization(small_run, small_disk, tmp_path, cli,
+                                                             monkeypatch):
+    """class-vis and channel-vis found out after minutes of optimizing; the work was lost."""
+    import cnnviz.optim
+
+    monkeypatch.setattr(cnnviz.optim, "render", lambda *a, **k: pytest.fail("optimized before the check"))
+    monkeypatch.setattr(cnnviz.optim, "cs231n_class_visualization",
+                        lambda *a, **k: pytest.fail("optimized before the check"))
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    common = ["--model", "resnet18", "--weights", "none", "--no-progress"]
+    for out, why in ((a_file / "x.png", "is a file, not a folder"), (a_file, "is a file; name a folder"),
+                     (small_disk / "grid.png", "cannot be written here"),
+                     (small_disk / "new" / "folder", "cannot be written here")):
+        text = cli("class-vis", *common, "--target", "1", "--out", out, code=2)
+        assert f"--out {out}" in text and why in text, text
+        text = cli("channel-vis", *common, "--layer", "layer3.0", "--channels", "0", "--out", out,
+                   "--run", small_run, code=2)
+        assert f"--out {out}" in text and why in text, text
+
+
+def test_refused_and_full_disk_commands_leave_nothing_behind(small_run, small_disk, photo_dir, tmp_path, cli):
+    """No style.css, 0-byte PNG or .lock after a command that failed."""
+    filler = _fill(small_disk, leave=0)
+    # a scan whose lock cannot even be signed on a full disk
+    cli("scan", photo_dir, *COMMON, "--out", small_disk / "run.h5", code=2)
+    # a report that runs out of space: the folder it created goes; in a folder that was there,
+    # no half-written file stays
+    text = cli("report", small_run, "--out", small_disk / "site", "--no-context", "--no-progress", code=2)
+    assert "is full" in text
+    text = cli("explain", photo_dir / "animals" / "chelsea.png", "--run", small_run, "--out",
+               small_disk / "explained", code=2)
+    assert "is full" in text
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+    (small_disk / "kept").mkdir()
+    filler.unlink()
+    filler = _fill(small_disk, leave=150_000)
+    cli("report", small_run, "--out", small_disk / "kept", "--no-context", "--no-progress", code=2)
+    written = [p for p in (small_disk / "kept").rglob("*") if p.is_file()]
+    assert written and all(p.stat().st_size > 0 for p in written)
+    assert not (small_disk / "kept" / "index.html").exists()
+    # optimized images to a full disk: none left half-written
+    filler.unlink()
+    filler = _fill(small_disk, leave=0)
+    cli("channel-vis", "--model", "resnet18", "--weights", "none", "--layer", "layer3.0", "--channels", "0-1",
+        "--steps", "1", "--out", small_disk / "ch", "--no-progress", code=2)
+    assert all(p.stat().st_size > 0 for p in small_disk.rglob("*.png"))
+    assert not list(small_disk.rglob("*.lock"))
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_decoding_workers_die_with_the_scan(photo_dir, tmp_path):
+    """kill -9 of the scan's main process alone: its decoding workers lived on for seconds
+    holding the run's lock, so an immediate --resume was refused naming the dead process. The
+    workers are stopped here first (SIGSTOP), so PyTorch's own 5-second watchdog cannot end
+    them: only dying with their parent can."""
+    lib = _big_library(photo_dir, tmp_path, copies=2)
+    out = tmp_path / "run.h5"
+    common = [*COMMON[:-3], "--workers", "2", "--no-progress"]
+    proc = _cli("scan", str(lib), *common, "--out", str(out), "--checkpoint-images", "2")
+    _wait_for(_checkpointed(tmp_path / "run.h5.work", 2), what="checkpoints")
+    workers = _children(proc.pid)
+    assert len(workers) >= 2, workers
+    try:
+        for w in workers:
+            os.kill(w, signal.SIGSTOP)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        _wait_for(lambda: not any(_alive(w) for w in workers), timeout=60, what="the workers to die")
+    finally:
+        for w in workers:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
+    resumed = _cli("scan", str(lib), *common, "--out", str(out), "--resume")
+    text = resumed.stdout.read()
+    assert resumed.wait(timeout=600) == 0, text

@@ -391,12 +391,19 @@ def test_show_embeds_each_rows_stored_patch_and_leaves_the_table_alone(run):
         cnnviz.show(pd.DataFrame(picked.to_dict()))  # a new frame: no attrs
 
 
-def test_a_report_far_from_its_library_leaves_the_photos_out(run, tmp_path, capsys):
+def test_a_report_far_from_its_library_leaves_the_photos_out(run, tmp_path):
     moved = tmp_path / "moved.h5"
     shutil.copy(run, moved)
     with h5py.File(moved, "r+") as f:
         f.attrs["library_root"] = str(tmp_path / "not-here")
-    index = write_report(moved, tmp_path / "site", layers=["layer3.0"], channels=2, progress=False)
-    assert "library folder" in capsys.readouterr().err
+    from cnnviz.errors import CnnvizWarning
+
+    with pytest.warns(CnnvizWarning, match="library folder .*not-here is not here .*give `library`"):
+        index = write_report(moved, tmp_path / "site", layers=["layer3.0"], channels=2, progress=False)
     assert not list(index.parent.rglob("*-context.*"))
     assert "In their photos" not in (index.parent / "layer3.0" / "c0.html").read_text()
+    with h5py.File(run, "r") as f:  # where the images are now
+        library = f.attrs["library_root"]
+    index = write_report(moved, tmp_path / "site2", layers=["layer3.0"], channels=2, progress=False,
+                         library=library)
+    assert "In their photos" in (index.parent / "layer3.0" / "c0.html").read_text()

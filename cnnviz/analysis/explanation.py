@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..errors import UsageError
+from ..errors import RunFileError, UsageError
 from ..images.decoding import decode_file
 from ..images.patches import cut_patch, patch_box
 from ..model.receptive_field import AxisField, ReceptiveField
@@ -70,19 +70,21 @@ def explain_images(images, run, layers=None, model=None, device: str = "cpu",
                    batch_size: int = 16, param: str = "images") -> ExplainedImages:
     """:func:`explain`, keeping the decoded crops (for patches and pages); ``param`` names the
     images' argument in errors (``explain`` when the report asks)."""
+    from ..model.device import check_device
     from ..scanner.loop import reduce_images
+    from ..viz.attribution import check_model_fits, model_of_run
 
     paths = [Path(images)] if isinstance(images, (str, Path)) else [Path(p) for p in images]
     if not paths:
         raise UsageError(f"`{param}`: give at least one image file")
+    check_device(device)
     with RunReader(run) as reader:
         names = reader.layers if layers is None else list(layers)
         for name in names:
             reader.check_layer(name, "layers")
         if model is None:
-            from ..viz.attribution import model_of_run
-
             model = model_of_run(run, device=device)
+        check_model_fits(model, reader, names)
         decoded = [_crop(p, model.preprocessing, param) for p in paths]
         crops = np.stack([c for c, _ in decoded])
         # in the scan's precision (under AMP the values are those of the float16/bfloat16 network)
@@ -129,9 +131,15 @@ def _use_recorded(reader: RunReader, layer: str, library_ids: np.ndarray, values
     if not (library_ids >= 0).any() or not reader.has_maxima(layer):
         return
     rows = np.flatnonzero(library_ids >= 0)
+    g = reader.layer(layer)
+    cells = int(g.attrs["height"]) * int(g.attrs["width"])
     for j in rows:
+        recorded = reader.maxima_dataset(layer, positions=True)[int(library_ids[j])]
+        if (recorded >= cells).any():  # positions are read per image, not checked on open
+            raise RunFileError(f"{reader.path} is damaged or was not written by cnnviz (a position of "
+                               f"{layer} lies outside its map); it is not read")
         values[j] = reader.maxima_dataset(layer)[int(library_ids[j])]
-        index[j] = reader.maxima_dataset(layer, positions=True)[int(library_ids[j])]
+        index[j] = recorded
 
 
 def _layer_table(reader: RunReader, layer: str, paths: list[Path], library_ids: np.ndarray,

@@ -32,6 +32,10 @@ def run_explain(args) -> int:
 
     if args.top < 1:
         raise UsageError("`top` must be at least 1")
+    if args.out:
+        from .common import check_out
+
+        check_out(args.out, file=False)  # before the forward passes
     model = None
     if args.model:
         from .common import load

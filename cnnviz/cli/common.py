@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 WEIGHTS_HELP = ("DEFAULT or a torchvision weights name (IMAGENET1K_V2...), a local state_dict "
-                "file, or 'none' for random weights (default: DEFAULT)")
+                "or training checkpoint file (never unpickled), or 'none' for random weights "
+                "(default: DEFAULT)")
 
 
 def add_model_args(p: argparse.ArgumentParser, default: str | None = None, required: bool = True) -> None:
@@ -25,14 +28,11 @@ def add_progress_arg(p: argparse.ArgumentParser) -> None:
 
 def load(args):
     from ..model.loading import load_model
-    from ..scanner.config import check_device
 
-    device = getattr(args, "device", "cpu")
-    check_device(device)  # before the weights load: `--device cuda` on a machine without one
-    return load_model(args.model, args.weights, device=device)
+    return load_model(args.model, args.weights, device=getattr(args, "device", "cpu"))
 
 
-def channel_list(spec: str, what: str = "channels", n_channels: int = 1 << 30) -> list[int]:
+def channel_list(spec: str, what: str = "channels", n_channels: int = 1 << 17) -> list[int]:
     from ..viz.channels import parse_channels
 
     return parse_channels(spec, n_channels, what=what)
@@ -44,3 +44,25 @@ def use_agg() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+
+
+def check_out(out: str, file: bool) -> None:
+    """Refuse an ``--out`` that cannot be written, before the work that fills it: ``file``, an
+    output file (its folder is created when missing); else a folder of outputs."""
+    from ..errors import UsageError
+
+    path = Path(out)
+    if file and path.is_dir():
+        raise UsageError(f"`out` {out} is a folder; name the file to write")
+    if not file and path.exists() and not path.is_dir():
+        raise UsageError(f"`out` {out} is a file; name a folder to write the images in (or a .png "
+                         "file for one grid)")
+    folder = path.parent if file else path
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"`out` {out}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"`out` {out}: {existing} cannot be written here (permissions, or a read-only "
+                         "filesystem); choose another place")

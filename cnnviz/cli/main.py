@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import sys
 import traceback
+import warnings
 
 from .. import __version__
-from ..errors import CnnvizError, ScanInterrupted
+from ..errors import CnnvizError, CnnvizWarning, ScanInterrupted, spell_options
 from . import analysis_cmds, model_cmds, optim_cmds, run_cmds, scan_cmds
 from .common import add_model_args, add_progress_arg
 
@@ -42,14 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _flag_speller(parser: argparse.ArgumentParser, command: str):
-    """Spells a library option (``top_k``, ``overwrite=True``) as the command's flag."""
+    """Spells a library option (``top_k``, ``overwrite=True``) as the command's flag; an option
+    the command does not have is spelled as the scan's (a run "scanned with `maxima_dtype=none`"
+    reads ``--maxima none``)."""
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     flags = {}
-    for action in sub.choices[command]._actions:
-        if action.option_strings:
-            flags[action.dest] = (action.option_strings[-1], action.nargs == 0)
-        elif action.dest != "help":
-            flags[action.dest] = (action.metavar or action.dest.upper(), True)
+    for name in ("scan", command):
+        for action in sub.choices[name]._actions:
+            if action.option_strings:
+                flags[action.dest] = (action.option_strings[-1], action.nargs == 0)
+            elif action.dest != "help" and name == command:
+                flags[action.dest] = (action.metavar or action.dest.upper(), True)
 
     def spell(name: str, value: str | None) -> str | None:
         if name not in flags:
@@ -60,17 +65,35 @@ def _flag_speller(parser: argparse.ArgumentParser, command: str):
     return spell
 
 
+@contextlib.contextmanager
+def _notes(command: str, spell):
+    """cnnviz's warnings (:class:`~cnnviz.errors.CnnvizWarning`) as one ``note:`` line each, the
+    options spelled as flags; other warnings as Python shows them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", CnnvizWarning)
+        previous = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if not issubclass(category, CnnvizWarning):
+                return previous(message, category, filename, lineno, file, line)
+            print(f"cnnviz {command}: note: {spell_options(str(message), spell)}", file=sys.stderr)
+
+        warnings.showwarning = show
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    spell = _flag_speller(parser, args.command)
     try:
-        return args.func(args)
+        with _notes(args.command, spell):
+            return args.func(args)
     except ScanInterrupted as exc:
-        print(f"\ncnnviz: {exc.message(_flag_speller(parser, args.command))}", file=sys.stderr)
+        print(f"\ncnnviz: {exc.message(spell)}", file=sys.stderr)
         return 130
     except CnnvizError as exc:
-        print(f"cnnviz {args.command}: error: {exc.message(_flag_speller(parser, args.command))}",
-              file=sys.stderr)
+        print(f"cnnviz {args.command}: error: {exc.message(spell)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\ncnnviz {args.command}: interrupted", file=sys.stderr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_device_arg, add_model_args, add_progress_arg, channel_list, load
+from .common import add_device_arg, add_model_args, add_progress_arg, channel_list, check_out, load
 
 
 def _write_images(images, out: str, names: list[str], columns: int = 8) -> None:
@@ -15,13 +15,21 @@ def _write_images(images, out: str, names: list[str], columns: int = 8) -> None:
     from ..viz.figures import image_grid
 
     path = Path(out)
-    if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+    if _is_grid(out):
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image_grid(to_uint8(images), columns, gutter=2)).save(path)
+        try:
+            Image.fromarray(image_grid(to_uint8(images), columns, gutter=2)).save(path)
+        except BaseException:
+            path.unlink(missing_ok=True)  # no half-written (0-byte) image left behind
+            raise
         print(f"wrote {path} ({len(names)} images)")
     else:
         save_png(images, [path / f"{n}.png" for n in names])
         print(f"wrote {len(names)} PNGs to {path}/")
+
+
+def _is_grid(out: str) -> bool:
+    return Path(out).suffix.lower() in (".png", ".jpg", ".jpeg")
 
 
 def add_class_vis(sub) -> None:
@@ -46,6 +54,7 @@ def run_class_vis(args) -> int:
     from ..labels import class_indices
     from ..optim import class_probabilities, cs231n_class_visualization, objectives, render, to_uint8
 
+    check_out(args.out, file=_is_grid(args.out))  # before the optimization, not after it
     model = load(args)
     targets = class_indices(args.target, model.class_names, "target")
     if args.recipe == "cs231n":
@@ -72,7 +81,8 @@ def add_channel_vis(sub) -> None:
     p.add_argument("--lr", type=float, default=None, help="Adam lr (default: 0.05, Lucid's)")
     p.add_argument("--batch-size", type=int, default=64, help="channels optimized at once (default 64)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--run", default=None, help="also store the images in this run file for the report")
+    p.add_argument("--run", default=None, help="also store the images in this run file for the report "
+                   "(written into a copy that replaces it when complete: a failure leaves it as it was)")
     add_device_arg(p, "the optimization")
     p.add_argument("--out", required=True, help="grid image (.png) or folder of PNGs")
     add_progress_arg(p)
@@ -85,12 +95,14 @@ def run_channel_vis(args) -> int:
     from ..model.taps import resolve_layer
     from ..optim import objectives, render, store_in_run
 
+    check_out(args.out, file=_is_grid(args.out))  # before the optimization, not after it
     model = load(args)
     tap = resolve_layer(model, args.layer)
     chans = channel_list(args.channels, n_channels=tap.channels)
-    if args.run:
-        _check_run_takes(args.run, tap)  # before the optimization, not after it
-    images, done = [], []
+    if args.run:  # before the optimization, not after it
+        h, w = model.input_size
+        _check_run_takes(args.run, tap, extra_bytes=len(chans) * h * w * 3)
+    images, done, stopped = [], [], None
     try:
         for start in range(0, len(chans), args.batch_size):
             part = chans[start: start + args.batch_size]
@@ -98,20 +110,28 @@ def run_channel_vis(args) -> int:
                          steps=args.steps, lr=args.lr or 0.05, seed=args.seed, progress=not args.no_progress)
             images.append(res.images)
             done += part
-            if args.run:
-                store_in_run(args.run, tap.name, part, res.images, "modern")
-    finally:  # Ctrl-C, or a run file that could not take them: the finished images are kept
-        if images:
-            _write_images(torch.cat(images), args.out, [f"{tap.name}-c{c}" for c in done])
-    if args.run:
-        print(f"stored in {args.run} (layers/{tap.name}/optimized): the report shows them")
+    except BaseException as exc:  # Ctrl-C: the images finished so far are kept all the same
+        stopped = exc
+    if images:
+        finished = torch.cat(images)
+        _write_images(finished, args.out, [f"{tap.name}-c{c}" for c in done])
+        if args.run:  # once, at the end: each store writes a copy of the run file
+            store_in_run(args.run, tap.name, done, finished, "modern")
+            print(f"stored {len(done)} images in {args.run} (layers/{tap.name}/optimized): the report "
+                  "shows them")
+    if stopped is not None:
+        raise stopped
     return 0
 
 
-def _check_run_takes(run: str, tap) -> None:
-    """The run file has the layer, with as many channels as the model's."""
+def _check_run_takes(run: str, tap, extra_bytes: int) -> None:
+    """The run file has the layer, with as many channels as the model's, and its disk has room
+    for a copy of it with the images (see :func:`cnnviz.run.update.update_run`)."""
+    from pathlib import Path
+
     from ..errors import UsageError
     from ..run.reader import RunReader
+    from ..run.update import check_update_space
 
     with RunReader(run) as r:
         r.check_layer(tap.name, "layer")
@@ -119,6 +139,7 @@ def _check_run_takes(run: str, tap) -> None:
     if channels != tap.channels:
         raise UsageError(f"`run` {run}: its layer {tap.name} has {channels} channels, this model's "
                          f"{tap.channels}: is it the run of this model?")
+    check_update_space(Path(run), extra_bytes)
 
 
 COMMANDS = [add_class_vis, add_channel_vis]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import WEIGHTS_HELP, add_progress_arg, channel_list, use_agg
+from .common import WEIGHTS_HELP, add_progress_arg, channel_list, check_out, use_agg
 
 
 def add_top(sub) -> None:
@@ -94,6 +94,10 @@ def add_report(sub) -> None:
                         "(default: reloaded from the run file)")
     p.add_argument("--weights", default="DEFAULT", help=WEIGHTS_HELP)
     p.add_argument("--device", default="cpu", help="device for the model (default: cpu)")
+    p.add_argument("--library", default=None, metavar="FOLDER",
+                   help="where the run's images are now, if they moved since the scan; a run written "
+                        "before cnnviz 0.2 (no image identities) shows photos only from a folder named "
+                        "here")
     add_progress_arg(p)
     p.set_defaults(func=run_report)
 
@@ -122,17 +126,13 @@ def run_report(args) -> int:
         from .common import load
 
         model = load(args)
-    elif attributions or args.explain:
-        from ..viz.attribution import model_of_run
-
-        model = model_of_run(args.run, device=args.device)
     channels = None
     if args.channels:
         channels = int(args.channels) if args.channels.isdigit() else channel_list(args.channels)
     index = write_report(args.run, args.out, layers=args.layers.split(",") if args.layers else None,
                          channels=channels, attributions=attributions, model=model,
                          progress=not args.no_progress, context=not args.no_context,
-                         explain=args.explain)
+                         explain=args.explain, library=args.library, device=args.device)
     print(f"report: {index.resolve()}")
     return 0
 
@@ -152,6 +152,8 @@ def run_plot(args) -> int:
     use_agg()
     from ..viz import figures
 
+    figures.check_figure_path(args.out)  # before the figure is drawn
+    check_out(args.out, file=True)
     if args.kind == "montage":
         fig = figures.patch_montage(args.run, args.layer, args.channel)
     elif args.kind == "distribution":

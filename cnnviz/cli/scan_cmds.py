@@ -17,8 +17,9 @@ def add_scan(sub) -> None:
                        "at the end. What happens on faults: README, 'What happens when things go "
                        "wrong'.")
     p.add_argument("library", metavar="LIBRARY",
-                   help="image folder (recursive; labels from class/ subfolders) or a text/CSV "
-                        "file of paths with an optional label column")
+                   help="image folder (recursive; labels from class/ subfolders) or a text/CSV/TSV "
+                        "file of paths (relative to its own folder) with an optional label column, "
+                        "as spreadsheets and scripts write it (README, 'List files')")
     add_model_args(p)
     p.add_argument("--layers", default=None,
                    help="comma-separated tap names (default: the block outputs, see `cnnviz layers`)")

@@ -4,6 +4,12 @@ records in ``/failures``."""
 
 from __future__ import annotations
 
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+
 import torch
 from torch.utils.data import Dataset
 
@@ -11,7 +17,7 @@ from ..model.preprocessing import Preprocessing
 from .decoding import decode_file
 from .library import ImageLibrary
 
-__all__ = ["LibraryDataset", "collate", "batch_ranges", "decode_crop"]
+__all__ = ["LibraryDataset", "collate", "batch_ranges", "decode_crop", "die_with_parent"]
 
 
 def decode_crop(library: ImageLibrary, preprocessing: Preprocessing, image_id: int):
@@ -38,6 +44,17 @@ class LibraryDataset(Dataset):
     def __len__(self) -> int:
         return len(self.library)
 
+    @staticmethod
+    def worker_init(worker_id: int) -> None:
+        """``worker_init_fn`` of the DataLoaders that decode images. A worker leaves Ctrl-C (and
+        a closed terminal's SIGHUP) to the main process, which finishes the batch and
+        checkpoints (a terminal signals the whole process group); and it dies with the main
+        process: after ``kill -9`` of the scan alone, a worker lived on for seconds holding the
+        run's lock (inherited with the fork), and an immediate ``resume`` was refused."""
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        die_with_parent()
+
     def __getitem__(self, image_id: int):
         h, w = self.preprocessing.crop
         try:
@@ -50,6 +67,23 @@ class LibraryDataset(Dataset):
             blank = torch.zeros((h, w, 3), dtype=torch.uint8)
             zeros = torch.zeros(9, dtype=torch.int64)
             return image_id, blank, zeros[:6], zeros[6:], reason
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Have the kernel kill this (forked) process when its parent dies (Linux:
+    ``prctl(PR_SET_PDEATHSIG, SIGKILL)``); elsewhere, or if the parent is already gone, leave
+    at once when the parent is gone (PyTorch's own watchdog checks every 5 s)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(0)  # the parent died before the prctl took effect
 
 
 def _reason(exc: Exception, path) -> str:

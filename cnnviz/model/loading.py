@@ -20,6 +20,7 @@ import torchvision
 from torch import nn
 
 from ..errors import MissingDependencyError, UsageError, WeightsUnavailableError
+from .checkpoints import fit_state_dict, read_state_dict
 from .preprocessing import Preprocessing
 
 __all__ = ["LoadedModel", "load_model", "from_module", "available_models", "WeightsUnavailableError",
@@ -144,32 +145,23 @@ def _unknown_model_error(name: str) -> UsageError:
     )
 
 
-def _read_state_dict(path: Path) -> dict:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means "not a readable state_dict"
-        why = f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__}: empty or cut short?"
-        raise UsageError(f"`weights` {path}: cannot read it as a PyTorch state_dict ({why})") from exc
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict):
-        raise UsageError(f"`weights` {path}: expected a state_dict (a dict of tensors), got "
-                         f"{type(obj).__name__}")
-    return obj
-
-
 def _load_file_into(module: nn.Module, path: Path, name: str) -> None:
-    state = _read_state_dict(path)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UsageError(
-            f"`weights` {path} does not fit the {name!r} architecture: "
-            f"{len(missing)} missing keys (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}). "
-            "Is it a state_dict of another model?"
-        )
+    state = fit_state_dict(read_state_dict(path), module, path, name, candidates=_architectures)
+    module.load_state_dict(state, strict=False)  # only num_batches_tracked may be missing
+
+
+def _architectures() -> list[tuple[str, Callable[[], nn.Module]]]:
+    """Every architecture :func:`load_model` builds, as ``(name, build with random weights)``:
+    to name the one a weights file fits."""
+    out = [(n, lambda n=n: torchvision.models.get_model(n, weights=None))
+           for n in torchvision.models.list_models(module=torchvision.models)]
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        out.append(("efficientnet_lite0", lambda: EfficientNet.from_name("efficientnet-lite0")))
+    except ImportError:
+        pass
+    return out
 
 
 def _torchvision_weights(name: str, spec: str):
@@ -233,6 +225,9 @@ def load_model(
         >>> m.preprocessing.crop, len(m.class_names)
         ((224, 224), 1000)
     """
+    from .device import check_device
+
+    check_device(device)  # before the weights load: a missing GPU costs nothing
     if name in EXTRA_MODELS:
         loaded = EXTRA_MODELS[name](weights, seed)
     else:
@@ -345,11 +340,26 @@ def reload_model(name: str, weights_spec: dict | None, weights_origin: str = "",
                  device: str | torch.device = "cpu") -> LoadedModel:
     """Load a model again from what a run file records: its name and ``weights_spec`` (see
     :class:`LoadedModel`)."""
+    from ..errors import CnnvizError
+    from .device import check_device
+
     if weights_spec is None:
         origin = weights_origin or "a module wrapped with from_module"
         raise UsageError(f"cnnviz cannot reload the model {name} ({origin}); pass it in Python "
                          "(`model=...`) or give `model` and `weights`")
-    return load_model(name, weights_spec["weights"], seed=int(weights_spec.get("seed", 0)), device=device)
+    check_device(device)
+    weights, seed = weights_spec.get("weights"), weights_spec.get("seed", 0)
+    if not isinstance(weights, (str, type(None))) or not isinstance(seed, int):
+        raise UsageError(f"the run file's weights_spec {weights_spec!r} is not one cnnviz writes; give "
+                         "the run's model with `model` and `weights`")
+    try:
+        return load_model(name, weights, seed=seed, device=device)
+    except CnnvizError as exc:
+        # the user did not name these weights: the run file did; say so, and what to pass instead
+        why = str(exc).replace("`weights` ", "").replace("`", "")
+        raise type(exc)(f"the model this run was made with cannot be loaded again ({name}, weights "
+                        f"{weights!r} as the run file records them: {why}); give the run's model with "
+                        "`model` and `weights`") from None
 
 
 def weights_digest(module: nn.Module) -> str:

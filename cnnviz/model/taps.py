@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import warnings
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import UsageError
+from ..errors import CnnvizWarning, UsageError
 from .receptive_field import AxisField, ReceptiveField, trace_fields
 
 __all__ = ["LayerTap", "list_layers", "resolve_layer", "resolve_layers", "default_layers",
@@ -172,10 +173,16 @@ def resolve_layers(model, names: Sequence[str] | str | None) -> list[LayerTap]:
         names = [n for n in names.split(",") if n.strip()]
     if not names:
         return default_layers(model)
-    taps = {}
+    taps: dict[str, LayerTap] = {}
+    spelled: dict[str, list[str]] = {}
     for n in names:
         tap = resolve_layer(model, n)
         taps.setdefault(tap.name, tap)
+        spelled.setdefault(tap.name, []).append(n.strip())
+    for name, spellings in spelled.items():
+        if len(spellings) > 1:
+            warnings.warn(f"layer {name} is named {len(spellings)} times ({', '.join(spellings)}); it is "
+                          "tapped once", CnnvizWarning, stacklevel=2)
     return list(taps.values())
 
 

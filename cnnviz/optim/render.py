@@ -280,7 +280,11 @@ def save_png(images: torch.Tensor, paths: Sequence[str | Path]) -> list[Path]:
     for arr, p in zip(to_uint8(images), paths, strict=True):
         p = Path(p)
         p.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(arr).save(p)
+        try:
+            Image.fromarray(arr).save(p)
+        except BaseException:
+            p.unlink(missing_ok=True)  # a full disk leaves no 0-byte image behind
+            raise
         out.append(p)
     return out
 
@@ -297,22 +301,20 @@ def store_in_run(run: str | Path, layer: str, channels: Sequence[int], images: t
                  recipe: str) -> None:
     """Add optimized images of some channels to a run file (``layers/<layer>/optimized``), so
     the report shows each beside its dataset examples. Images of another size than those the
-    layer holds replace them all."""
-    import h5py
+    layer holds replace them all.
 
-    from ..errors import RunFileError
-    from ..run.reader import RunReader, busy_message, is_locked_error
+    The run file is never damaged: the images are written into a copy (by a separate process)
+    that replaces it once complete (:func:`cnnviz.run.update.update_run`); a full disk leaves it
+    as it was."""
+    from ..run.reader import RunReader
+    from ..run.update import update_run
 
     with RunReader(run) as r:  # format and version check
         r.check_layer(layer)
+        r.check_channels(layer, list(channels), "channels")
     arr = to_uint8(images)
-    try:
-        f = h5py.File(run, "r+")
-    except OSError as exc:
-        if is_locked_error(exc):
-            raise RunFileError(busy_message(Path(run), writing=True)) from None
-        raise
-    with f:
+
+    def write(f) -> None:
         g = f[fmt.layer_group(layer)]
         n_ch = int(g.attrs["channels"])
         if fmt.OPTIMIZED_IMAGES in g and g[fmt.OPTIMIZED_IMAGES].shape[1:] != arr.shape[1:]:
@@ -327,3 +329,5 @@ def store_in_run(run: str | Path, layer: str, channels: Sequence[int], images: t
             g[fmt.OPTIMIZED_IMAGES][c] = a
             g[fmt.OPTIMIZED_DONE][c] = True
         g[fmt.OPTIMIZED].attrs["recipe"] = recipe
+
+    update_run(run, write, extra_bytes=arr.nbytes, what="the optimized images")

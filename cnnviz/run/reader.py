@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,12 +20,14 @@ import numpy as np
 
 from ..errors import RunFileError, UsageError
 from . import format as fmt
+from .validate import validate_run
 
 __all__ = ["open_run", "RunReader"]
 
 
 def open_run(path: str | Path) -> h5py.File:
-    """Open a run file read-only, checking its format and version."""
+    """Open a run file read-only, checking its format and version, and that its counts, shapes
+    and ids hold together (:mod:`.validate`: a crafted file is refused before it is used)."""
     path = Path(path)
     if path.is_dir():
         raise RunFileError(f"{path} is a folder; give the run file (RUN.h5) itself")
@@ -49,6 +52,14 @@ def open_run(path: str | Path) -> h5py.File:
 
         raise RunFileError(f"{path} has run-file format {version}; this cnnviz ({__version__}) "
                            f"reads up to {fmt.FORMAT_VERSION}: upgrade cnnviz")
+    try:
+        validate_run(f, path)
+    except OSError as exc:  # a checksum or block that cannot be read
+        f.close()
+        raise RunFileError(f"{path} is damaged ({exc}); scan again, or restore it from a copy") from None
+    except BaseException:
+        f.close()
+        raise
     return f
 
 
@@ -220,11 +231,49 @@ class RunReader:
     def library_root(self) -> Path:
         return Path(str(self.attrs["library_root"]))
 
+    @property
+    def has_identity(self) -> bool:
+        """Whether the run recorded each image file's size and digest (since cnnviz 0.2)."""
+        return fmt.IMAGE_IDENTITY in self.file
+
+    def image_file(self, image_id: int, library: str | Path | None = None) -> Path | None:
+        """The file of a scanned image, where the run vouches for one: with recorded identities
+        under ``library`` (default: the run's library folder; the caller compares the file's
+        bytes with :meth:`identity_matches`); without them (files older than cnnviz 0.2) only
+        inside a ``library`` the user names, never through an absolute or ``..`` path. ``None``
+        otherwise: a run file from someone else must not make cnnviz read any local file."""
+        rel = str(self.paths[image_id])
+        if self.has_identity:
+            return (Path(library) if library is not None else self.library_root) / rel
+        if library is None:
+            return None
+        rel = os.path.normpath(rel)
+        if os.path.isabs(rel) or rel == ".." or rel.startswith("../"):
+            return None
+        return Path(library) / rel
+
+    def identity_matches(self, image_id: int, identity: tuple[int, int, int]) -> bool:
+        """Whether a file read now, of ``identity`` ``(size, mtime_ns, digest)``, is the one the
+        scan read (size and digest; a run without identities vouches for nothing, so any file
+        the user's ``library`` holds matches)."""
+        if not self.has_identity:
+            return True
+        size, _, digest = (int(v) for v in self.file[fmt.IMAGE_IDENTITY][image_id])
+        return (size, digest) != (0, 0) and (int(identity[0]), int(identity[2])) == (size, digest)
+
     def weights_spec(self) -> dict | None:
         """How to reload the run's weights (see :func:`cnnviz.model.reload_model`)."""
         if fmt.ATTR_WEIGHTS_SPEC in self.attrs:
-            return json.loads(self.attrs[fmt.ATTR_WEIGHTS_SPEC])
-        return _legacy_weights_spec(str(self.attrs["weights_origin"]))
+            try:
+                spec = json.loads(self.attrs[fmt.ATTR_WEIGHTS_SPEC])
+            except (TypeError, ValueError):
+                spec = ""
+            if spec is not None and not isinstance(spec, dict):
+                raise RunFileError(f"{self.path} is damaged or was not written by cnnviz (its weights_spec "
+                                   "is not one cnnviz writes); give the run's model with `model` and "
+                                   "`weights`")
+            return spec
+        return _legacy_weights_spec(str(self.attrs.get("weights_origin", "")))
 
     def has_maxima(self, layer: str) -> bool:
         """Whether the run kept the per-image maxima of ``layer``."""

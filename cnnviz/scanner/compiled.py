@@ -12,12 +12,12 @@ one shape so that it compiles once; compiled code is cached by torch
 
 from __future__ import annotations
 
-import sys
 import time
+import warnings
 
 import torch
 
-from ..errors import UsageError
+from ..errors import CnnvizWarning, UsageError
 from .reducers import spatial_max
 
 __all__ = ["CompiledTaps"]
@@ -41,7 +41,7 @@ class CompiledTaps:
         started = time.monotonic()
         self.forward(example)  # compile now, not inside the scan's timing
         self.compile_seconds = time.monotonic() - started
-        print(f"compiled the network in {self.compile_seconds:.1f} s", file=sys.stderr)
+        warnings.warn(f"compiled the network in {self.compile_seconds:.1f} s", CnnvizWarning, stacklevel=2)
 
     def forward(self, x: torch.Tensor) -> None:
         n = x.shape[0]

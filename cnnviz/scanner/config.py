@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import ScanError, UsageError
 
-__all__ = ["ScanConfig", "check_output", "check_device"]
+__all__ = ["ScanConfig", "check_output", "check_scan_device"]
 
 
 def default_workers() -> int:
@@ -128,24 +128,15 @@ class ScanConfig:
         if self.maxima_dtype not in ("float32", "float16", "none"):
             raise UsageError(f"`maxima_dtype` {self.maxima_dtype!r}: choose float32, float16 or none")
         _ = self.resolved_precision
-        check_device(self.device)
+        check_scan_device(self.device)
 
 
-def check_device(device: str) -> None:
-    import torch
+def check_scan_device(device: str) -> None:
+    """A device this machine has (:func:`cnnviz.model.device.check_device`), and one a scan runs
+    on: the CPU or a CUDA GPU."""
+    from ..model.device import check_device
 
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UsageError(f"`device` {device!r}: not a device; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"`device` {device}: this machine has no CUDA GPU that torch can use "
-                             "(use `device=cpu`)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UsageError(f"`device` {device}: there are {torch.cuda.device_count()} GPUs "
-                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
-    elif dev.type != "cpu":
+    if check_device(device).type not in ("cpu", "cuda"):
         raise UsageError(f"`device` {device}: scans run on cpu or cuda")
 
 

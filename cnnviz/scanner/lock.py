@@ -60,10 +60,13 @@ class OutputLock:
             if _same_file(fd, self.path):
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
         self._fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+        except OSError:  # a full disk: the lock holds all the same, only unsigned
+            pass
 
     def release(self) -> None:
         if self._fd is None:

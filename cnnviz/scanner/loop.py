@@ -13,16 +13,16 @@ import contextlib
 import json
 import os
 import signal
-import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..errors import ScanError, ScanInterrupted, UsageError
+from ..errors import CnnvizWarning, ScanError, ScanInterrupted, UsageError
 from ..images.dataset import LibraryDataset, batch_ranges, collate
 from ..images.library import ImageLibrary
 from ..model.copying import inference_copy
@@ -179,9 +179,9 @@ def _library(library, work: WorkDir | None) -> ImageLibrary:
         now = set()
     added, removed = len(now - set(frozen.relpaths)), len(set(frozen.relpaths) - now)
     if added or removed:
-        print(f"note: since this scan started, {added} images were added to and {removed} removed "
-              f"from {frozen.source}; it goes on with the {len(frozen)} images it started with",
-              file=sys.stderr)
+        warnings.warn(f"since this scan started, {added} images were added to and {removed} removed "
+                      f"from {frozen.source}; it goes on with the {len(frozen)} images it started with",
+                      CnnvizWarning, stacklevel=4)
     return frozen
 
 
@@ -317,7 +317,7 @@ def _out_of_memory_stop(writer: CheckpointWriter, config: ScanConfig, done: int,
 def _loader(lib: ImageLibrary, preprocessing, batches: list[list[int]], workers: int, pin: bool):
     return DataLoader(
         LibraryDataset(lib, preprocessing), batch_sampler=batches, collate_fn=collate,
-        num_workers=workers, pin_memory=pin, worker_init_fn=_ignore_sigint,
+        num_workers=workers, pin_memory=pin, worker_init_fn=LibraryDataset.worker_init,
         prefetch_factor=4 if workers else None,
     )
 
@@ -339,13 +339,6 @@ def _forward(cap, preprocessing, crops: torch.Tensor, errors: list[str], device:
     return cap.outputs
 
 
-def _ignore_sigint(worker_id: int) -> None:
-    """Decoding workers leave Ctrl-C (and a closed terminal's SIGHUP) to the main process, which
-    finishes the batch and checkpoints (a terminal signals the whole process group)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-
-
 class _InterruptFlag:
     """Ctrl-C during a scan: the first one is noted and honoured after the current batch (so
     the checkpoint never holds half a batch); a second one stops at once. SIGTERM (what Slurm
@@ -364,8 +357,8 @@ class _InterruptFlag:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\ninterrupt: finishing this batch and saving a checkpoint (Ctrl-C again to stop "
-              "now)", file=sys.stderr)
+        warnings.warn("interrupted: finishing this batch and saving a checkpoint (Ctrl-C again to "
+                      "stop now)", CnnvizWarning, stacklevel=2)
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():

@@ -17,14 +17,14 @@ from captum.attr import NeuronDeconvolution, NeuronGuidedBackprop
 from torch import nn
 
 from ..errors import UsageError
-from ..images.decoding import load_rgb
+from ..images.decoding import decode_file
 from ..images.patches import cut_patch
 from ..model.copying import copy_module
 from ..model.precision import precision_scope
 from ..run import format as fmt
 from ..run.reader import RunReader
 
-__all__ = ["neuron_attributions", "attribution_image", "model_of_run", "METHODS"]
+__all__ = ["neuron_attributions", "attribution_image", "model_of_run", "check_model_fits", "METHODS"]
 
 METHODS = {"guided_backprop": NeuronGuidedBackprop, "deconvolution": NeuronDeconvolution}
 
@@ -79,7 +79,9 @@ def neuron_attribution_maps(model, run: str | Path, layer: str, channel: int,
         run: the run file.
         layer, channel: which channel.
         method: ``"guided_backprop"`` or ``"deconvolution"``.
-        library_root: where the images are now, if the library moved since the scan.
+        library_root: where the images are now, if the library moved since the scan (needed
+            for runs written before cnnviz 0.2, which record no image identities). A photo whose
+            bytes are not those scanned gets no attribution (``None``).
 
     """
     if method not in METHODS:
@@ -89,17 +91,31 @@ def neuron_attribution_maps(model, run: str | Path, layer: str, channel: int,
         g = r.layer(layer)
         ids = g[fmt.TOPK_IMAGE_ID][channel]
         ys, xs = g[fmt.TOPK_Y][channel], g[fmt.TOPK_X][channel]
-        paths = r.paths
-        root = Path(library_root or r.library_root)
+        check_model_fits(model, r, [layer], "model")
+        valid = [k for k in range(len(ids)) if ids[k] >= 0]
+        files = {k: r.image_file(int(ids[k]), library_root) for k in valid}
+        if any(f is None for f in files.values()):
+            raise UsageError(f"attributions need the photos of {r.path.name}, which records no image "
+                             "identities (it was written before cnnviz 0.2), so cnnviz opens them only "
+                             "in a folder you name: pass `library_root` (the library's folder)")
+        pixels = {}
+        for k in valid:
+            try:
+                decoded = decode_file(files[k], model.preprocessing.resize)
+            except Exception:  # noqa: BLE001 - a photo gone or unreadable now gets no attribution
+                continue
+            if r.identity_matches(int(ids[k]), decoded.identity):  # else: another picture now
+                pixels[k] = decoded
     module = _without_inplace(model.module).to(model.device)
     target = module.get_submodule(layer)
     attributor = METHODS[method](module, target)
     out: list[np.ndarray | None] = [None] * len(ids)
-    valid = [r for r in range(len(ids)) if ids[r] >= 0]
+    valid = sorted(pixels)
     device = model.device
     for start in range(0, len(valid), batch_size):
         ranks = valid[start: start + batch_size]
-        x = torch.cat([model.preprocessing(load_rgb(root / str(paths[ids[r]]))) for r in ranks]).to(device)
+        x = torch.cat([model.preprocessing.normalize(torch.from_numpy(model.preprocessing.crop_uint8(
+            pixels[k].image, pixels[k].original_size)[0]).unsqueeze(0)) for k in ranks]).to(device)
         pos_y = torch.tensor([int(ys[r]) for r in ranks], device=device)
         pos_x = torch.tensor([int(xs[r]) for r in ranks], device=device)
         rows = torch.arange(len(ranks), device=device)
@@ -136,3 +152,23 @@ def model_of_run(run: str | Path, device: str = "cpu"):
     with RunReader(run) as r:
         name, origin, spec = str(r.attrs["model"]), str(r.attrs["weights_origin"]), r.weights_spec()
     return reload_model(name, spec, origin, device=device)
+
+
+def check_model_fits(model, reader: RunReader, layers, param: str = "model") -> None:
+    """Every layer of the run named in ``layers`` is a layer of ``model``, with the run's
+    channels: a model that is not the run's (or a run naming layers no model has) is one line,
+    not an AttributeError from deep inside a forward pass."""
+    from ..model.taps import resolve_layer
+
+    for name in layers:
+        try:
+            tap = resolve_layer(model, name)
+        except UsageError:
+            raise UsageError(f"the layer {name!r} of {reader.path.name} is not a layer of the model "
+                             f"{getattr(model, 'name', '')} ({getattr(model, 'weights_origin', '')}): give "
+                             f"the run's model with `{param}` and `weights`") from None
+        channels = int(reader.layer(name).attrs["channels"])
+        if tap.channels != channels:
+            raise UsageError(f"the layer {name!r} has {channels} channels in {reader.path.name} and "
+                             f"{tap.channels} in the model {getattr(model, 'name', '')}: give the run's "
+                             f"model with `{param}` and `weights`")

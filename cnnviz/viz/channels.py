@@ -17,7 +17,7 @@ def parse_channels(spec: str | Sequence[int] | None, n_channels: int, limit: int
     if spec is None or spec == "":
         return list(range(min(limit, n_channels)))
     try:
-        out = _parse(spec) if isinstance(spec, str) else [int(c) for c in spec]
+        out = _parse(spec, n_channels) if isinstance(spec, str) else [int(c) for c in spec]
     except ValueError:
         raise UsageError(f"`{what}` {spec!r}: expected numbers and ranges such as 0-63 or "
                          "3,7,10-20") from None
@@ -27,13 +27,14 @@ def parse_channels(spec: str | Sequence[int] | None, n_channels: int, limit: int
     return out
 
 
-def _parse(spec: str) -> list[int]:
+def _parse(spec: str, n_channels: int) -> list[int]:
     out: list[int] = []
     for part in spec.split(","):
         part = part.strip()
         if "-" in part.lstrip("-"):
             a, b = part.split("-", 1)
-            out.extend(range(int(a), int(b) + 1))
+            # a range past the channels is refused as it is, not first built (0-999999999999)
+            out.extend(range(int(a), min(int(b), n_channels) + 1))
         elif part:
             out.append(int(part))
     return out

@@ -13,7 +13,8 @@ import numpy as np
 from ..run import format as fmt
 from ..run.reader import RunReader
 
-__all__ = ["patch_montage", "layer_overview", "maxima_distribution", "save_figure", "image_grid"]
+__all__ = ["patch_montage", "layer_overview", "maxima_distribution", "save_figure", "check_figure_path",
+           "image_grid"]
 
 
 def _plt():
@@ -133,11 +134,32 @@ def maxima_distribution(run: str | Path, layer: str, channel: int, bins: int = 5
     return fig
 
 
+def check_figure_path(path: str | Path, param: str = "out") -> None:
+    """Refuse a file name whose suffix names no format matplotlib writes (before drawing)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    from ..errors import UsageError
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in formats:
+        raise UsageError(f"`{param}` {path}: {'.' + suffix if suffix else 'no suffix'} is not an image "
+                         f"format matplotlib writes; end the name with one of "
+                         f"{', '.join('.' + f for f in sorted(formats))}")
+
+
 def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
-    """Save and close a figure (format from the suffix: .png, .svg, .pdf)."""
+    """Save and close a figure (format from the suffix: .png, .svg, .pdf...; another suffix is
+    refused before anything is written)."""
     plt = _plt()
     path = Path(path)
+    check_figure_path(path, "path")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=dpi)
+    except BaseException:
+        path.unlink(missing_ok=True)  # no half-written file on a full disk
+        raise
+    finally:
+        plt.close(fig)
     return path

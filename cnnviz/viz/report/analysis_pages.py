@@ -25,6 +25,7 @@ from PIL import Image
 
 from ...run import format as fmt
 from ...run.reader import RunReader
+from .collect import safe_name
 from .render import _environment, _render, _strip, save_png, writing_to
 
 __all__ = ["write_explain_page", "write_compare_page"]
@@ -172,4 +173,4 @@ def _num(v) -> str:
 
 
 def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
+    return safe_name(name)

@@ -14,12 +14,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ...errors import UsageError
 from ...run import format as fmt
 from ...run.reader import RunReader
 from ...run.tables import channel_stats
 
 __all__ = ["RunInfo", "LayerInfo", "ChannelInfo", "ORDERS", "run_info", "layer_info", "layer_stats",
-           "channels_of"]
+           "channels_of", "safe_name"]
+
+
+def safe_name(name: str) -> str:
+    """A name from a run file (a layer's) as one file name that stays inside the report's
+    folder: letters, digits and ``._-`` kept, anything else ``_``; never empty, ``.`` or ``..``
+    nor hidden (a leading ``.`` becomes ``_``), at most 100 characters. A name that had to
+    change gets a digest of the original, so two layers never share a folder."""
+    import hashlib
+
+    safe = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "._-") else "_" for ch in name)
+    if not safe or safe.startswith("."):
+        safe = "_" + safe
+    if safe == name and len(safe) <= 100:
+        return safe
+    return f"{safe[:100]}-{hashlib.blake2b(name.encode('utf-8', 'surrogatepass'), digest_size=4).hexdigest()}"
 
 
 @dataclass
@@ -63,8 +79,8 @@ class LayerInfo:
 
     @property
     def folder(self) -> str:
-        """The layer's folder in the report: its name with only file-name-safe characters."""
-        return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in self.name)
+        """The layer's folder in the report: :func:`safe_name` of its name."""
+        return safe_name(self.name)
 
 
 @dataclass
@@ -96,12 +112,19 @@ def run_info(reader: RunReader, layers: Sequence[str] | None) -> RunInfo:
                    int(a["n_failed"]), int(a["top_k"]), str(a["library"]), chosen, reader.precision)
 
 
-def _chosen(channels, n_channels: int) -> list[int]:
+def _chosen(channels, n_channels: int, layer: str) -> list[int]:
+    """The channels of a layer to show: all, the first ``n`` (``n`` an int), or a list whose
+    every index must be one of the layer's (other commands refuse one too; cutting it
+    silently would show less than asked)."""
     if channels is None:
         return list(range(n_channels))
     if isinstance(channels, int):
         return list(range(min(channels, n_channels)))
-    return [c for c in channels if 0 <= c < n_channels]
+    bad = [c for c in channels if not 0 <= c < n_channels]
+    if bad:
+        raise UsageError(f"`channels` {bad[:5]}: {layer} has channels 0-{n_channels - 1}; give fewer, or "
+                         "a number N for the first N channels of each layer")
+    return list(dict.fromkeys(channels))
 
 
 def layer_info(reader: RunReader, layer: str, channels, min_scale: int, stats: pd.DataFrame) -> LayerInfo:
@@ -111,7 +134,7 @@ def layer_info(reader: RunReader, layer: str, channels, min_scale: int, stats: p
     patch_shape = tuple(int(v) for v in g.attrs["patch_shape"])
     # small patches (early layers) are magnified to at least 48 px on screen
     scale = min(16, max(min_scale, math.ceil(48 / max(patch_shape))))
-    shown = _chosen(channels, n_ch)
+    shown = _chosen(channels, n_ch, layer)
     names = reader.channel_names(layer)
     return LayerInfo(layer, n_ch, shown, tuple(int(v) for v in g.attrs["rf_size"]),
                      tuple(int(v) for v in g.attrs["rf_stride"]), patch_shape, scale, reader.unit(layer),
@@ -151,7 +174,7 @@ def channels_of(reader: RunReader, layer: LayerInfo, stats: pd.DataFrame) -> Ite
             [str(labels[i]) for i in ids] if labels is not None else None,
             [str(errors[i]) if errors is not None else "" for i in ids],
             g[fmt.TOPK_PATCHES][c][:k], stats.loc[c], None if maxima is None else maxima[:, j], optimized,
-            str(g[fmt.OPTIMIZED].attrs["recipe"]) if optimized is not None else None)
+            str(g[fmt.OPTIMIZED].attrs.get("recipe", "?")) if optimized is not None else None)
 
 
 def _named_labels(reader: RunReader) -> np.ndarray | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import textwrap
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -46,17 +47,21 @@ class Context:
 
 
 def gather_context(reader: RunReader, wanted: dict[str, list[int]], model=None, device: str | None = None,
-                   progress: bool = False, workers: int | None = None, batch_size: int = 16) -> Context:
+                   progress: bool = False, workers: int | None = None, batch_size: int = 16,
+                   library: str | Path | None = None) -> Context:
     """Photos and maps for the top-k of the channels ``wanted[layer]``.
 
     Photos are decoded by ``workers`` processes (``None``: as many as a scan uses; 0: inline)
     and go through the network ``batch_size`` at a time, each once. A photo whose bytes are not
     the ones scanned (size and digest recorded in the run) is not shown: its box and map
-    would describe another picture."""
+    would describe another picture. Files are found by :meth:`RunReader.image_file` (under
+    ``library`` when given): a run without identities shows photos only from a ``library``
+    the user names."""
     import torch
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
+    from ...images.dataset import LibraryDataset
     from ...model.copying import inference_copy
     from ...model.precision import precision_scope
     from ...model.taps import capture
@@ -69,10 +74,10 @@ def gather_context(reader: RunReader, wanted: dict[str, list[int]], model=None, 
             for i in ids[c][ids[c] >= 0]:
                 need[int(i)].append((layer, c))
     ctx = Context(with_maps=model is not None)
-    photos = _Photos(reader, sorted(need), None if model is None else model.preprocessing)
+    photos = _Photos(reader, sorted(need), None if model is None else model.preprocessing, library)
     workers = default_workers() if workers is None else workers
     loader = DataLoader(photos, batch_size=batch_size, num_workers=min(workers, len(photos) // batch_size),
-                        collate_fn=_as_list)
+                        collate_fn=_as_list, worker_init_fn=LibraryDataset.worker_init)
     module = None
     if model is not None:
         device = torch.device(device or model.device)
@@ -110,13 +115,12 @@ class _Photos:
     ``(image id, photo or None, the network's uint8 crop or None, note)``. Holds plain arrays
     only (no open HDF5 file), so that it can go to decoding processes."""
 
-    def __init__(self, reader: RunReader, image_ids: list[int], preprocessing=None):
+    def __init__(self, reader: RunReader, image_ids: list[int], preprocessing=None, library=None):
         self.image_ids = image_ids
         self.preprocessing = preprocessing
-        root, paths = reader.library_root, reader.paths
-        self.files = [root / str(paths[i]) for i in image_ids]
+        self.files = [reader.image_file(i, library) for i in image_ids]
         self.geometry = reader.file[fmt.IMAGE_GEOMETRY][()][image_ids] if image_ids else None
-        identity = reader.file[fmt.IMAGE_IDENTITY] if fmt.IMAGE_IDENTITY in reader.file else None
+        identity = reader.file[fmt.IMAGE_IDENTITY] if reader.has_identity else None
         self.identity = identity[()][image_ids] if identity is not None and image_ids else None
         errors = reader.patch_errors
         self.errors = [str(errors[i]) if errors is not None else "" for i in image_ids]
@@ -129,13 +133,15 @@ class _Photos:
         i = self.image_ids[j]
         if self.errors[j]:
             return i, None, None, self.errors[j]  # the file changed or vanished before assembly
+        if self.files[j] is None:
+            return i, None, None, "not inside the library folder given"
         try:
             decoded = decode_file(self.files[j], self.preprocessing.resize if self.preprocessing else TILE)
         except Exception as exc:  # noqa: BLE001 - a photo that cannot be read now is shown as missing
             return i, None, None, f"unreadable now ({type(exc).__name__})"
-        if self.identity is not None and self.identity[j].any():
+        if self.identity is not None:  # a run that records identities vouches for those bytes only
             size, _, digest = (int(v) for v in self.identity[j])
-            if (decoded.identity[0], decoded.identity[2]) != (size, digest):
+            if (size, digest) == (0, 0) or (decoded.identity[0], decoded.identity[2]) != (size, digest):
                 return i, None, None, "changed since the scan"
         photo = _photo(decoded.image, decoded.original_size, self.geometry[j], self.crop)
         crop = None
@@ -153,9 +159,13 @@ def _photo(image: Image.Image, original_size: tuple[int, int], geometry: np.ndar
     # orig_h, orig_w, resized_h, resized_w, crop_top, crop_left
     g = geometry.astype(np.float64)
     crop_h, crop_w = crop
-    sy, sx = g[0] / g[2], g[1] / g[3]
-    crop_box = (g[4] * sy, g[5] * sx, (g[4] + crop_h) * sy, (g[5] + crop_w) * sx)
-    return _Photo(pixels, scale, crop_box)
+    with np.errstate(all="ignore"):
+        sy, sx = g[0] / g[2], g[1] / g[3]
+        box = np.array([g[4] * sy, g[5] * sx, (g[4] + crop_h) * sy, (g[5] + crop_w) * sx])
+    if not np.isfinite(box).all():  # a geometry no scan writes: the whole photo, not a crash
+        box = np.array([0.0, 0.0, oh, ow])
+    side = 4.0 * max(oh, ow)
+    return _Photo(pixels, scale, tuple(float(v) for v in np.clip(box, -side, side)))
 
 
 def context_tile(photo: _Photo | None, box: tuple[float, float, float, float] | None,
@@ -176,8 +186,8 @@ def context_tile(photo: _Photo | None, box: tuple[float, float, float, float] | 
     if activation is not None:
         picture = _overlay(picture, photo, activation, vmax)
     tile.paste(picture, (ox, oy))
-    if box is not None and not np.isnan(box).any():
-        y0, x0, y1, x1 = (v * photo.scale for v in box)
+    if box is not None and np.isfinite(box).all():
+        y0, x0, y1, x1 = (float(np.clip(v * photo.scale, -TILE, 2 * TILE)) for v in box)
         # a small field on a downscaled photo can be under a pixel: draw at least one
         ImageDraw.Draw(tile).rectangle([ox + x0, oy + y0, ox + max(x1 - 1, x0), oy + max(y1 - 1, y0)],
                                        outline=BOX_COLOUR, width=2)
@@ -193,7 +203,8 @@ def _overlay(picture: Image.Image, photo: _Photo, activation: np.ndarray, vmax: 
     from matplotlib import colormaps
 
     y0, x0, y1, x1 = (round(v * photo.scale) for v in photo.crop_box)
-    w, h = max(1, x1 - x0), max(1, y1 - y0)
+    # the crop lies on the photo: no larger than a few tiles (a crafted geometry cannot size it)
+    w, h = min(max(1, x1 - x0), 4 * TILE), min(max(1, y1 - y0), 4 * TILE)
     level = np.clip(activation / vmax, 0, 1) if vmax > 0 else np.zeros_like(activation)
     level = np.asarray(Image.fromarray(level.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR))
     level = np.sqrt(np.clip(level, 0, 1))[..., None]

@@ -24,7 +24,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
-import sys
+import shutil
+import warnings
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -32,7 +34,7 @@ import numpy as np
 from markupsafe import Markup
 from PIL import Image
 
-from ...errors import OutputError, UsageError
+from ...errors import CnnvizWarning, OutputError, UsageError
 from ...run.reader import RunReader
 from .collect import ChannelInfo, LayerInfo, RunInfo, channels_of, layer_info, layer_stats, run_info
 
@@ -49,14 +51,16 @@ def _environment():
 
 def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=None,
                  attributions: dict | None = None, model=None, scale: int = 2,
-                 progress: bool = True, context: bool = True, explain=None) -> Path:
+                 progress: bool = True, context: bool = True, explain=None,
+                 library: str | Path | None = None, device: str = "cpu") -> Path:
     """Write the HTML report of a run.
 
     Args:
         run: the run file.
         out_dir: folder to write (created; existing files in it are replaced).
         layers: layer names to include (default: all).
-        channels: channels per layer: ``None`` (all), an int ``n`` (the first n), or a list.
+        channels: channels per layer: ``None`` (all), an int ``n`` (the first n), or a list
+            (every index must be one of each layer's).
         attributions: ``{layer: [channels]}`` for which to compute neuron attributions (needs
             ``model``).
         model: the :class:`~cnnviz.model.LoadedModel` of the run, for attributions, activation
@@ -69,6 +73,15 @@ def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=Non
             library folder, nothing).
         explain: image files for an explain page (:func:`cnnviz.analysis.explain`), linked
             from the index.
+        library: the folder of the run's images, when it moved since the scan. A run written
+            before cnnviz 0.2 records no image identities: its photos are shown only from a
+            folder named here (a run file from someone else must not make the report read and
+            embed any local file).
+        device: where the model runs (activation maps, attributions, explain).
+
+    Everything that can be refused (layers, channels, the model, the device, explain images) is
+    checked before anything is written; a report that fails after that removes the folder it
+    created, and never leaves a half-written file.
 
     Returns:
         The path of ``index.html``.
@@ -76,84 +89,49 @@ def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=Non
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} is a file; a report is a folder of pages: name a folder to write it in")
+    if str(device) != "cpu":
+        from ...model.device import check_device
+
+        check_device(device)
     with writing_to(out):
         return _write_report(run, out, layers, channels, attributions or {}, model, scale, progress,
-                             context, explain)
+                             context, explain, library, str(device))
 
 
 @contextlib.contextmanager
 def writing_to(out: Path):
-    """A disk that fills while pages are written: one error naming the folder, not the errno."""
+    """Pages written into ``out``: a failure removes the folder when this created it (no
+    ``style.css`` or half a report left behind), and a disk that fills is one error naming the
+    folder, not the errno."""
+    created = not out.exists()
     try:
         yield
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except BaseException as exc:
+        if created and out.is_dir():
+            shutil.rmtree(out, ignore_errors=True)
+        if not isinstance(exc, OSError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        raise OutputError(f"the disk holding {out} is full ({exc.strerror or exc}): the pages there are "
-                          "incomplete; free some space and run the same command again") from None
+        raise OutputError(f"the disk holding {out} is full ({exc.strerror or exc}): the pages are not "
+                          "complete; free some space and run the same command again") from None
 
 
 def _write_report(run, out: Path, layers, channels, attributions: dict, model, scale: int, progress: bool,
-                  context: bool, explain) -> Path:
-    from tqdm.auto import tqdm
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "style.css").write_text(resources.files(__package__).joinpath("style.css").read_text("utf-8"),
-                                   encoding="utf-8")
+                  context: bool, explain, library, device: str) -> Path:
     env = _environment()
     with RunReader(run) as reader:
-        for name, chans in attributions.items():
-            reader.check_layer(name, "attributions")
-            reader.check_channels(name, chans, "attributions")
-        info = run_info(reader, layers)
-        if context and not reader.library_root.is_dir():
-            print(f"note: the report shows no photos: the library folder {reader.library_root} is not "
-                  "here (moved? the paths in the run file are relative to it)", file=sys.stderr)
-            context = False
-        if model is None and (context or explain or attributions):
-            model = _model_or_none(reader.path, needed=bool(explain or attributions))
-        # explained first: an image it cannot read stops the report before any page is written
-        explained = None
-        if explain:
-            from ...analysis.explanation import explain_images
-
-            explained = explain_images(explain, run, info.layers, model=model, param="explain")
-        stats = {name: layer_stats(reader, name) for name in info.layers}
-        shown = [layer_info(reader, name, channels, scale, stats[name]) for name in info.layers]
-        ctx = None
-        if context:
-            from .context import gather_context
-
-            ctx = gather_context(reader, {layer.name: layer.shown for layer in shown}, model,
-                                 progress=progress)
-        for layer in shown:
-            folder = out / layer.folder
-            folder.mkdir(exist_ok=True)
-            wanted = set(attributions.get(layer.name, []))
-            bar = tqdm(total=len(layer.shown), desc=f"report {layer.name}", disable=not progress,
-                       leave=False)
-            for pos, ch in enumerate(channels_of(reader, layer, stats[layer.name])):
-                attribution = ch.channel in wanted and _write_attribution(model, reader.path, ch,
-                                                                          layer, folder)
-                if ctx is not None:
-                    from .context import context_strip
-
-                    _save_photo(Image.fromarray(context_strip(ctx, reader, layer.name, ch.channel)),
-                                folder / f"c{ch.channel}-context.jpg")
-                _write_channel(env, info, layer, ch, pos, folder, attribution, ctx)
-                bar.update()
-            bar.close()
-            _render(env, "layer.html", folder / "index.html", root="../", layer=layer, order=None,
-                    channels=layer.shown)
-            for stem, title, order in layer.orders:
-                _render(env, "layer.html", folder / f"{stem}.html", root="../", layer=layer,
-                        order=title, channels=order)
+        # 1. everything that can refuse, before anything is written
+        plan = _plan(reader, layers, channels, attributions, model, scale, context, explain, library, device)
+        out.mkdir(parents=True, exist_ok=True)
+        # 2. the pages
+        for layer in plan.shown:
+            _write_layer(env, reader, plan, layer, out / layer.folder, attributions, progress)
     explain_link = None
-    if explained is not None:
+    if plan.explained is not None:
         from .analysis_pages import write_explain_page
 
-        write_explain_page(explained, run, out / "explain", back="../index.html")
+        write_explain_page(plan.explained, run, out / "explain", back="../index.html")
         explain_link = "explain/index.html"
+    info = plan.info
     if info.n_failed:
         from ...run.tables import failure_kinds, failures
 
@@ -161,29 +139,162 @@ def _write_report(run, out: Path, layers, channels, attributions: dict, model, s
         kinds = failure_kinds(table)
         _render(env, "failures.html", out / "failures.html", root="", run=info, kinds=list(kinds.items()),
                 rows=list(table.itertuples()))
+    _write_text(out / "style.css", resources.files(__package__).joinpath("style.css").read_text("utf-8"))
     index = out / "index.html"
-    _render(env, "index.html", index, root="", run=info, layers=shown, explain=explain_link,
+    _render(env, "index.html", index, root="", run=info, layers=plan.shown, explain=explain_link,
             failures=bool(info.n_failed))
     return index
 
 
-def _model_or_none(run: Path, needed: bool):
+@dataclass
+class _Plan:
+    """What a report will show, all of it checked."""
+
+    info: RunInfo
+    stats: dict
+    shown: list[LayerInfo]
+    model: object
+    explained: object
+    ctx: object
+    library: Path | None
+
+
+def _plan(reader: RunReader, layers, channels, attributions: dict, model, scale: int, context: bool,
+          explain, library, device: str) -> _Plan:
+    for name, chans in attributions.items():
+        reader.check_layer(name, "attributions")
+        reader.check_channels(name, chans, "attributions")
+    if attributions and not reader.has_identity and library is None:
+        raise UsageError(f"`attributions` need the photos of {reader.path.name}, which records no image "
+                         "identities (it was written before cnnviz 0.2), so cnnviz opens them only in a "
+                         "folder you name: give `library`")
+    info = run_info(reader, layers)
+    stats = {name: _quiet_stats(reader, name) for name in info.layers}
+    shown = [layer_info(reader, name, channels, scale, stats[name]) for name in info.layers]
+    if context:
+        context = _photos_available(reader, library)
+    needed = bool(explain or attributions)
+    if model is None and (context or needed):
+        model = _model_or_none(reader.path, needed, device)
+    if model is not None:
+        model = _fitting_model(model, reader, info.layers, needed)
+    # explained first: an image it cannot read stops the report before any page is written
+    explained = None
+    if explain:
+        from ...analysis.explanation import explain_images
+
+        explained = explain_images(explain, reader.path, info.layers, model=model, device=device,
+                                   param="explain")
+    ctx = None
+    if context:
+        from .context import gather_context
+
+        ctx = gather_context(reader, {layer.name: layer.shown for layer in shown}, model, device=device,
+                             library=library)
+    return _Plan(info, stats, shown, model, explained, ctx, None if library is None else Path(library))
+
+
+def _write_layer(env, reader: RunReader, plan: _Plan, layer: LayerInfo, folder: Path, attributions: dict,
+                 progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    folder.mkdir(exist_ok=True)
+    wanted = set(attributions.get(layer.name, []))
+    bar = tqdm(total=len(layer.shown), desc=f"report {layer.name}", disable=not progress, leave=False)
+    for pos, ch in enumerate(channels_of(reader, layer, plan.stats[layer.name])):
+        attribution = ch.channel in wanted and _write_attribution(plan, reader.path, ch, layer, folder)
+        if plan.ctx is not None:
+            from .context import context_strip
+
+            _save_photo(Image.fromarray(context_strip(plan.ctx, reader, layer.name, ch.channel)),
+                        folder / f"c{ch.channel}-context.jpg")
+        _write_channel(env, plan.info, layer, ch, pos, folder, attribution, plan.ctx)
+        bar.update()
+    bar.close()
+    pages = [("index", None, layer.shown)] + [(stem, title, order) for stem, title, order in layer.orders]
+    for stem, title, order in pages:
+        _render(env, "layer.html", folder / f"{stem}.html", root="../", layer=layer, order=title,
+                channels=order)
+
+
+def _quiet_stats(reader: RunReader, layer: str):
+    """The layer's statistics; a run without its per-image maxima says so on its pages (and in
+    one note), not in a warning per layer."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        stats = layer_stats(reader, layer)
+    if not reader.has_maxima(layer):
+        warnings.warn(f"{reader.path.name} kept no per-image maxima of {layer} (scanned with "
+                      "`maxima_dtype=none` or other `maxima_layers`): its pages show no distributions "
+                      "or selectivity", CnnvizWarning, stacklevel=4)
+    return stats
+
+
+def _photos_available(reader: RunReader, library) -> bool:
+    """Whether the report can show photos: their folder is here, and the run vouches for the
+    files (recorded identities), or the user named the folder."""
+    root = Path(library) if library is not None else reader.library_root
+    if not reader.has_identity and library is None:
+        warnings.warn(f"the report shows no photos: {reader.path.name} records no image identities (it "
+                      "was written before cnnviz 0.2), so its paths are not trusted to name the scanned "
+                      "files; give `library` (the folder of its images) to show them", CnnvizWarning,
+                      stacklevel=4)
+        return False
+    if not root.is_dir():
+        where = "`library`" if library is not None else "the library folder"
+        warnings.warn(f"the report shows no photos: {where} {root} is not here (moved? the paths in the "
+                      "run file are relative to it: give `library`)", CnnvizWarning, stacklevel=4)
+        return False
+    return True
+
+
+def _model_or_none(run: Path, needed: bool, device: str):
     """The run's model reloaded, or ``None`` (with a note) when it cannot be (a user module,
     weights not available here); ``needed``: raise instead."""
     from ...errors import CnnvizError
     from ..attribution import model_of_run
 
     try:
-        return model_of_run(run)
+        return model_of_run(run, device=device)
     except CnnvizError as exc:
         if needed:
             raise
-        print(f"note: the report shows photos without activation maps: {exc}", file=sys.stderr)
+        warnings.warn(f"the report shows photos without activation maps: {exc}", CnnvizWarning, stacklevel=4)
         return None
 
 
+def _fitting_model(model, reader: RunReader, layers: list[str], needed: bool):
+    """``model``, once it is known to have the run's layers; else (not ``needed``: only for
+    activation maps) ``None`` with a note."""
+    from ..attribution import check_model_fits
+
+    try:
+        check_model_fits(model, reader, layers)
+    except UsageError as exc:
+        if needed:
+            raise
+        warnings.warn(f"the report shows photos without activation maps: {exc}", CnnvizWarning, stacklevel=4)
+        return None
+    return model
+
+
 def _render(env, template: str, path: Path, **context) -> None:
-    path.write_text(env.get_template(template).render(**context), encoding="utf-8")
+    _write_text(path, env.get_template(template).render(**context))
+
+
+@contextlib.contextmanager
+def _whole(path: Path):
+    """A file is written whole or not at all (a full disk leaves no 0-byte page or image)."""
+    try:
+        yield
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def _write_text(path: Path, text: str) -> None:
+    with _whole(path):
+        path.write_text(text, encoding="utf-8")
 
 
 def _write_channel(env, info: RunInfo, layer: LayerInfo, ch: ChannelInfo, pos: int, folder: Path,
@@ -205,10 +316,11 @@ def _write_channel(env, info: RunInfo, layer: LayerInfo, ch: ChannelInfo, pos: i
                              else "<p>not kept in this run (scanned without per-image maxima)</p>"))
 
 
-def _write_attribution(model, run: Path, ch: ChannelInfo, layer: LayerInfo, folder: Path) -> bool:
+def _write_attribution(plan: _Plan, run: Path, ch: ChannelInfo, layer: LayerInfo, folder: Path) -> bool:
     from ..attribution import attribution_image, neuron_attributions
 
-    attr = attribution_image(neuron_attributions(model, run, ch.layer, ch.channel))[: ch.k]
+    maps = neuron_attributions(plan.model, run, ch.layer, ch.channel, library_root=plan.library)
+    attr = attribution_image(maps)[: ch.k]
     save_png(_strip((attr * 255).round().astype(np.uint8), layer.scale), folder / f"c{ch.channel}-attr.png")
     return True
 
@@ -216,13 +328,15 @@ def _write_attribution(model, run: Path, ch: ChannelInfo, layer: LayerInfo, fold
 def save_png(image: Image.Image, path: Path) -> None:
     """Lossless, at zlib level 1: the report writes thousands of strips, and Pillow's default
     level (6) spent 70 % of a report's time compressing them for files only ~12 % smaller."""
-    image.save(path, format="PNG", compress_level=1)
+    with _whole(path):
+        image.save(path, format="PNG", compress_level=1)
 
 
 def _save_photo(image: Image.Image, path: Path) -> None:
     """Downscaled photos with an overlay: JPEG (quality 90, no chroma subsampling, so that the
     drawn box and the tint stay sharp) is over 20x faster to write than PNG and under a third of its size."""
-    image.save(path, format="JPEG", quality=90, subsampling=0)
+    with _whole(path):
+        image.save(path, format="JPEG", quality=90, subsampling=0)
 
 
 def _strip(patches: np.ndarray, scale: int) -> Image.Image:

@@ -1,0 +1,182 @@
+"""A run file from someone else is data, not instructions: every count, shape and id that a
+reader indexes or allocates with is checked against the others when the file is opened, so a
+damaged or crafted file is refused in one line before anything its attributes size is
+allocated, and no id can pick the wrong image (numpy reads ``paths[-7]`` silently).
+
+What holds in every run file cnnviz writes:
+
+* ``n_images`` rows in every ``images/*`` dataset; failure ids in ``[0, n_images)``;
+* per layer, ``channels`` rows and ``top_k`` columns in every ``topk/*`` dataset, ``channels``
+  entries in every ``stats/*``, ``(n_images, channels)`` maxima and positions; patches of
+  ``patch_shape``; an optimized image per channel;
+* top-k ids in ``[-1, n_images)``, the filled slots first; their ``y``, ``x`` inside the map;
+* sizes a reader allocates with (the crop, map and patch sides) at most :data:`MAX_SIDE`, and no
+  dataset claiming more data than the file could hold (an HDF5 dataset may declare any shape).
+
+Pure h5py and numpy (no torch).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..errors import RunFileError
+from . import format as fmt
+
+__all__ = ["validate_run", "MAX_SIDE"]
+
+#: Largest network input, feature map or patch side a run file may declare.
+MAX_SIDE = 8192
+
+
+class _Bad(Exception):
+    pass
+
+
+def validate_run(f: h5py.File, path: Path) -> None:
+    """Raise :class:`RunFileError` unless the open run file ``f`` holds together (see above)."""
+    try:
+        _Checker(f, path).check()
+    except _Bad as exc:
+        raise RunFileError(f"{path} is damaged or was not written by cnnviz ({exc}); it is not "
+                           "read") from None
+    except (KeyError, ValueError, TypeError) as exc:  # a missing attribute, a string where a number goes
+        raise RunFileError(f"{path} is damaged or was not written by cnnviz ({type(exc).__name__}: "
+                           f"{exc}); it is not read") from None
+
+
+class _Checker:
+    def __init__(self, f: h5py.File, path: Path):
+        self.f = f
+        self.limit = 2 * path.stat().st_size + (16 << 20)  # bytes a dataset may claim
+
+    def check(self) -> None:
+        a = self.f.attrs
+        n = self.n = _count(a["n_images"], "n_images")
+        _count(a.get("n_failed", 0), "n_failed", n)
+        self.k = _count(a["top_k"], "top_k", n, low=1) if n else _count(a["top_k"], "top_k")
+        layers = json.loads(a[fmt.ATTR_LAYERS])
+        if not isinstance(layers, list) or not all(isinstance(x, str) for x in layers):
+            raise _Bad("its layer list is not a list of names")
+        pre = json.loads(a[fmt.ATTR_PREPROCESSING])
+        crop = pre["crop"]
+        if not isinstance(crop, list) or len(crop) != 2:
+            raise _Bad(f"preprocessing crop {crop!r} is not [height, width]")
+        for side in crop:
+            _count(side, "a crop side", MAX_SIDE, low=1)
+        if pre.get("resize") is not None:
+            _count(pre["resize"], "the resize", MAX_SIDE, low=1)
+        self._images()
+        for name in layers:
+            self._layer(name)
+
+    def dataset(self, key: str, shape: tuple, required: bool = True) -> h5py.Dataset | None:
+        """The dataset ``key`` of ``shape`` (``None``: any length on that axis), or ``None``."""
+        if key not in self.f:
+            if required:
+                raise _Bad(f"{key} is missing")
+            return None
+        ds = self.f[key]
+        if not isinstance(ds, h5py.Dataset):
+            raise _Bad(f"{key} is not a dataset")
+        if len(ds.shape) != len(shape) or any(w is not None and s != w
+                                              for s, w in zip(ds.shape, shape, strict=True)):
+            expected = tuple("?" if w is None else w for w in shape)
+            raise _Bad(f"{key} has shape {ds.shape}, expected {expected}")
+        if ds.size * max(ds.dtype.itemsize, 1) > self.limit:
+            raise _Bad(f"{key} declares {ds.size:,} values, more than the file holds")
+        return ds
+
+    def _images(self) -> None:
+        n = self.n
+        self.dataset(fmt.IMAGE_PATH, (n,))
+        self.dataset(fmt.IMAGE_OK, (n,))
+        self.dataset(fmt.IMAGE_GEOMETRY, (n, 6))
+        for key in (fmt.IMAGE_LABEL, fmt.IMAGE_PATCH_ERROR):
+            self.dataset(key, (n,), required=False)
+        self.dataset(fmt.IMAGE_IDENTITY, (n, 3), required=False)
+        self.dataset(fmt.CLASS_NAMES, (None,), required=False)
+        ids = self.dataset(fmt.FAILURE_ID, (None,), required=False)
+        if ids is not None:
+            for key in (fmt.FAILURE_PATH, fmt.FAILURE_REASON):
+                self.dataset(key, (len(ids),))
+            values = ids[()]
+            if values.size and (values.min() < 0 or values.max() >= n):
+                raise _Bad(f"{fmt.FAILURE_ID} holds ids outside 0..{n - 1}")
+
+    def _layer(self, name: str) -> None:
+        key = fmt.layer_group(name)
+        if not isinstance(self.f.get(key), h5py.Group):
+            raise _Bad(f"its layer {name!r} has no group {key}")
+        g = self.f[key]
+        a = g.attrs
+        c = _count(a["channels"], f"{name}: channels", low=1)
+        h = _count(a["height"], f"{name}: height", MAX_SIDE, low=1)
+        w = _count(a["width"], f"{name}: width", MAX_SIDE, low=1)
+        ph, pw = (_count(v, f"{name}: patch side", MAX_SIDE, low=1) for v in _pair(a["patch_shape"], name))
+        _count(a["patch_factor"], f"{name}: patch_factor", MAX_SIDE, low=1)
+        for attr in ("rf_size", "rf_stride", "rf_offset"):
+            _pair(a[attr], name)
+        k = self.k
+        at = f"{key}/"
+        for sub in (fmt.TOPK_ACTIVATION, fmt.TOPK_IMAGE_ID, fmt.TOPK_Y, fmt.TOPK_X):
+            self.dataset(at + sub, (c, k))
+        for sub in (fmt.TOPK_RF_BOX, fmt.TOPK_PATCH_BOX, fmt.TOPK_ORIG_BOX):
+            self.dataset(at + sub, (c, k, 4))
+        self.dataset(at + fmt.TOPK_PATCHES, (c, k, ph, pw, 3))
+        stats = g.get(fmt.STATS)
+        if not isinstance(stats, h5py.Group):
+            raise _Bad(f"{at}{fmt.STATS} is missing")
+        for stat in stats:
+            self.dataset(f"{at}{fmt.STATS}/{stat}", (c,))
+        if fmt.MAXIMA in g or fmt.POSITION in g:
+            self.dataset(at + fmt.MAXIMA, (self.n, c))
+            self.dataset(at + fmt.POSITION, (self.n, c))
+        self._optimized(g, at, c)
+        self._slots(g, name, h, w)
+
+    def _optimized(self, g: h5py.Group, at: str, c: int) -> None:
+        if fmt.OPTIMIZED not in g:
+            return
+        images = g.get(fmt.OPTIMIZED_IMAGES)
+        if not isinstance(images, h5py.Dataset) or len(images.shape) != 4 or images.shape[0] != c \
+                or images.shape[3] != 3 or not all(1 <= s <= MAX_SIDE for s in images.shape[1:3]):
+            raise _Bad(f"{at}{fmt.OPTIMIZED_IMAGES} is not one RGB image per channel")
+        self.dataset(at + fmt.OPTIMIZED_DONE, (c,))
+
+    def _slots(self, g: h5py.Group, name: str, h: int, w: int) -> None:
+        ids = g[fmt.TOPK_IMAGE_ID][()]
+        if ids.dtype.kind not in "iu":
+            raise _Bad(f"{name}: top-k ids are not integers")
+        filled = ids >= 0
+        if (ids < -1).any() or (ids >= self.n).any():
+            bad = ids[(ids < -1) | (ids >= self.n)][0]
+            raise _Bad(f"{name}: top-k id {bad} is not an image (0..{self.n - 1}, or -1 for none)")
+        if (filled[:, 1:] & ~filled[:, :-1]).any():
+            raise _Bad(f"{name}: a top-k slot is filled after an empty one")
+        for sub, side in ((fmt.TOPK_Y, h), (fmt.TOPK_X, w)):
+            v = g[sub][()]
+            if ((v < 0) | (v >= side))[filled].any():
+                raise _Bad(f"{name}: a top-k position lies outside its {h}x{w} map")
+
+
+def _count(value, what: str, high: int | None = None, low: int = 0) -> int:
+    """An integer attribute in ``[low, high]``."""
+    v = np.asarray(value)
+    if v.shape != () or v.dtype.kind not in "iu":
+        raise _Bad(f"{what} is {value!r}, not a whole number")
+    v = int(v)
+    if v < low or (high is not None and v > high):
+        raise _Bad(f"{what} is {v}, outside {low}..{'' if high is None else high}")
+    return v
+
+
+def _pair(value, name: str) -> tuple:
+    v = np.asarray(value)
+    if v.shape != (2,) or v.dtype.kind not in "iu":
+        raise _Bad(f"{name}: {value!r} is not a pair of whole numbers")
+    return tuple(int(x) for x in v)
