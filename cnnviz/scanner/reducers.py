@@ -111,10 +111,12 @@ class TopK:
     """Running top-k per channel, kept on the device of the activations.
 
     Entries are :func:`order_keys` keys (value and id in one integer) and the flat positions of
-    the maxima, sorted best first. On the CPU only the values above a channel's k-th can enter,
-    so a batch is first compared with those thresholds and only its few candidates are merged
-    (after the first batches, a handful per channel); on a GPU every batch is merged whole,
-    which is cheap there and needs no transfer to the host.
+    the maxima, sorted best first. On a GPU every batch is merged whole (cheap there, and no
+    transfer to the host). On the CPU a batch is compared with each channel's k-th value when
+    the entries were last merged and only the values above it are kept as candidates; the
+    candidates are merged once they number ``4 * channels * k`` (and before a checkpoint). A
+    stale k-th value is never above the current one, so no image that belongs is left out, and
+    after the first batches a batch leaves a handful of candidates per channel.
 
     Attributes (views decoded on demand):
         values: ``(C, k)`` float32, ``-inf`` where empty.
@@ -129,29 +131,54 @@ class TopK:
         self.index = torch.full((channels, k), -1, dtype=torch.int64, device=device)
         self.threshold = torch.full((channels,), float("-inf"), device=device)  # the k-th value
         self.sparse = device.type == "cpu" if sparse is None else sparse
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._pending_n = 0
+        self._limit = 4 * channels * k
+        self._full = False  # every channel holds k entries (until then batches merge whole)
 
     @property
     def values(self) -> torch.Tensor:
+        self.flush()
         return decode_keys(self.keys)[0]
 
     @property
     def ids(self) -> torch.Tensor:
+        self.flush()
         return decode_keys(self.keys)[1]
 
     def update(self, values: torch.Tensor, index: torch.Tensor, ids: torch.Tensor,
                batch_max: torch.Tensor | None = None) -> None:
         """Add a batch: ``values``/``index`` ``(B, C)``, ``ids`` ``(B,)`` on the same device;
-        ``batch_max`` the per-channel maximum of ``values`` if already computed."""
-        if not self.sparse:
+        ``batch_max``: ``values.amax(0)``, when already computed."""
+        if not self.sparse or not self._full:
             self._merge(None, order_keys(values.t(), ids), index.t())
+            self._full = self.sparse and bool((self.threshold > float("-inf")).all())
             return
         best = values.amax(dim=0) if batch_max is None else batch_max
         rows = torch.nonzero((best > self.threshold) | best.isnan()).flatten()  # NaN hides the rest
         if len(rows) == 0:
             return
-        sub = values.index_select(1, rows)
-        r, b = torch.nonzero((sub > self.threshold[rows]).t()).unbind(1)  # grouped by row
-        self._merge(rows, *_grid(r, order_keys(sub[b, r], ids[b]), index[b, rows[r]], len(rows)))
+        if 4 * len(rows) > len(best):  # most channels: compare the whole batch
+            b, c = torch.nonzero(values > self.threshold, as_tuple=True)  # NaN is never above
+        else:
+            b, r = torch.nonzero(values.index_select(1, rows) > self.threshold[rows], as_tuple=True)
+            c = rows[r]
+        if len(b) == 0:
+            return
+        self._pending.append((c, order_keys(values[b, c], ids[b]), index[b, c]))
+        self._pending_n += len(b)
+        if self._pending_n > self._limit:
+            self.flush()
+
+    def flush(self) -> None:
+        """Merge the pending candidates."""
+        if not self._pending:
+            return
+        c, keys, index = (torch.cat(parts) for parts in zip(*self._pending, strict=True))
+        self._pending, self._pending_n = [], 0
+        order = torch.argsort(c, stable=True)
+        rows, counts = torch.unique_consecutive(c[order], return_counts=True)
+        self._merge(rows, *_grid(counts, keys[order], index[order]))
 
     def _merge(self, rows: torch.Tensor | None, keys: torch.Tensor, index: torch.Tensor) -> None:
         """Merge candidate ``keys``/``index`` ``(R, m)`` into ``rows`` (``None``: every row)."""
@@ -166,6 +193,7 @@ class TopK:
             self.keys[rows], self.index[rows], self.threshold[rows] = top, where, kth
 
     def state(self) -> dict[str, np.ndarray]:
+        self.flush()
         values, ids = decode_keys(self.keys)
         return {"values": _snapshot(values), "ids": _snapshot(ids), "index": _snapshot(self.index)}
 
@@ -178,18 +206,21 @@ class TopK:
         index = torch.from_numpy(np.asarray(state["index"], dtype=np.int64)).to(dev)
         self.index = index.gather(1, order).masked_fill(self.keys == _EMPTY, -1)
         self.threshold = decode_keys(self.keys[:, -1])[0]
+        self._pending, self._pending_n = [], 0
+        self._full = self.sparse and bool((self.threshold > float("-inf")).all())
 
 
-def _grid(rows: torch.Tensor, keys: torch.Tensor, index: torch.Tensor, n_rows: int):
-    """Candidates ``(row, key, index)``, grouped by row, as ``(n_rows, m)`` grids (``m`` the
-    most candidates of a row); empty cells hold the empty key."""
-    counts = torch.bincount(rows, minlength=n_rows)
-    rank = torch.arange(len(rows), device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]
-    m = int(counts.max())
-    grid_keys = torch.full((n_rows, m), _EMPTY, dtype=torch.int64, device=keys.device)
-    grid_index = torch.full((n_rows, m), -1, dtype=torch.int64, device=keys.device)
-    grid_keys[rows, rank] = keys
-    grid_index[rows, rank] = index
+def _grid(counts: torch.Tensor, keys: torch.Tensor, index: torch.Tensor):
+    """Candidates grouped by row (``counts[r]`` of them for row ``r``, in order) as ``(rows, m)``
+    grids, ``m`` the most candidates of a row; empty cells hold the empty key."""
+    dev = keys.device
+    row = torch.repeat_interleave(torch.arange(len(counts), device=dev), counts)
+    first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    rank = torch.arange(len(keys), device=dev) - first
+    grid_keys = torch.full((len(counts), int(counts.max())), _EMPTY, dtype=torch.int64, device=dev)
+    grid_index = torch.full_like(grid_keys, -1)
+    grid_keys[row, rank] = keys
+    grid_index[row, rank] = index
     return grid_keys, grid_index
 
 
@@ -274,7 +305,7 @@ class RunningStats:
         self.sumsq += (maxima * maxima).sum(dim=0).to(f64)
         best = maxima.amax(dim=0) if batch_max is None else batch_max
         self.max = torch.maximum(self.max, best.to(f64))
-        self.fires += (maxima > 0).sum(dim=0)
+        self.fires += torch.sum((maxima > 0).view(torch.uint8), 0, dtype=torch.int32)
         self.sum_mean += means.sum(dim=0).to(f64)
 
     def to_stats(self) -> ChannelStats:

@@ -68,9 +68,10 @@ def host_only_scan(taps: list[LayerTap], n_images: int, folder: Path, batch_size
                    checkpoint_seconds: float = 60.0) -> dict:
     """Run the scan's loop over ``n_images`` stand-in images into the work folder ``folder``.
 
-    Returns ``{"seconds", "images", "wait_disk_seconds", "row_bytes"}``: the loop's wall time
-    (the last checkpoint included), what it waited for the writer, and the bytes of per-image
-    rows each image makes."""
+    Returns ``{"seconds", "reduce_seconds", "images", "wait_disk_seconds", "row_bytes"}``: the
+    loop's wall time (the last checkpoint included), the part of it spent in the reducers' own
+    arithmetic (top-k merge and statistics, which a GPU scan runs on the GPU), what it waited for
+    the writer, and the bytes of per-image maxima each image makes."""
     from ..model.preprocessing import Preprocessing
     from .loop import _row_bytes, _run_batches
 
@@ -85,6 +86,7 @@ def host_only_scan(taps: list[LayerTap], n_images: int, folder: Path, batch_size
     plan = ([(b, list(range(s, min(s + batch_size, n_images))))
              for b, s in enumerate(range(0, n_images, batch_size))], 0, n_images)
     row_bytes = _row_bytes(state)
+    timer = _ReducerTimer(state)
     started = time.perf_counter()
     writer = CheckpointWriter(work, state, checkpoint_seconds, None, row_bytes=batch_size * row_bytes)
     try:
@@ -93,5 +95,25 @@ def host_only_scan(taps: list[LayerTap], n_images: int, folder: Path, batch_size
     finally:
         writer.close()
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "images": n_images, "wait_disk_seconds": state.wait_disk_seconds,
+    return {"seconds": seconds, "reduce_seconds": timer.seconds, "images": n_images,
+            "wait_disk_seconds": state.wait_disk_seconds,
             "row_bytes": row_bytes - 80}  # less ids, geometry and identity (the maxima alone)
+
+
+class _ReducerTimer:
+    """Times every call of the layers' reducers (the arithmetic a GPU takes over)."""
+
+    def __init__(self, state: ScanState):
+        self.seconds = 0.0
+        for layer in state.layers:
+            for reducer in (layer.topk, layer.stats):
+                reducer.update = self._timed(reducer.update)
+
+    def _timed(self, fn):
+        def call(*args, **kw):
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kw)
+            finally:
+                self.seconds += time.perf_counter() - started
+        return call
