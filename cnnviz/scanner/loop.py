@@ -357,7 +357,7 @@ class _InterruptFlag:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        warnings.warn("interrupted: finishing this batch and saving a checkpoint (Ctrl-C again to "
+        warnings.warn("interrupt: finishing this batch and saving a checkpoint (Ctrl-C again to "
                       "stop now)", CnnvizWarning, stacklevel=2)
 
     def install(self) -> None:
