@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from captum.attr import NeuronDeconvolution, NeuronGuidedBackprop
-from torch import nn
 
 from ..errors import UsageError
 from ..images.decoding import decode_file
 from ..images.patches import cut_patch
-from ..model.copying import copy_module
+from ..model.copying import without_inplace
 from ..model.precision import precision_scope
 from ..run import format as fmt
 from ..run.reader import RunReader
@@ -27,21 +26,6 @@ from ..run.reader import RunReader
 __all__ = ["neuron_attributions", "attribution_image", "model_of_run", "check_model_fits", "METHODS"]
 
 METHODS = {"guided_backprop": NeuronGuidedBackprop, "deconvolution": NeuronDeconvolution}
-
-
-def _without_inplace(module: nn.Module) -> nn.Module:
-    """The module itself, or a copy of it whose activations are not in-place when it has any:
-    Captum's backward hooks on ReLUs cannot wrap in-place ones (ResNet's shared ``relu``). The
-    arithmetic is unchanged. A fresh copy each call, so edited weights are always seen (a
-    copy costs milliseconds next to the backward passes)."""
-    inplace = [m for m in module.modules() if isinstance(getattr(m, "inplace", None), bool) and m.inplace]
-    if not inplace:
-        return module
-    module = copy_module(module)
-    for m in module.modules():
-        if isinstance(getattr(m, "inplace", None), bool):
-            m.inplace = False
-    return module
 
 
 def neuron_attributions(model, run: str | Path, layer: str, channel: int,
@@ -106,7 +90,7 @@ def neuron_attribution_maps(model, run: str | Path, layer: str, channel: int,
                 continue
             if r.identity_matches(int(ids[k]), decoded.identity):  # else: another picture now
                 pixels[k] = decoded
-    module = _without_inplace(model.module).to(model.device)
+    module = without_inplace(model.module).to(model.device)
     target = module.get_submodule(layer)
     attributor = METHODS[method](module, target)
     out: list[np.ndarray | None] = [None] * len(ids)
