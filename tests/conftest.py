@@ -89,3 +89,19 @@ def tiny_model():
 
     return from_module(tiny_cnn(), Preprocessing(resize=72, crop=(64, 64)),
                        class_names=[f"c{i}" for i in range(10)], name="tiny")
+
+
+@pytest.fixture
+def cli(capsys):
+    """A command run in this process (no interpreter start): its output (stdout and stderr),
+    its exit code checked; a refusal (exit 2) is one line without a traceback."""
+    from cnnviz.cli import main
+
+    def run(*args, code: int) -> str:
+        assert main([str(a) for a in args]) == code
+        out = capsys.readouterr()
+        if code == 2:
+            assert "Traceback" not in out.err, out.err
+            assert len([line for line in out.err.splitlines() if "error:" in line]) == 1, out.err
+        return out.out + out.err
+    return run

@@ -20,23 +20,10 @@ from PIL import Image
 
 import cnnviz
 from cnnviz import load_model, scan
-from cnnviz.cli import main
 from cnnviz.errors import CnnvizWarning, RunFileError
 from cnnviz.viz.report import write_report
 
 from .test_faults import KW, _one_line_error
-
-
-@pytest.fixture
-def cli(capsys):
-    """Run a command in this process (no interpreter start): its output, exit code checked."""
-    def run(*args, code: int) -> str:
-        assert main([str(a) for a in args]) == code
-        out = capsys.readouterr()
-        if code == 2:
-            _one_line_error(out.err)
-        return out.out + out.err
-    return run
 
 
 @pytest.fixture(scope="module")

@@ -859,20 +859,6 @@ def small_run(photo_dir, tmp_path_factory) -> Path:
     return scan(photo_dir, load_model("resnet18", None), tmp_path_factory.mktemp("small") / "run.h5", **KW)
 
 
-@pytest.fixture
-def cli(capsys):
-    """A command run in this process: its output (stdout and stderr), exit code checked."""
-    from cnnviz.cli import main
-
-    def run(*args, code: int) -> str:
-        assert main([str(a) for a in args]) == code
-        out = capsys.readouterr()
-        if code == 2:
-            _one_line_error(out.err)
-        return out.out + out.err
-    return run
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_a_gpu_that_is_not_here_is_one_line_for_every_command(small_run, photo_dir, tmp_path, cli):
     """explain and report with --explain/--attributions/--model raised torch's RuntimeError; a

@@ -26,7 +26,8 @@ def _captum(net: torch.nn.Module, x: torch.Tensor, layer: str, targets: torch.Te
     for m in plain.modules():
         if hasattr(m, "inplace"):
             m.inplace = False
-    return LayerGradientXActivation(plain, plain.get_submodule(layer)).attribute(x, target=targets).sum((2, 3))
+    attribution = LayerGradientXActivation(plain, plain.get_submodule(layer))
+    return attribution.attribute(x, target=targets).sum((2, 3))
 
 
 def test_relevance_equals_captums_gradient_times_activation_for_every_layer_at_once():
@@ -69,7 +70,8 @@ def test_explain_prediction_ranks_the_channels_of_each_layer_by_their_relevance(
     predicted = int(model.module(x).argmax())
     for layer in LAYERS:
         rows = table[table.layer == layer]
-        want = _captum(model.module, x, layer, torch.tensor([predicted]))[0].detach().numpy().astype(np.float64)
+        want = _captum(model.module, x, layer, torch.tensor([predicted]))[0].detach().numpy()
+        want = want.astype(np.float64)
         order = sorted(range(len(want)), key=lambda c: (-want[c], c))
         assert rows.channel.tolist() == order
         np.testing.assert_allclose(rows.relevance, want[order], rtol=1e-4, atol=1e-7)

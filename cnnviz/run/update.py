@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import multiprocessing
 import os
 import shutil
-import signal
-import sys
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 import h5py
 
-from ..errors import CnnvizError, OutputError, RunFileError
+from ..errors import OutputError, RunFileError
+from .isolated import durable_replace, write_isolated
 from .reader import open_run
 
 __all__ = ["update_run", "check_update_space"]
@@ -63,9 +60,10 @@ def update_run(run: str | Path, write: Callable[[h5py.File], None], extra_bytes:
                 _copy(run, tmp, extra_bytes)
             finally:
                 source.close()
-            outcome, detail = _write_isolated(write, tmp)
+            outcome, detail = write_isolated(write, tmp, "r+")
             if outcome == "ok":
-                _swap(tmp, run)
+                shutil.copymode(run, tmp)
+                durable_replace(tmp, run)
         finally:
             tmp.unlink(missing_ok=True)
     if outcome == "disk full":
@@ -93,64 +91,3 @@ def _copy(run: Path, tmp: Path, extra_bytes: int) -> None:
             raise OutputError(f"the disk holding {run} is full ({exc.strerror}); {run.name} is unchanged: "
                               "free some space and run the same command again") from None
         raise
-
-
-def _swap(tmp: Path, run: Path) -> None:
-    """The complete copy, on disk, takes the run file's name (its permissions kept)."""
-    shutil.copymode(run, tmp)
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, run)
-    fd = os.open(run.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_isolated(write, tmp: Path) -> tuple[str, str]:
-    """``write(h5py.File(tmp, "r+"))`` in a forked process: ``("ok", "")``, ``("disk full",
-    why)``, ``("refused", message)`` or ``("failed", traceback)``. HDF5's trouble with a full
-    disk (pages of errors, a crash at exit) stays in that process."""
-    ctx = multiprocessing.get_context("fork")
-    receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_writer, args=(write, tmp, send), daemon=True)
-    proc.start()
-    send.close()
-    try:
-        outcome = receive.recv()
-    except EOFError:
-        outcome = ("failed", f"the writer process ended with exit code {proc.exitcode}")
-    except BaseException:
-        proc.terminate()
-        proc.join()
-        raise
-    finally:
-        receive.close()
-    proc.join()
-    return outcome
-
-
-def _writer(write, tmp: Path, send) -> None:
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)  # HDF5 prints pages while it fails on a full disk
-    sys.unraisablehook = lambda unraisable: None
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-    outcome = ("ok", "")
-    try:
-        f = h5py.File(tmp, "r+")
-        write(f)
-        f.close()
-    except CnnvizError as exc:
-        outcome = ("refused", str(exc))
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent
-        text = traceback.format_exc()  # HDF5's errors name errno 28 in their text, of any type
-        full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text
-        outcome = ("disk full" if full else "failed", text)
-    try:
-        send.send(outcome)
-    finally:
-        os._exit(0)

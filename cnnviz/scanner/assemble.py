@@ -10,29 +10,25 @@ renamed when complete, so a crash never leaves a half-written run file.
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
-import signal
-import sys
 import time
-import traceback
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from ..errors import CnnvizError, RunFileError, ScanError
+from ..errors import RunFileError, ScanError
 from ..images.library import ImageLibrary
 from ..images.patches import patch_box, patch_factor, patch_shape
 from ..model.preprocessing import Preprocessing, boxes_to_original
 from ..model.receptive_field import AxisField, ReceptiveField
 from ..model.taps import LayerTap
 from ..run import format as fmt
+from ..run.isolated import durable_replace, write_isolated
 from .config import default_workers
 from .cutting import CropStore, write_patches
 from .space import check_space, run_file_bytes
 from .state import MergedLayer, merge_states, segment_columns, segments_of
-from .workdir import WorkDir, check_work_format, fsync_dir, is_disk_full
+from .workdir import WorkDir, check_work_format
 
 __all__ = ["assemble_run", "tap_record", "tap_from_record", "write_header", "write_image_records",
            "create_layer_maxima", "write_topk", "write_stats"]
@@ -120,7 +116,13 @@ def assemble_run(works: list[WorkDir], out: Path, keep_work: bool = False,
             f.attrs[f"scan_{key}"] = max(float(st[key]) for st in states)
         f.attrs["assemble_seconds"] = time.monotonic() - started
 
-    outcome, detail = _write_isolated(write, tmp)
+    try:
+        outcome, detail = write_isolated(write, tmp, "w")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if outcome != "ok":
+        tmp.unlink(missing_ok=True)
     if outcome == "disk full":
         raise ScanError(f"the disk of {out} filled up while the run file was written; the scan "
                         f"itself is kept in {works[0].path}: free some space, then run the same "
@@ -129,7 +131,7 @@ def assemble_run(works: list[WorkDir], out: Path, keep_work: bool = False,
         raise ScanError(detail)
     if outcome != "ok":
         raise RuntimeError(f"writing {tmp} failed in its writer process:\n{detail}")
-    _durable_rename(tmp, out)
+    durable_replace(tmp, out)
     if not keep_work:
         for w in works:
             w.remove()
@@ -166,70 +168,6 @@ def _write(f: h5py.File, inputs: _Inputs, segments, merged, fail_ids, fail_reaso
     _strings(f, fmt.IMAGE_PATCH_ERROR, [store.errors.get(i, "") for i in range(len(lib))])
     f.attrs["n_patch_errors"] = len(store.errors)
     f.attrs["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def _durable_rename(tmp: Path, out: Path) -> None:
-    """Flush the finished file to disk before it takes the run file's name, and the rename
-    after: a power cut leaves the old state or the whole new file."""
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, out)
-    fsync_dir(out.parent)
-
-
-def _write_isolated(write, tmp: Path) -> tuple[str, str]:
-    """Run ``write(h5py.File(tmp, "w"))`` in a forked process; returns ``("ok", "")``,
-    ``("disk full", why)`` or ``("failed", traceback)``, and leaves no ``tmp`` unless ok.
-
-    Why a process: when the disk fills, HDF5 cannot flush or close the file, keeps it open in
-    its own state, and crashes the interpreter when it tries again at exit (seen: SIGSEGV, after
-    pages of "Exception ignored" messages). The writer process ends with ``os._exit``, so none
-    of that reaches the scan or the user's notebook."""
-    ctx = multiprocessing.get_context("fork")
-    receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_writer, args=(write, tmp, send))  # not a daemon: it starts decoders
-    proc.start()
-    send.close()
-    try:
-        outcome = receive.recv()
-    except EOFError:
-        outcome = ("failed", f"the writer process ended with exit code {proc.exitcode}")
-    except BaseException:
-        proc.terminate()
-        proc.join()
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        receive.close()
-    proc.join()
-    if outcome[0] != "ok":
-        tmp.unlink(missing_ok=True)
-    return outcome
-
-
-def _writer(write, tmp: Path, send) -> None:
-    # HDF5 prints pages of complaints while it fails to clean up after a full disk; what went
-    # wrong goes to the scan process through the pipe instead
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    sys.unraisablehook = lambda unraisable: None
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the scan process handles Ctrl-C
-    outcome = ("ok", "")
-    try:
-        f = h5py.File(tmp, "w")
-        write(f)
-        f.close()
-    except CnnvizError as exc:
-        outcome = ("refused", str(exc))
-    except BaseException as exc:  # noqa: BLE001 - reported to the scan process
-        outcome = ("disk full" if is_disk_full(exc) else "failed", traceback.format_exc())
-    try:
-        send.send(outcome)
-    finally:
-        os._exit(0)
 
 
 def _check_shards_match(metas: list[dict], works: list[WorkDir]) -> None:
