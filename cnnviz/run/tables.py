@@ -17,7 +17,7 @@ from . import format as fmt
 from .reader import RunReader
 
 __all__ = ["top_patches", "channel_maxima", "channel_stats", "run_layers", "read_patches", "failures",
-           "failure_kinds"]
+           "failure_kinds", "nearly_silent", "SILENT_SHARE"]
 
 
 def run_layers(run: str | Path) -> list[str]:
@@ -115,12 +115,20 @@ def channel_stats(run: str | Path, layer: str | None = None) -> pd.DataFrame:
     Columns: ``count`` (images read), ``mean_max``, ``std_max``, ``max_max`` (of the per-image
     maxima; ``max_max`` is also the channel's top-1 activation), ``fire_rate`` (fraction of
     images whose maximum is > 0; 1 - sparsity), ``mean_activation`` (mean over images of the
-    spatial mean), ``channel_name`` (a logits layer's class name, else empty), and where labels
-    are known ``top_label``/``top_label_name``/``top_label_share`` (most frequent label among
-    the top-k, its class name when it is a class index or WordNet id, and its share of the
-    top-k) and ``selectivity`` (class-selectivity index (mu_max - mu_rest) / (mu_max + mu_rest)
-    of the per-label mean of maxima, Morcos et al. 2018). Unlabelled images (label ``""``) count
-    in no class.
+    spatial mean), ``nearly_silent`` (the mean of the channel's top-k activations is under 2 %
+    of its layer's median channel's: see :data:`SILENT_SHARE`), ``channel_name`` (a logits layer's class
+    name, else empty), and where labels are known ``top_label``/``top_label_name``/
+    ``top_label_share`` (most frequent label among the top-k, its class name when it is a class
+    index or WordNet id, and its share of the top-k) and ``selectivity``.
+
+    ``selectivity`` is the class-selectivity index (mu_max - mu_rest) / (mu_max + mu_rest) of the
+    per-label means of the maxima (Morcos et al. 2018): 0 when every class drives the channel
+    alike, 1 when one class alone does. It is NaN where it would measure noise: for a nearly
+    silent channel (the index divides tiny per-class means by each other, and a handful of weak
+    responses in one class push it towards 1: a dead channel would rank as the most selective
+    of its layer), and for a channel with a negative per-class mean (logits of most classifiers,
+    pre-ReLU outputs: the index assumes responses >= 0, and its denominator can cross 0).
+    Unlabelled images (label ``""``) count in no class.
     """
     frames = []
     with RunReader(run) as r:
@@ -130,6 +138,7 @@ def channel_stats(run: str | Path, layer: str | None = None) -> pd.DataFrame:
             df = pd.DataFrame({k: g[fmt.STATS][k][()] for k in g[fmt.STATS]})
             df.insert(0, "channel", np.arange(len(df)))
             df.insert(0, "layer", name)
+            df["nearly_silent"] = nearly_silent(g[fmt.TOPK_ACTIVATION][()])
             df["channel_name"] = _per_channel(r.channel_names(name), df["channel"].to_numpy()).astype(str)
             if labels is not None:
                 maxima = r.maxima_blocks(name, dtype=np.float32) if r.has_maxima(name) else None
@@ -138,6 +147,26 @@ def channel_stats(run: str | Path, layer: str | None = None) -> pd.DataFrame:
                           [n or "" for n in label_names(df["top_label"], r.class_names)])
             frames.append(df)
     return pd.concat(frames, ignore_index=True)
+
+
+#: A channel is nearly silent when the mean of its top-k activations (its strongest responses
+#: over the library) is under this share of its layer's median channel's. Strong responses on
+#: the images it prefers are what a selective channel has, however few those images are (one
+#: class of 1,000 is 0.1 % of a library: a floor on the mean over all images would call such a
+#: channel silent). On 1,000 ImageNet photos, SqueezeNet's features.3 channel 45 (fire rate
+#: 0.078, top-1 0.10) is at 0.4 % and would otherwise have the highest selectivity of its layer
+#: (0.88); the weakest live channels of SqueezeNet's layers are at 3.7 % or more.
+SILENT_SHARE = 0.02
+
+
+def nearly_silent(top_activations: np.ndarray) -> np.ndarray:
+    """Per channel of one layer (rows of its ``(channels, k)`` top-k activations, NaN in empty
+    slots), whether it is nearly silent (:data:`SILENT_SHARE`); a channel with no response above
+    0 is."""
+    filled = ~np.isnan(top_activations)
+    top = np.where(filled, top_activations, 0.0).sum(axis=1) / np.maximum(filled.sum(axis=1), 1)
+    floor = SILENT_SHARE * max(float(np.median(top)), 0.0) if len(top) else 0.0
+    return ~(top > max(floor, 0.0))
 
 
 def _label_columns(df: pd.DataFrame, labels: np.ndarray, topk_ids: np.ndarray, maxima_blocks, layer: str):
@@ -181,7 +210,9 @@ def _label_columns(df: pd.DataFrame, labels: np.ndarray, topk_ids: np.ndarray, m
     n_cls = per_class.shape[0]
     rest = (per_class.sum(axis=0) - best) / max(1, n_cls - 1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        df["selectivity"] = (best - rest) / (best + rest)
+        index = (best - rest) / (best + rest)
+    undefined = df["nearly_silent"].to_numpy() | (per_class.min(axis=0) < 0)
+    df["selectivity"] = np.where(undefined, np.nan, index)
 
 
 def _add_by_label(sums: np.ndarray, counts: np.ndarray, codes: np.ndarray, rows: np.ndarray) -> None:
