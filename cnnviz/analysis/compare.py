@@ -61,12 +61,12 @@ def compare_runs(run_a: str | Path, run_b: str | Path, layers: Sequence[str] | N
 
 
 def _layers(a: RunReader, b: RunReader, layers) -> list[str]:
-    names = [n for n in a.layers if n in set(b.layers)] if layers is None else list(layers)
+    names = ([n for n in a.layers if n in set(b.layers)] if layers is None
+             else list(dict.fromkeys(a.resolve_layer(n, "layers") for n in layers)))
     if not names:
         raise UsageError(f"`run_b`: {b.path.name} shares no layer with {a.path.name} "
                          f"({', '.join(a.layers)} vs {', '.join(b.layers)})")
     for name in names:
-        a.check_layer(name, "layers")
         b.check_layer(name, "layers")
         ca, cb = int(a.layer(name).attrs["channels"]), int(b.layer(name).attrs["channels"])
         if ca != cb:

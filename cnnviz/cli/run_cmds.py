@@ -11,7 +11,7 @@ from .common import WEIGHTS_HELP, add_progress_arg, channel_list, check_out, use
 def add_top(sub) -> None:
     p = sub.add_parser("top", help="print the top-k table of a run")
     p.add_argument("run", metavar="RUN.h5")
-    p.add_argument("--layer", default=None, help="one layer (default: all)")
+    p.add_argument("--layer", default=None, help="one layer, e.g. features.12 or logits (default: all)")
     p.add_argument("--channel", type=int, default=None, help="one channel (default: all)")
     p.add_argument("--csv", action="store_true", help="CSV with every column, to stdout")
     p.add_argument("--max-rows", type=int, default=200, help="rows printed (default: 200)")
@@ -24,10 +24,10 @@ def run_top(args) -> int:
     from ..run.tables import top_patches
 
     df = top_patches(args.run, layer=args.layer, channel=args.channel)
-    cols = ["layer", "channel", "rank", "activation", "image_path", "label", "y", "x",
-            "rf_y0", "rf_x0", "rf_y1", "rf_x1"]
-    if not df["label"].astype(bool).any():
-        cols.remove("label")
+    cols = ["layer", "channel", "channel_name", "rank", "activation", "image_path", "label", "label_name",
+            "y", "x", "rf_y0", "rf_x0", "rf_y1", "rf_x1"]
+    # class names where the run has them: a logits channel's class, a WordNet id's or index's name
+    cols = [c for c in cols if c not in ("channel_name", "label", "label_name") or df[c].astype(bool).any()]
     if args.csv:
         df.to_csv(sys.stdout, index=False)
     else:
@@ -76,7 +76,8 @@ def failure_summary(df, limit: int | None = 3) -> str:
 def add_report(sub) -> None:
     p = sub.add_parser("report", help="static HTML report of a run (open index.html)")
     p.add_argument("run", metavar="RUN.h5")
-    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--out", required=True, help="folder to write (written afresh and swapped in when "
+                   "complete: an earlier report there goes whole; a folder of other files is refused)")
     p.add_argument("--layers", default=None, help="comma-separated layers (default: all)")
     p.add_argument("--channels", default=None,
                    help="N (the first N channels of each layer) or a list like 0-63,100 "

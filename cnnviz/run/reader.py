@@ -24,6 +24,8 @@ from .validate import validate_run
 
 __all__ = ["open_run", "RunReader"]
 
+_INDEX = re.compile(r"\[(\w+)\]")  # layer2[0].conv3 -> layer2.0.conv3, as the scan's taps read it
+
 
 def open_run(path: str | Path) -> h5py.File:
     """Open a run file read-only, checking its format and version, and that its counts, shapes
@@ -143,15 +145,28 @@ class RunReader:
         return json.loads(self.attrs[fmt.ATTR_LAYERS])
 
     def check_layer(self, layer: str | None, param: str = "layer") -> list[str]:
-        """``[layer]`` (checked to be in the run), or every layer for ``None``; ``param`` names
-        the argument in the error."""
+        """``[name]`` of the run's layer ``layer`` (see :meth:`resolve_layer`), or every layer for
+        ``None``; ``param`` names the argument in the error."""
+        return self.layers if layer is None else [self.resolve_layer(layer, param)]
+
+    def resolve_layer(self, layer: str, param: str = "layer") -> str:
+        """The name under which the run stores ``layer``, spelled as the scan accepted it:
+        ``logits`` (the layer whose output is the network's, e.g. ``classifier.3``) and
+        ``features[12]`` (for ``features.12``) name the same layer as at scan time."""
         names = self.layers
-        if layer is None:
-            return names
-        if layer not in names:
+        if layer in names:
+            return layer
+        key = _INDEX.sub(r".\1", str(layer).strip()).strip(".")
+        if key == "logits" and key not in names:
+            found = [n for n in names if self.file[fmt.layer_group(n)].attrs.get(fmt.LAYER_LOGITS, False)]
+            if found:
+                return found[-1]
+            raise UsageError(f"`{param}` 'logits': {self.path.name} scanned no logits layer (the network's "
+                             f"output); its layers are: {', '.join(names)}")
+        if key not in names:
             raise UsageError(f"`{param}` {layer!r} is not in {self.path.name}; its layers are: "
                              f"{', '.join(names)}")
-        return [layer]
+        return key
 
     def check_channels(self, layer: str, channels, param: str = "channel") -> None:
         """Every channel index is one of the layer's."""
@@ -161,8 +176,7 @@ class RunReader:
             raise UsageError(f"`{param}` {bad[:5]}: {layer} has channels 0-{n - 1}")
 
     def layer(self, name: str) -> h5py.Group:
-        self.check_layer(name)
-        return self.file[fmt.layer_group(name)]
+        return self.file[fmt.layer_group(self.resolve_layer(name))]
 
     def strings(self, path: str) -> np.ndarray | None:
         """A string dataset as an object array (cached), or ``None`` when absent."""

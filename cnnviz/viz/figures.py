@@ -14,7 +14,7 @@ from ..run import format as fmt
 from ..run.reader import RunReader
 
 __all__ = ["patch_montage", "layer_overview", "maxima_distribution", "save_figure", "check_figure_path",
-           "image_grid"]
+           "image_grid", "captioned_grid", "channel_title"]
 
 
 def _plt():
@@ -42,12 +42,14 @@ def patch_montage(run: str | Path, layer: str, channel: int, columns: int | None
     """
     plt = _plt()
     with RunReader(run) as r:
+        layer = r.resolve_layer(layer)
         r.check_channels(layer, channel)
         g = r.layer(layer)
         patches = g[fmt.TOPK_PATCHES][channel]
         acts = g[fmt.TOPK_ACTIVATION][channel]
         ids = g[fmt.TOPK_IMAGE_ID][channel]
         paths = r.paths
+        title = channel_title(r, layer, channel)
     valid = ids >= 0
     k = int(valid.sum())
     cols = columns or min(8, max(1, k))
@@ -68,7 +70,7 @@ def patch_montage(run: str | Path, layer: str, channel: int, columns: int | None
         if extra is not None:
             axes[row * rows_per + 1, col].imshow(extra[r], interpolation="nearest")
             axes[row * rows_per + 1, col].set_title(extra_label, fontsize=5.5, pad=1)
-    fig.suptitle(f"{layer} channel {channel}: top {k}", fontsize=9)
+    fig.suptitle(f"{title}: top {k}", fontsize=9)
     fig.tight_layout(pad=0.4, h_pad=1.6, rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     return fig
 
@@ -79,12 +81,14 @@ def layer_overview(run: str | Path, layer: str, channels=None, per_channel: int 
     patches, titled with the channel index."""
     plt = _plt()
     with RunReader(run) as r:
+        layer = r.resolve_layer(layer)
         g = r.layer(layer)
         n_ch = g.attrs["channels"]
         channels = list(range(min(64, n_ch))) if channels is None else list(channels)
         r.check_channels(layer, channels, "channels")
         patches = g[fmt.TOPK_PATCHES]
         mosaics = [_mosaic(patches[c][:per_channel]) for c in channels]
+        names = r.channel_names(layer)
     cols = min(columns, len(channels))
     rows = math.ceil(len(channels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(cols * tile_inches, rows * tile_inches + 0.4),
@@ -93,10 +97,21 @@ def layer_overview(run: str | Path, layer: str, channels=None, per_channel: int 
         ax.axis("off")
     for ax, c, m in zip(axes.flat, channels, mosaics, strict=False):
         ax.imshow(m, interpolation="nearest")
-        ax.set_title(str(c), fontsize=7, pad=2)
+        ax.set_title(str(c) if names is None else f"{c} {_short(str(names[c]), 14)}", fontsize=7, pad=2)
     fig.suptitle(f"{layer}: best {per_channel} patches of {len(channels)} channels", fontsize=9)
     fig.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     return fig
+
+
+def channel_title(reader: RunReader, layer: str, channel: int) -> str:
+    """``features.12 channel 467``; a logits layer's channel with its class: ``classifier.3 channel 1
+    · goldfish``."""
+    names = reader.channel_names(layer)
+    return f"{layer} channel {channel}" + ("" if names is None else f" · {names[channel]}")
+
+
+def _short(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def image_grid(images: np.ndarray, columns: int, gutter: int = 1) -> np.ndarray:
@@ -111,6 +126,39 @@ def image_grid(images: np.ndarray, columns: int, gutter: int = 1) -> np.ndarray:
     return out
 
 
+def captioned_grid(images: np.ndarray, captions: list[list[str]], columns: int, gutter: int = 2,
+                   font_size: int = 12) -> np.ndarray:
+    """:func:`image_grid` with lines of text under each image (white band, black text; a line
+    longer than the image is cut with an ellipsis)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    n, h, w, _ = images.shape
+    try:
+        font = ImageFont.load_default(size=font_size)
+    except TypeError:  # Pillow < 10.1: the small bitmap font
+        font = ImageFont.load_default()
+    lines = max((len(c) for c in captions), default=0)
+    band = lines * (font_size + 3) + 4
+    tiles = np.full((n, h + band, w, 3), 255, np.uint8)
+    tiles[:, :h] = images
+    for tile, caption in zip(tiles, captions, strict=True):
+        canvas = Image.fromarray(tile)
+        draw = ImageDraw.Draw(canvas)
+        for j, line in enumerate(caption):
+            y = h + 2 + j * (font_size + 3)
+            draw.text((3, y), _fit(draw, line, font, w - 6), fill=(0, 0, 0), font=font)
+        tile[:] = np.asarray(canvas)
+    return image_grid(tiles, columns, gutter)
+
+
+def _fit(draw, text: str, font, width: int) -> str:
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
 def _mosaic(patches: np.ndarray) -> np.ndarray:
     return image_grid(patches, math.ceil(math.sqrt(len(patches))))
 
@@ -119,9 +167,11 @@ def maxima_distribution(run: str | Path, layer: str, channel: int, bins: int = 5
     """Histogram of a channel's per-image maxima with the top-k marked."""
     plt = _plt()
     with RunReader(run) as r:
+        layer = r.resolve_layer(layer)
         r.check_channels(layer, channel)
         values = r.maxima_columns(layer, [channel])[:, 0]
         top = r.layer(layer)[fmt.TOPK_ACTIVATION][channel]
+        title = channel_title(r, layer, channel)
     values = values[~np.isnan(values)]
     fig, ax = plt.subplots(figsize=(5, 2.6))
     ax.hist(values, bins=bins, color="#7aa6c2")
@@ -129,7 +179,7 @@ def maxima_distribution(run: str | Path, layer: str, channel: int, bins: int = 5
         ax.axvline(v, color="#c0392b", lw=0.8, alpha=0.8)
     ax.set_xlabel("spatial maximum per image")
     ax.set_ylabel("images")
-    ax.set_title(f"{layer} channel {channel}: {len(values)} images, top-{len(top)} in red", fontsize=9)
+    ax.set_title(f"{title}: {len(values)} images, top-{len(top)} in red", fontsize=9)
     fig.tight_layout()
     return fig
 
