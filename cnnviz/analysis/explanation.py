@@ -33,6 +33,7 @@ class ExplainedImages:
     table: pd.DataFrame
     paths: list[Path]
     crops: np.ndarray  # uint8 (N, H, W, 3), as the network saw each image
+    predictions: list[list[tuple[int, str, float]]] | None = None  # per image: the model's top-5
 
 
 def explain(images: Sequence[str | Path] | str | Path, run: str | Path, layers: Sequence[str] | None = None,
@@ -47,17 +48,25 @@ def explain(images: Sequence[str | Path] | str | Path, run: str | Path, layers: 
         device: where to run the network.
 
     Returns:
-        One row per (image, layer, channel), best first (by rank, then ``ratio``; channels
-        constant over the library last) within each image and layer. Columns: ``image`` (path
-        as given), ``library_id`` (the id of the library image with the same bytes, whose
-        recorded maxima are then used, or -1), ``layer``, ``channel``, ``channel_name`` (class
-        name of a logits layer, else empty), ``value`` (the image's maximum), ``y``, ``x`` (where),
-        ``rank`` (1 + library images whose maximum is strictly larger: an image of the
-        library gets its own rank), ``n_images`` (readable library images), ``percentile``
-        (100 x the share of library images whose maximum is <= ``value``), ``ratio``
-        (``value`` / the channel's library maximum). Where the run did not keep a layer's
-        per-image maxima, ``percentile`` is NaN and ``rank`` is known only inside the top-k
-        (else NaN).
+        One row per (image, layer, channel), best first within each image and layer: the
+        channels where the image responds, by ``percentile`` (then ``ratio``), before those
+        where it does not (``responds`` False, e.g. a ReLU channel at 0, however many library
+        images tie with it there); a logits layer's classes by ``value``, the model's belief.
+        Columns: ``image`` (path as given), ``library_id`` (the id of the library image with
+        the same bytes, whose recorded maxima are then used, or -1), ``layer``, ``channel``,
+        ``channel_name`` (class name of a logits layer, else empty), ``value`` (the image's
+        maximum), ``y``, ``x`` (where), ``rank`` (1 + library images whose maximum is strictly
+        larger: an image of the library gets its own rank), ``ties`` (other library images
+        with exactly this maximum), ``n_images`` (readable library images), ``percentile``
+        (mid-rank: 100 x (library images below ``value`` + half of those equal to it) /
+        ``n_images``; the convention of rank statistics, equal to the plain percentile
+        without ties: a value shared by 92 % of the library is at the 46th, not the 92nd or
+        the 0th), ``responds`` (``value`` is above the channel's lowest value in the library;
+        without the per-image maxima, above 0), ``ratio`` (``value`` / the channel's library
+        maximum). Where the run did not keep a layer's per-image maxima, ``percentile`` is NaN,
+        ``ties`` is -1 and ``rank`` is known only inside the top-k (else NaN).
+        ``table.attrs["predictions"]`` holds, per image, the model's top-5 classes
+        ``(index, name, probability)``.
 
     Example:
         >>> df = explain(["cat.jpg"], "run.h5")                              # doctest: +SKIP
@@ -79,9 +88,8 @@ def explain_images(images, run, layers=None, model=None, device: str = "cpu",
         raise UsageError(f"`{param}`: give at least one image file")
     check_device(device)
     with RunReader(run) as reader:
-        names = reader.layers if layers is None else list(layers)
-        for name in names:
-            reader.check_layer(name, "layers")
+        names = reader.layers if layers is None else [reader.resolve_layer(n, "layers") for n in layers]
+        names = list(dict.fromkeys(names))
         if model is None:
             model = model_of_run(run, device=device)
         check_model_fits(model, reader, names)
@@ -96,7 +104,30 @@ def explain_images(images, run, layers=None, model=None, device: str = "cpu",
             values, index = reduced[name]
             _use_recorded(reader, name, library_ids, values, index)
             frames.append(_layer_table(reader, name, paths, library_ids, values, index))
-    return ExplainedImages(pd.concat(frames, ignore_index=True), paths, crops)
+        predictions = predict(model, crops, device, reader.precision)
+    table = pd.concat(frames, ignore_index=True)
+    if predictions is not None:
+        table.attrs["predictions"] = {str(p): top for p, top in zip(paths, predictions, strict=True)}
+    return ExplainedImages(table, paths, crops, predictions)
+
+
+def predict(model, crops: np.ndarray, device: str = "cpu", precision: str = "fp32",
+            top: int = 5) -> list[list[tuple[int, str, float]]] | None:
+    """The model's ``top`` classes ``(index, name, probability)`` for uint8 ``(N, H, W, 3)``
+    network-input crops; ``None`` when its output is not one score per class."""
+    from ..model.copying import inference_copy
+    from ..model.precision import precision_scope
+
+    device = torch.device(device)
+    module = inference_copy(model.module, device)
+    x = model.preprocessing.normalize(torch.from_numpy(crops).to(device))
+    with torch.no_grad(), precision_scope(precision, device):
+        out = module(x)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] < 2:
+        return None
+    probs, idx = out.float().softmax(dim=1).topk(min(top, out.shape[1]), dim=1)
+    return [[(int(i), model.class_name(int(i)), float(p)) for p, i in zip(ps, ids, strict=True)]
+            for ps, ids in zip(probs.tolist(), idx.tolist(), strict=True)]
 
 
 def _crop(path: Path, preprocessing, param: str) -> tuple[np.ndarray, tuple[int, int, int]]:
@@ -150,27 +181,15 @@ def _layer_table(reader: RunReader, layer: str, paths: list[Path], library_ids: 
     stats_max = g[fmt.STATS]["max_max"][()]
     constant = g[fmt.STATS]["std_max"][()] <= 0  # e.g. a dead ReLU: every image ties
     if reader.has_maxima(layer):
-        ds = reader.maxima_dataset(layer)
-        # compare in the stored precision: a library image equals its own stored value
-        probe = values.astype(ds.dtype).astype(np.float64)
-        greater = np.zeros((n_img, n_ch), np.int64)
-        at_most = np.zeros((n_img, n_ch), np.int64)
-        readable = 0
-        for block in reader.maxima_blocks(layer):
-            block = block[~np.isnan(block).any(axis=1)]
-            readable += len(block)
-            for i in range(n_img):
-                above = block > probe[i]
-                greater[i] += above.sum(axis=0)
-                at_most[i] += len(block) - above.sum(axis=0)
-        rank = (greater + 1).astype(np.float64)
-        percentile = 100.0 * at_most / max(readable, 1)
+        rank, ties, percentile, responds, readable = _standing(reader, layer, values, library_ids)
     else:  # only the top-k: a rank inside it is exact, outside unknown
         top = np.nan_to_num(g[fmt.TOPK_ACTIVATION][()], nan=-np.inf)
         probe = values.astype(np.float32).astype(np.float64)
         greater = (top[None] > probe[:, :, None]).sum(axis=2)
         rank = np.where(greater < top.shape[1], greater + 1, np.nan)
+        ties = np.full((n_img, n_ch), -1, np.int64)
         percentile = np.full((n_img, n_ch), np.nan)
+        responds = values > 0
         readable = int(reader.attrs["n_images"]) - int(reader.attrs["n_failed"])
     channel_names = reader.channel_names(layer)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -183,12 +202,49 @@ def _layer_table(reader: RunReader, layer: str, paths: list[Path], library_ids: 
         "channel_name": np.tile(channel_names.astype(str), n_img) if channel_names is not None else "",
         "value": values.reshape(-1).astype(np.float64),
         "y": (index // width).reshape(-1), "x": (index % width).reshape(-1),
-        "rank": rank.reshape(-1), "n_images": readable,
-        "percentile": percentile.reshape(-1), "ratio": ratio.reshape(-1),
+        "rank": rank.reshape(-1), "ties": ties.reshape(-1), "n_images": readable,
+        "percentile": percentile.reshape(-1), "responds": (responds & ~constant[None, :]).reshape(-1),
+        "ratio": ratio.reshape(-1),
     })
-    order = np.lexsort((-df["ratio"].fillna(-np.inf).to_numpy(), df["rank"].fillna(np.inf).to_numpy(),
-                        np.tile(constant, n_img), np.repeat(np.arange(n_img), n_ch)))
-    return df.iloc[order].reset_index(drop=True)
+    return df.iloc[_best_first(df, n_img, n_ch, _is_logits(g))].reset_index(drop=True)
+
+
+def _is_logits(group) -> bool:
+    return bool(group.attrs.get(fmt.LAYER_LOGITS, False))
+
+
+def _standing(reader: RunReader, layer: str, values: np.ndarray, library_ids: np.ndarray):
+    """``(rank, ties, percentile, responds, readable)`` of each image's values among the
+    library's per-image maxima of ``layer`` (read once, in row blocks)."""
+    n_img, n_ch = values.shape
+    # compare in the stored precision: a library image equals its own stored value
+    probe = values.astype(reader.maxima_dataset(layer).dtype).astype(np.float64)
+    greater = np.zeros((n_img, n_ch), np.int64)
+    equal = np.zeros((n_img, n_ch), np.int64)
+    lowest = np.full(n_ch, np.inf)
+    readable = 0
+    for block in reader.maxima_blocks(layer):
+        block = block[~np.isnan(block).any(axis=1)]
+        readable += len(block)
+        if len(block):
+            lowest = np.minimum(lowest, block.min(axis=0))
+        for i in range(n_img):
+            greater[i] += (block > probe[i]).sum(axis=0)
+            equal[i] += (block == probe[i]).sum(axis=0)
+    below = readable - greater - equal
+    percentile = 100.0 * (below + 0.5 * equal) / max(readable, 1)
+    ties = equal - (library_ids >= 0)[:, None]  # a library image does not tie with itself
+    return (greater + 1).astype(np.float64), ties, percentile, probe > lowest[None, :], readable
+
+
+def _best_first(df: pd.DataFrame, n_img: int, n_ch: int, logits: bool) -> np.ndarray:
+    """Row order: per image, a logits layer's classes by value; other layers' channels where the
+    image responds first, by percentile (where the maxima were kept), rank, then ratio."""
+    image = np.repeat(np.arange(n_img), n_ch)
+    if logits:
+        return np.lexsort((df["channel"].to_numpy(), -df["value"].to_numpy(), image))
+    return np.lexsort((-df["ratio"].fillna(-np.inf).to_numpy(), df["rank"].fillna(np.inf).to_numpy(),
+                       -df["percentile"].fillna(0.0).to_numpy(), ~df["responds"].to_numpy(), image))
 
 
 def layer_field(reader: RunReader, layer: str) -> ReceptiveField:
@@ -198,8 +254,12 @@ def layer_field(reader: RunReader, layer: str) -> ReceptiveField:
                             for i in (0, 1)))
 
 
+def own_box(reader: RunReader, layer: str, crop_shape: tuple[int, int], y: int, x: int) -> tuple[int, ...]:
+    """The box (network-input pixels) of the patch of unit ``(y, x)``, as the scan cut the run's."""
+    return patch_box(layer_field(reader, layer), y, x, tuple(crop_shape[:2]), int(reader.attrs["patch_size"]))
+
+
 def own_patch(reader: RunReader, layer: str, crop: np.ndarray, y: int, x: int) -> np.ndarray:
     """The patch of unit ``(y, x)`` cut from ``crop`` as the scan cut the run's patches."""
     a = reader.layer(layer).attrs
-    box = patch_box(layer_field(reader, layer), y, x, crop.shape[:2], int(reader.attrs["patch_size"]))
-    return cut_patch(crop, box, int(a["patch_factor"]))
+    return cut_patch(crop, own_box(reader, layer, crop.shape, y, x), int(a["patch_factor"]))

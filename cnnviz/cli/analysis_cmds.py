@@ -12,8 +12,8 @@ def add_explain(sub) -> None:
     p = sub.add_parser("explain", help="where new images stand, per channel, against a run's library")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (in the library or new)")
     p.add_argument("--run", required=True, metavar="RUN.h5", help="the run to compare against")
-    p.add_argument("--out", default=None, help="folder for the HTML page and one PNG per image "
-                   "(default: none, print only)")
+    p.add_argument("--out", default=None, help="folder for the HTML page and one PNG per image, "
+                   "written afresh (default: none, print only)")
     p.add_argument("--layers", default=None, help="comma-separated layers of the run (default: all)")
     p.add_argument("--top", type=int, default=5, help="channels shown per image and layer (default: 5)")
     p.add_argument("--csv", action="store_true", help="every row (image x layer x channel) as CSV "
@@ -47,13 +47,19 @@ def run_explain(args) -> int:
     if args.csv:
         table.to_csv(sys.stdout, index=False)
     else:
-        cols = ["layer", "channel", "channel_name", "value", "rank", "n_images", "percentile"]
+        cols = ["layer", "channel", "channel_name", "value", "rank", "ties", "n_images", "percentile"]
         if not table["channel_name"].astype(bool).any():
             cols.remove("channel_name")
+        predictions = dict(zip(map(str, result.paths), result.predictions or [], strict=False))
         with pd.option_context("display.width", 200, "display.max_colwidth", 40):
             for image, rows in table.groupby("image", sort=False):
                 print(f"{image}" + (" (in the library)" if (rows.library_id >= 0).any() else ""))
-                best = rows.groupby("layer", sort=False).head(args.top)
+                if image in predictions:
+                    seen = ", ".join(f"{name} {p:.1%}" for _, name, p in predictions[image])
+                    print(f"the model sees: {seen}")
+                # a channel where the image does not respond is never a top one (logits: by value)
+                shown = rows[rows.responds | rows.channel_name.astype(bool)]
+                best = shown.groupby("layer", sort=False).head(args.top)
                 print(best[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"), end="\n\n")
     if args.out:
         from ..viz.report.analysis_pages import write_explain_page
@@ -68,7 +74,7 @@ def add_compare(sub) -> None:
     p.add_argument("run_a", metavar="RUN_A.h5", help="the first run (before; dataset A)")
     p.add_argument("run_b", metavar="RUN_B.h5", help="the second run (after; dataset B)")
     p.add_argument("--layers", default=None, help="comma-separated layers (default: those both runs have)")
-    p.add_argument("--out", default=None, help="folder for the HTML page (default: none)")
+    p.add_argument("--out", default=None, help="folder for the HTML page, written afresh (default: none)")
     p.add_argument("--top", type=int, default=20, help="most changed channels printed and shown "
                    "(default: 20)")
     p.add_argument("--csv", action="store_true", help="every channel as CSV to stdout")
