@@ -51,6 +51,7 @@ def test_montage_tiles_show_the_stored_patches_in_rank_order(run):
     assert len(dist.axes[0].lines) == 4  # one mark per top-k entry
 
 
+@pytest.mark.slow
 def test_attribution_lies_inside_the_receptive_field(run, model):
     df = cnnviz.top_patches(run, layer="layer3.0", channel=7)
     maps = neuron_attribution_maps(model, run, "layer3.0", 7)
@@ -67,6 +68,7 @@ def test_attribution_lies_inside_the_receptive_field(run, model):
         neuron_attributions(model, run, "layer3.0", 7, method="lrp")
 
 
+@pytest.mark.slow
 def test_attributions_follow_edited_weights(run):
     """Attributions are computed from the model as it is now, not from a copy cached before the
     caller changed its weights."""
@@ -82,6 +84,7 @@ def test_attributions_follow_edited_weights(run):
     assert not np.array_equal(before, after)
 
 
+@pytest.mark.slow
 def test_report_reads_each_layers_maxima_in_row_blocks(run, tmp_path, monkeypatch):
     """The report reads a layer's images x channels maxima as whole rows (a few large reads),
     never one column per channel."""
@@ -160,6 +163,7 @@ def _problems(result: dict) -> list[str]:
     return result["broken"] + result["errors"] + result["log_errors"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (apt-get install chromium)")
 def test_report_opens_in_headless_chromium_without_errors(run, model, tmp_path):
     index = write_report(run, tmp_path / "site", channels=6, attributions={"layer3.0": [0]},
@@ -177,9 +181,15 @@ def test_report_opens_in_headless_chromium_without_errors(run, model, tmp_path):
     broken = site / "broken.html"
     broken.write_text('<!DOCTYPE html><html><body><img src="missing.png"></body></html>')
     assert _problems(_check_in_chromium(broken, tmp_path / "b.png", tmp_path / "p0")) == ["missing.png"]
-    # the index: 6 thumbnails of 2 layers; a channel page: its patch, context and attribution
-    # strips; a layer ordered by fire rate: its 6 thumbnails
-    for page, shot, sprites in ((index, "index.png", 12), (site / "layer3.0" / "c0.html", "channel.png", 3),
+    # the index: 6 thumbnails of 2 layers; a channel page: its context, activation-map and
+    # attribution strips and each photo its patches are cut from (and enlarged on a click); a
+    # layer ordered by fire rate: its 6 thumbnails
+    with h5py.File(run, "r") as f:
+        photos = len(set(f["layers/layer3.0/topk/image_id"][0].tolist()) - {-1})
+    assert sorted(p.name for p in (site / "photos").iterdir()) == sorted(f"{i}.jpg" for i in set(
+        cnnviz.top_patches(run).query("channel < 6").image_id))
+    for page, shot, sprites in ((index, "index.png", 12),
+                                (site / "layer3.0" / "c0.html", "channel.png", 3 + photos),
                                 (site / "layer3.0" / "by-fire-rate.html", "order.png", 6)):
         result = _check_in_chromium(page, tmp_path / shot, tmp_path / f"profile-{shot}")
         assert not _problems(result), result
@@ -189,6 +199,7 @@ def test_report_opens_in_headless_chromium_without_errors(run, model, tmp_path):
         shutil.copy(tmp_path / shot, site / shot)
 
 
+@pytest.mark.slow
 def test_cli_top_and_report(run, tmp_path, capsys):
     from cnnviz.cli import main
 
@@ -246,6 +257,7 @@ def test_synthetic_runs_have_the_format_of_real_ones(run, model, tmp_path):
     write_report(syn, tmp_path / "site", channels=2, progress=False)
 
 
+@pytest.mark.slow
 def test_a_photo_changed_since_the_scan_is_not_shown_in_context(photo_dir, tmp_path):
     """Its box and map would describe another picture: the tile says why instead."""
     from cnnviz.run.reader import RunReader
@@ -267,6 +279,7 @@ def test_a_photo_changed_since_the_scan_is_not_shown_in_context(photo_dir, tmp_p
     np.testing.assert_array_equal(strip[:, :TILE], context_tile(None, None, note="changed since the scan"))
 
 
+@pytest.mark.slow
 def test_context_box_is_the_orig_box_and_the_map_is_a_forward_pass(run, model):
     """Each context tile draws ``topk/orig_box`` (found as the pixels the box changed) and lights
     the photo where the channel's recomputed map (equal to a forward pass of that photo) is high;
@@ -401,9 +414,11 @@ def test_a_report_far_from_its_library_leaves_the_photos_out(run, tmp_path):
     with pytest.warns(CnnvizWarning, match="library folder .*not-here is not here .*give `library`"):
         index = write_report(moved, tmp_path / "site", layers=["layer3.0"], channels=2, progress=False)
     assert not list(index.parent.rglob("*-context.*"))
-    assert "In their photos" not in (index.parent / "layer3.0" / "c0.html").read_text()
+    assert "c0-context.jpg" not in (index.parent / "layer3.0" / "c0.html").read_text()
+    assert not (index.parent / "photos").exists()
     with h5py.File(run, "r") as f:  # where the images are now
         library = f.attrs["library_root"]
     index = write_report(moved, tmp_path / "site2", layers=["layer3.0"], channels=2, progress=False,
                          library=library)
-    assert "In their photos" in (index.parent / "layer3.0" / "c0.html").read_text()
+    assert "c0-context.jpg" in (index.parent / "layer3.0" / "c0.html").read_text()
+    assert list((index.parent / "photos").iterdir())

@@ -26,7 +26,9 @@ from PIL import Image
 from ...run import format as fmt
 from ...run.reader import RunReader
 from .collect import safe_name
-from .render import _environment, _render, _strip, save_png, writing_to
+from .folders import writing_to
+from .pictures import patch_strip
+from .render import _environment, _render, save_png
 
 __all__ = ["write_explain_page", "write_compare_page"]
 
@@ -45,124 +47,177 @@ class _Shown:
 
 
 def _style(out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
     (out / "style.css").write_text(resources.files(__package__).joinpath("style.css").read_text("utf-8"),
                                    encoding="utf-8")
 
 
-def _scale(patch_shape) -> int:
-    return max(1, min(8, -(-64 // max(patch_shape))))  # at least 64 px on screen
+def _tile_size(patch_shape) -> tuple[int, int]:
+    """On-screen size of a patch: at least 64 px a side, whole multiples of its pixels."""
+    f = max(1, min(8, -(-64 // max(patch_shape))))
+    return int(patch_shape[0]) * f, int(patch_shape[1]) * f
 
 
 def _examples(reader: RunReader, layer: str, channel: int, out: Path, name: str) -> str:
+    """The channel's dataset examples (its stored top-k patches, the part inside the network's
+    input) as one strip; written once per page."""
     g = reader.layer(layer)
     k = int((g[fmt.TOPK_IMAGE_ID][channel] >= 0).sum())
     patches = g[fmt.TOPK_PATCHES][channel][:k]
     if not (out / name).exists():
-        save_png(_strip(patches, _scale(patches.shape[1:3])), out / name)
+        save_png(patch_strip(patches, g[fmt.TOPK_PATCH_BOX][channel][:k], _crop(reader), _factor(g),
+                             _tile_size(patches.shape[1:3])), out / name)
     return name
+
+
+def _crop(reader: RunReader) -> tuple[int, int]:
+    return tuple(int(v) for v in reader.preprocessing["crop"])
+
+
+def _factor(group) -> int:
+    return int(group.attrs.get("patch_factor", 1))
 
 
 def write_explain_page(explained, run: str | Path, out_dir: str | Path, top: int = 5,
                        back: str | None = None) -> Path:
     """Write the explain page of :func:`cnnviz.analysis.explanation.explain_images`'s result: per
-    image and layer, the ``top`` channels where the image stands highest against the library,
-    its own patch beside the channel's dataset examples; ``back`` links a page (the report).
-    Returns the path of ``index.html``."""
+    image, the model's top-5 classes, then per layer the ``top`` channels where the image stands
+    highest against the library (never one where it does not respond; a logits layer's
+    classes by value), its own patch beside the channel's dataset examples; ``back`` links a page
+    (the report). The folder is written afresh (:func:`.folders.writing_to`). Returns the path of
+    ``index.html``."""
     import matplotlib.pyplot as plt
 
-    from ...analysis.explanation import own_patch
-
     out = Path(out_dir)
-    with writing_to(out):
-        _style(out)
-        table: pd.DataFrame = explained.table
+    with writing_to(out) as folder:
+        _style(folder)
         images = []
         with RunReader(run) as reader:
             for i, path in enumerate(explained.paths):
-                save_png(Image.fromarray(explained.crops[i]), out / f"img{i}.png")
-                rows = table[table.image == str(path)]
-                sections = []
-                for layer in reader.layers:
-                    chosen = rows[rows.layer == layer].head(top)
-                    if chosen.empty:
-                        continue
-                    shown = []
-                    for row in chosen.itertuples():
-                        patch = own_patch(reader, layer, explained.crops[i], int(row.y), int(row.x))
-                        own = f"img{i}-{_safe(layer)}-c{row.channel}.png"
-                        save_png(_strip(patch[None], _scale(patch.shape[:2])), out / own)
-                        c = int(row.channel)
-                        strip = _examples(reader, layer, c, out, f"{_safe(layer)}-c{c}.png")
-                        shown.append(_Shown(layer, c, row.channel_name, _standing(row), strip, own))
-                    sections.append((layer, shown))
-                images.append((path, f"img{i}.png", sections))
-                fig = _explain_figure(out, path, sections)
-                fig.savefig(out / f"explain-{i}.png", dpi=90)
+                save_png(Image.fromarray(explained.crops[i]), folder / f"img{i}.png")
+                sections = _sections(reader, explained, i, top, folder)
+                prediction = explained.predictions[i] if explained.predictions is not None else None
+                images.append((path, f"img{i}.png", prediction, sections))
+                fig = _explain_figure(folder, path, prediction, sections)
+                fig.savefig(folder / f"explain-{i}.png", dpi=90)
                 plt.close(fig)
             run_name, n_images = reader.path.name, int(reader.attrs["n_images"])
-        index = out / "index.html"
-        _render(_environment(), "explain.html", index, root="", run_name=run_name, n_images=n_images,
-                images=images, top=top, back=back)
-        return index
+        _render(_environment(), "explain.html", folder / "index.html", root="", run_name=run_name,
+                n_images=n_images, images=images, top=top, back=back)
+    return out / "index.html"
 
 
-def _standing(row) -> str:
+def _sections(reader: RunReader, explained, i: int, top: int, out: Path) -> list:
+    """Per layer of image ``i``: ``(layer, logits, shown channels)``, their strips written."""
+    from ...analysis.explanation import own_box, own_patch
+
+    rows = explained.table[explained.table.image == str(explained.paths[i])]
+    crop = explained.crops[i]
+    sections = []
+    for layer in reader.layers:
+        logits = _is_logits(reader, layer)
+        # a channel where the image does not respond is never one of its top channels
+        chosen = rows[(rows.layer == layer) & (rows.responds | logits)].head(top)
+        if chosen.empty:
+            continue
+        shown = []
+        for row in chosen.itertuples():
+            c, y, x = int(row.channel), int(row.y), int(row.x)
+            patch = own_patch(reader, layer, crop, y, x)
+            own = f"img{i}-{_safe(layer)}-c{c}.png"
+            box = np.array([own_box(reader, layer, crop.shape, y, x)])
+            save_png(patch_strip(patch[None], box, _crop(reader), _factor(reader.layer(layer)),
+                                 _tile_size(patch.shape[:2])), out / own)
+            strip = _examples(reader, layer, c, out, f"{_safe(layer)}-c{c}.png")
+            shown.append(_Shown(layer, c, row.channel_name, _standing(row, logits), strip, own))
+        sections.append((layer, logits, shown))
+    return sections
+
+
+def _is_logits(reader: RunReader, layer: str) -> bool:
+    return bool(reader.layer(layer).attrs.get(fmt.LAYER_LOGITS, False))
+
+
+def _standing(row, logits: bool = False) -> str:
+    """``2.2 · rank 242 of 1000 · 75.9 %ile``: the value, then where it stands in the library
+    (ties named; a logit's rank is the library's, its order on the page the model's)."""
     rank = "rank ?" if np.isnan(row.rank) else f"rank {int(row.rank)} of {int(row.n_images)}"
+    if row.ties > 0:
+        rank += f", tied with {int(row.ties)}"
     pct = "" if np.isnan(row.percentile) else f" · {row.percentile:.1f} %ile"
     library = " · in the library" if row.library_id >= 0 else ""
+    if logits:
+        return f"logit {row.value:.3g} · library {rank}{pct}{library}"
     return f"{row.value:.3g} · {rank}{pct}{library}"
 
 
-def _explain_figure(out: Path, path: Path, sections):
+def _explain_figure(out: Path, path: Path, prediction, sections):
     import matplotlib.pyplot as plt
 
-    rows = [s for _, shown in sections for s in shown]
-    fig, axes = plt.subplots(len(rows), 2, figsize=(9, 1.3 * len(rows) + 0.6), squeeze=False,
+    rows = [s for _, _, shown in sections for s in shown]
+    fig, axes = plt.subplots(max(1, len(rows)), 2, figsize=(9, 1.3 * len(rows) + 0.9), squeeze=False,
                              gridspec_kw={"width_ratios": [1, 5]})
-    for ax_row, s in zip(axes, rows, strict=True):
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax_row, s in zip(axes, rows, strict=False):
         ax_row[0].imshow(Image.open(out / s.own))
         ax_row[1].imshow(Image.open(out / s.strip))
         ax_row[0].set_title(f"{s.layer} c{s.channel} {s.name}".strip(), fontsize=7, loc="left")
         ax_row[1].set_title(f"{s.numbers}  | dataset examples", fontsize=7, loc="left")
-        for ax in ax_row:
-            ax.axis("off")
-    fig.suptitle(f"{path.name}: where it stands against the library", fontsize=9)
+    said = "" if not prediction else "\nthe model: " + ", ".join(f"{n} {p:.0%}" for _, n, p in prediction[:3])
+    fig.suptitle(f"{path.name}: where it stands against the library{said}", fontsize=9)
     fig.tight_layout()
     return fig
 
 
+# the compare page's per-layer table: (column, heading, one-line definition)
+SUMMARY = (("channels", "channels", ""),
+           ("median_change", "change (median)", "1 − rank correlation of the per-image maxima (else 1 − "
+            "top-k overlap): 0 = the channel ranks the images as before, 1 = unrelated, 2 = reversed"),
+           ("median_rank_corr", "rank correlation (median)", "Spearman correlation of the channel's "
+            "per-image maxima in A and B, over the images both read"),
+           ("mean_topk_overlap", "top-k images kept (mean)", "share of A's top-k images that are among "
+            "B's top-k (ties at B's k-th value count)"),
+           ("mean_d_mean_max", "strength change (mean)", "B's mean max − A's (mean max: the mean over "
+            "images of the channel's maximum in each)"))
+
+
 def write_compare_page(table: pd.DataFrame, run_a: str | Path, run_b: str | Path, out_dir: str | Path,
                        top: int = 20) -> Path:
-    """Write the compare page of :func:`cnnviz.analysis.compare_runs`'s table: the ``top``
-    most changed channels, both runs' dataset examples side by side, and a per-layer summary."""
+    """Write the compare page of :func:`cnnviz.analysis.compare_runs`'s table: a per-layer
+    summary in network order, then the ``top`` most changed channels with both runs' dataset
+    examples side by side. The folder is written afresh (:func:`.folders.writing_to`)."""
     out = Path(out_dir)
-    with writing_to(out):
-        _style(out)
+    with writing_to(out) as folder:
+        _style(folder)
         with RunReader(run_a) as a, RunReader(run_b) as b:
             shown = []
             for row in table.head(top).itertuples():
                 key = f"{_safe(row.layer)}-c{row.channel}.png"
                 shown.append(_Shown(row.layer, int(row.channel), row.channel_name, _change(row),
-                                    _examples(a, row.layer, int(row.channel), out, "a-" + key), None,
-                                    _examples(b, row.layer, int(row.channel), out, "b-" + key)))
+                                    _examples(a, row.layer, int(row.channel), folder, "a-" + key), None,
+                                    _examples(b, row.layer, int(row.channel), folder, "b-" + key)))
             names = (a.path.name, b.path.name)
-        summary = (table.groupby("layer", sort=False)
-                   .agg(channels=("channel", "size"), median_change=("change", "median"),
-                        mean_topk_overlap=("topk_overlap", "mean"), median_rank_corr=("rank_corr", "median"),
-                        mean_d_mean_max=("d_mean_max", "mean"))
-                   .reset_index())
-        index = out / "index.html"
-        _render(_environment(), "compare.html", index, root="", names=names, shown=shown,
-                summary=[(r.layer, r.channels, _num(r.median_change), _num(r.mean_topk_overlap),
-                          _num(r.median_rank_corr), _num(r.mean_d_mean_max)) for r in summary.itertuples()],
+            network_order = a.layers
+        _render(_environment(), "compare.html", folder / "index.html", root="", names=names, shown=shown,
+                columns=SUMMARY, summary=_summary(table, network_order),
                 shared=int(table["shared_images"].iloc[0]) if len(table) else 0)
-        return index
+    return out / "index.html"
+
+
+def _summary(table: pd.DataFrame, network_order: list[str]) -> list[tuple]:
+    """Per layer, in the network's order: its name and the :data:`SUMMARY` columns, formatted."""
+    summary = (table.groupby("layer")
+               .agg(channels=("channel", "size"), median_change=("change", "median"),
+                    mean_topk_overlap=("topk_overlap", "mean"), median_rank_corr=("rank_corr", "median"),
+                    mean_d_mean_max=("d_mean_max", "mean")))
+    layers = [n for n in network_order if n in summary.index]
+    return [(layer, *(str(summary.at[layer, c]) if c == "channels" else _num(summary.at[layer, c])
+                      for c, _, _ in SUMMARY)) for layer in layers]
 
 
 def _change(row) -> str:
-    parts = [f"change {_num(row.change)}", f"top-k overlap {_num(row.topk_overlap)}",
-             f"rank corr. {_num(row.rank_corr)}",
+    parts = [f"change {_num(row.change)}", f"top-k images kept {_num(row.topk_overlap)}",
+             f"rank correlation {_num(row.rank_corr)}",
              f"mean max {_num(row.mean_max_a)} → {_num(row.mean_max_b)}",
              f"fire rate {_num(row.fire_rate_a)} → {_num(row.fire_rate_b)}"]
     return " · ".join(parts)

@@ -17,10 +17,10 @@ import pandas as pd
 from ...errors import UsageError
 from ...run import format as fmt
 from ...run.reader import RunReader
-from ...run.tables import channel_stats
+from ...run.tables import SILENT_SHARE, channel_stats
 
-__all__ = ["RunInfo", "LayerInfo", "ChannelInfo", "ORDERS", "run_info", "layer_info", "layer_stats",
-           "channels_of", "safe_name"]
+__all__ = ["RunInfo", "LayerInfo", "ChannelInfo", "Order", "ORDERS", "STATISTICS", "run_info", "layer_info",
+           "layer_stats", "channels_of", "stat_rows", "safe_name"]
 
 
 def safe_name(name: str) -> str:
@@ -51,9 +51,36 @@ class RunInfo:
     precision: str = "fp32"
 
 
+# What each statistic of channel_stats means, one line each: (label, definition)
+STATISTICS = {
+    "top_label": ("top class", "the most frequent label among the channel's top-k images (how many of them)"),
+    "selectivity": ("class selectivity", "(μ best class − μ other classes) / (μ best + μ others) of the "
+                    "per-class means of the per-image maxima: 0 = every class alike, 1 = one class "
+                    "only (Morcos et al. 2018)"),
+    "mean_max": ("mean max", "mean over the images of the channel's maximum in each (its strongest unit "
+                 "there): how strongly it responds to a typical image"),
+    "max_max": ("max max", "the largest per-image maximum: the top-1 activation"),
+    "std_max": ("std max", "standard deviation of the per-image maxima"),
+    "fire_rate": ("fire rate", "share of the images where the channel's maximum is above 0"),
+    "mean_activation": ("mean activation", "mean over the images of the channel's average over its "
+                        "whole map"),
+    "count": ("images", "library images read"),
+}
+
 # index orders besides channel order: (file stem, title, statistic); highest first
-ORDERS = (("by-selectivity", "selectivity", "selectivity"), ("by-fire-rate", "fire rate", "fire_rate"),
-          ("by-strength", "strength (mean of the per-image maxima)", "mean_max"))
+ORDERS = (("by-selectivity", "class selectivity", "selectivity"), ("by-fire-rate", "fire rate", "fire_rate"),
+          ("by-strength", "strength (mean max)", "mean_max"))
+
+
+@dataclass
+class Order:
+    """One page of a layer's channels ordered by a statistic, highest first."""
+
+    stem: str  # its file: <stem>.html
+    title: str
+    definition: str
+    channels: list[int]
+    values: dict[int, str]  # channel -> the statistic, formatted ('–' where undefined)
 
 
 @dataclass
@@ -67,7 +94,11 @@ class LayerInfo:
     scale: int  # on-screen magnification of its patches
     unit: str = "map"  # or "image": a whole-image unit (thumbnails)
     channel_names: list[str] | None = None  # class names of a logits layer's channels
-    orders: list[tuple[str, str, list[int]]] = ()  # (file stem, title, shown channels in that order)
+    orders: list[Order] = ()
+    top_classes: dict[int, str] | None = None  # channel -> its top class, 'armadillo (3 of 8)'
+    logits: bool = False
+    crop: tuple[int, int] = (0, 0)  # the network's input (the patches' boxes are inside or past it)
+    patch_factor: int = 1
 
     @property
     def tile_h(self) -> int:
@@ -82,6 +113,19 @@ class LayerInfo:
         """The layer's folder in the report: :func:`safe_name` of its name."""
         return safe_name(self.name)
 
+    def caption(self, channel: int) -> str:
+        """A channel's name in a few words: a logits channel's class, else its top class."""
+        if self.channel_names:
+            return self.channel_names[channel]
+        top = (self.top_classes or {}).get(channel, "")
+        return top.split(" (", 1)[0]
+
+    def tooltip(self, channel: int) -> str:
+        if self.channel_names:
+            return f"channel {channel}: {self.channel_names[channel]}"
+        top = (self.top_classes or {}).get(channel, "")
+        return f"channel {channel}" + (f" · top class {top}" if top else "")
+
 
 @dataclass
 class ChannelInfo:
@@ -89,6 +133,9 @@ class ChannelInfo:
     channel: int
     name: str  # class name of a logits layer's channel, else ''
     activations: np.ndarray  # (k,) of the filled slots, best first
+    image_ids: np.ndarray  # (k,) their images
+    orig_boxes: np.ndarray  # (k, 4) each patch's box in its photo, original pixels
+    patch_boxes: np.ndarray  # (k, 4) each patch's box in the network's input
     image_names: list[str]
     labels: list[str] | None  # label, with its class name when it is a class index or WordNet id
     patch_errors: list[str]  # why a patch is missing ('' when it is there)
@@ -105,9 +152,8 @@ class ChannelInfo:
 
 def run_info(reader: RunReader, layers: Sequence[str] | None) -> RunInfo:
     a = reader.attrs
-    chosen = reader.layers if layers is None else list(layers)
-    for name in chosen:
-        reader.check_layer(name, "layers")
+    chosen = reader.layers if layers is None else [reader.resolve_layer(n, "layers") for n in layers]
+    chosen = list(dict.fromkeys(chosen))  # `logits` and its module's name are one layer
     return RunInfo(reader.path.name, str(a["model"]), str(a["weights_origin"]), int(a["n_images"]),
                    int(a["n_failed"]), int(a["top_k"]), str(a["library"]), chosen, reader.precision)
 
@@ -132,24 +178,62 @@ def layer_info(reader: RunReader, layer: str, channels, min_scale: int, stats: p
     g = reader.layer(layer)
     n_ch = int(g.attrs["channels"])
     patch_shape = tuple(int(v) for v in g.attrs["patch_shape"])
-    # small patches (early layers) are magnified to at least 48 px on screen
-    scale = min(16, max(min_scale, math.ceil(48 / max(patch_shape))))
+    # small patches (early layers) are magnified to at least 64 px on screen
+    scale = min(16, max(min_scale, math.ceil(64 / max(patch_shape))))
     shown = _chosen(channels, n_ch, layer)
     names = reader.channel_names(layer)
+    logits = bool(g.attrs.get(fmt.LAYER_LOGITS, False))
+    hidden = hidden_statistics(reader.unit(layer), logits)
+    filled = (g[fmt.TOPK_IMAGE_ID][()] >= 0).sum(axis=1)
     return LayerInfo(layer, n_ch, shown, tuple(int(v) for v in g.attrs["rf_size"]),
                      tuple(int(v) for v in g.attrs["rf_stride"]), patch_shape, scale, reader.unit(layer),
-                     None if names is None else [str(n) for n in names], _orders(stats, shown))
+                     None if names is None else [str(n) for n in names],
+                     _orders(stats.drop(columns=[c for c in hidden if c in stats]), shown),
+                     _top_classes(stats, shown, filled), logits,
+                     tuple(int(v) for v in reader.preprocessing["crop"]), int(g.attrs.get("patch_factor", 1)))
 
 
-def _orders(stats: pd.DataFrame, shown: list[int]) -> list[tuple[str, str, list[int]]]:
-    """The shown channels ordered by each statistic the run has (highest first, ties by index)."""
+def hidden_statistics(unit: str, logits: bool) -> set[str]:
+    """Statistics that say nothing about such a unit: the mean activation of a whole-image unit
+    is its mean max (one value per image); the fire rate of a logits layer is 1 after a ReLU and
+    the share of positive logits otherwise, neither of which describes a class."""
+    hidden = set()
+    if unit == "image":
+        hidden.add("mean_activation")
+    if logits:
+        hidden.add("fire_rate")
+    return hidden
+
+
+def _top_classes(stats: pd.DataFrame, shown: list[int], filled: np.ndarray) -> dict[int, str] | None:
+    """Per shown channel, its top class as ``armadillo (3 of 8)`` ('' when none); ``filled``:
+    per channel, its filled top-k slots."""
+    if "top_label" not in stats:
+        return None
+    rows = stats.set_index("channel").reindex(shown)
+    out = {}
+    for c, row in zip(shown, rows.itertuples(), strict=True):
+        name = getattr(row, "top_label_name", "") or row.top_label
+        share = row.top_label_share
+        k = int(filled[c])
+        if bool(getattr(row, "nearly_silent", False)):
+            out[c] = "nearly silent"  # its top-k are the images of its few weak responses, or ties at 0
+        else:
+            out[c] = "" if not name or pd.isna(share) else f"{name} ({round(share * k)} of {k})"
+    return out
+
+
+def _orders(stats: pd.DataFrame, shown: list[int]) -> list[Order]:
+    """The shown channels ordered by each statistic the run has (highest first, ties by index;
+    an undefined value, e.g. the selectivity of a nearly silent channel, last)."""
     orders = []
     for stem, title, column in ORDERS:
         if column not in stats or stats[column].isna().all():
             continue
         values = stats.set_index("channel")[column].reindex(shown).to_numpy(np.float64)
         order = np.lexsort((np.asarray(shown), -np.nan_to_num(values, nan=-np.inf)))
-        orders.append((stem, title, [shown[j] for j in order]))
+        formatted = {c: "–" if np.isnan(v) else f"{v:.3g}" for c, v in zip(shown, values, strict=True)}
+        orders.append(Order(stem, title, STATISTICS[column][1], [shown[j] for j in order], formatted))
     return orders
 
 
@@ -170,11 +254,52 @@ def channels_of(reader: RunReader, layer: LayerInfo, stats: pd.DataFrame) -> Ite
         optimized = g[fmt.OPTIMIZED_IMAGES][c] if done is not None and done[c] else None
         yield ChannelInfo(
             layer.name, c, layer.channel_names[c] if layer.channel_names else "",
-            g[fmt.TOPK_ACTIVATION][c][:k], [Path(str(paths[i])).name for i in ids],
+            g[fmt.TOPK_ACTIVATION][c][:k], ids, g[fmt.TOPK_ORIG_BOX][c][:k], g[fmt.TOPK_PATCH_BOX][c][:k],
+            [Path(str(paths[i])).name for i in ids],
             [str(labels[i]) for i in ids] if labels is not None else None,
             [str(errors[i]) if errors is not None else "" for i in ids],
             g[fmt.TOPK_PATCHES][c][:k], stats.loc[c], None if maxima is None else maxima[:, j], optimized,
             str(g[fmt.OPTIMIZED].attrs.get("recipe", "?")) if optimized is not None else None)
+
+
+def stat_rows(stats: pd.Series, layer: LayerInfo) -> list[tuple[str, str, str]]:
+    """A channel's statistics as ``(label, value, one-line definition)``, those that mean
+    something for its kind of unit only; an undefined selectivity says why."""
+    hidden = hidden_statistics(layer.unit, layer.logits)
+    rows = []
+    for key, (label, definition) in STATISTICS.items():
+        if key not in stats or key in hidden:
+            continue
+        if key == "top_label":
+            top = (layer.top_classes or {}).get(int(stats.name), "")
+            if top:
+                rows.append((label, top, definition))
+            continue
+        rows.append((label, _why_undefined(stats) if key == "selectivity" else _fmt(stats[key]), definition))
+    known = set(STATISTICS) | {"top_label_name", "top_label_share", "nearly_silent"}
+    rows += [(key.replace("_", " "), _fmt(stats[key]), "") for key in stats.index
+             if key not in known and key not in hidden and _fmt(stats[key]) not in ("", "–")]
+    return rows
+
+
+def _why_undefined(stats: pd.Series) -> str:
+    value = stats["selectivity"]
+    if not pd.isna(value):
+        return _fmt(value)
+    if bool(stats.get("nearly_silent", False)):
+        return (f"– (nearly silent: its top-k activations are under {SILENT_SHARE:.0%} of its layer's "
+                "typical channel's, so the index would measure noise)")
+    return "– (undefined here: negative responses, fewer than two classes, or no per-image maxima kept)"
+
+
+def _fmt(v) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (float, np.floating)):
+        return "–" if math.isnan(v) else f"{v:.4g}"
+    if isinstance(v, (int, np.integer)):
+        return f"{int(v):,}"
+    return str(v)
 
 
 def _named_labels(reader: RunReader) -> np.ndarray | None:

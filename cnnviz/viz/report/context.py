@@ -1,5 +1,7 @@
 """Dataset examples in context: the whole photo (downscaled), the patch's box drawn on it and
-the channel's activation map laid over it.
+the channel's activation map laid over it; and each photo once as a file (``photos/<id>.jpg``,
+at most :data:`VIEW` pixels a side) from which the pages show every patch at the photo's own
+resolution and enlarge a photo on a click.
 
 The activation maps are recomputed at report time: each unique photo of the report is decoded
 once and goes once through the run's model (all layers tapped in one forward pass); only the
@@ -21,9 +23,11 @@ from ...images.decoding import decode_file
 from ...run import format as fmt
 from ...run.reader import RunReader
 
-__all__ = ["Context", "gather_context", "context_tile", "context_strip", "TILE", "BOX_COLOUR"]
+__all__ = ["Context", "gather_context", "context_tile", "context_strip", "map_strip", "patch_view",
+           "enlarged", "TILE", "VIEW", "BOX_COLOUR"]
 
-TILE = 144  # side of a context tile, pixels
+TILE = 150  # side of a context tile, pixels
+VIEW = 1024  # longest side of a photo's file in the report (most photos are smaller: their own size)
 BOX_COLOUR = (0, 255, 255)
 _BACKGROUND = (236, 236, 236)
 
@@ -33,6 +37,8 @@ class _Photo:
     pixels: np.ndarray  # uint8 photo scaled to fit the tile
     scale: float  # tile pixels per original pixel
     crop_box: tuple[float, float, float, float]  # the network input, original pixels
+    view_size: tuple[int, int] = (0, 0)  # (width, height) of the photo's file; (0, 0): none written
+    view_scale: float = 1.0  # file pixels per original pixel
 
 
 @dataclass
@@ -48,7 +54,7 @@ class Context:
 
 def gather_context(reader: RunReader, wanted: dict[str, list[int]], model=None, device: str | None = None,
                    progress: bool = False, workers: int | None = None, batch_size: int = 16,
-                   library: str | Path | None = None) -> Context:
+                   library: str | Path | None = None, photo_dir: Path | None = None) -> Context:
     """Photos and maps for the top-k of the channels ``wanted[layer]``.
 
     Photos are decoded by ``workers`` processes (``None``: as many as a scan uses; 0: inline)
@@ -56,7 +62,8 @@ def gather_context(reader: RunReader, wanted: dict[str, list[int]], model=None, 
     the ones scanned (size and digest recorded in the run) is not shown: its box and map
     would describe another picture. Files are found by :meth:`RunReader.image_file` (under
     ``library`` when given): a run without identities shows photos only from a ``library``
-    the user names."""
+    the user names. With ``photo_dir``, each photo shown is also written there as
+    ``<id>.jpg`` (at most :data:`VIEW` pixels a side), as it arrives: nothing of it is held."""
     import torch
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
@@ -74,7 +81,10 @@ def gather_context(reader: RunReader, wanted: dict[str, list[int]], model=None, 
             for i in ids[c][ids[c] >= 0]:
                 need[int(i)].append((layer, c))
     ctx = Context(with_maps=model is not None)
-    photos = _Photos(reader, sorted(need), None if model is None else model.preprocessing, library)
+    photos = _Photos(reader, sorted(need), None if model is None else model.preprocessing, library,
+                     views=photo_dir is not None)
+    if photo_dir is not None:
+        photo_dir.mkdir(parents=True, exist_ok=True)
     workers = default_workers() if workers is None else workers
     loader = DataLoader(photos, batch_size=batch_size, num_workers=min(workers, len(photos) // batch_size),
                         collate_fn=_as_list, worker_init_fn=LibraryDataset.worker_init)
@@ -85,11 +95,13 @@ def gather_context(reader: RunReader, wanted: dict[str, list[int]], model=None, 
     layers = sorted({layer for pairs in need.values() for layer, _ in pairs})
     bar = tqdm(total=len(photos), desc="report: photos in context", disable=not progress, leave=False)
     for items in loader:
-        for i, photo, _, note in items:
+        for i, photo, _, note, view in items:
             ctx.photos[i] = photo
             if note:
                 ctx.notes[i] = note
-        shown = [(i, crop) for i, photo, crop, _ in items if photo is not None and crop is not None]
+            if view is not None:
+                _write_bytes(photo_dir / f"{i}.jpg", view)
+        shown = [(i, crop) for i, photo, crop, _, _ in items if photo is not None and crop is not None]
         if module is not None and shown:
             x = torch.from_numpy(np.stack([crop for _, crop in shown])).to(device)
             x = model.preprocessing.normalize(x).contiguous(memory_format=torch.channels_last)
@@ -110,13 +122,24 @@ def _as_list(items: list) -> list:
     return items
 
 
+def _write_bytes(path: Path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
+    except BaseException:
+        path.unlink(missing_ok=True)  # no half-written file on a full disk
+        raise
+
+
 class _Photos:
     """The photos a report shows, as a map-style dataset for a DataLoader: item ``j`` is
-    ``(image id, photo or None, the network's uint8 crop or None, note)``. Holds plain arrays
-    only (no open HDF5 file), so that it can go to decoding processes."""
+    ``(image id, photo or None, the network's uint8 crop or None, note, JPEG bytes of the photo
+    or None)`` (the bytes with ``views``). Holds plain arrays only (no open HDF5 file), so that it
+    can go to decoding processes."""
 
-    def __init__(self, reader: RunReader, image_ids: list[int], preprocessing=None, library=None):
+    def __init__(self, reader: RunReader, image_ids: list[int], preprocessing=None, library=None,
+                 views: bool = False):
         self.image_ids = image_ids
+        self.views = views
         self.preprocessing = preprocessing
         self.files = [reader.image_file(i, library) for i in image_ids]
         self.geometry = reader.file[fmt.IMAGE_GEOMETRY][()][image_ids] if image_ids else None
@@ -132,22 +155,40 @@ class _Photos:
     def __getitem__(self, j: int):
         i = self.image_ids[j]
         if self.errors[j]:
-            return i, None, None, self.errors[j]  # the file changed or vanished before assembly
+            return i, None, None, self.errors[j], None  # the file changed or vanished before assembly
         if self.files[j] is None:
-            return i, None, None, "not inside the library folder given"
+            return i, None, None, "not inside the library folder given", None
         try:
             decoded = decode_file(self.files[j], self.preprocessing.resize if self.preprocessing else TILE)
         except Exception as exc:  # noqa: BLE001 - a photo that cannot be read now is shown as missing
-            return i, None, None, f"unreadable now ({type(exc).__name__})"
+            return i, None, None, f"unreadable now ({type(exc).__name__})", None
         if self.identity is not None:  # a run that records identities vouches for those bytes only
             size, _, digest = (int(v) for v in self.identity[j])
             if (size, digest) == (0, 0) or (decoded.identity[0], decoded.identity[2]) != (size, digest):
-                return i, None, None, "changed since the scan"
+                return i, None, None, "changed since the scan", None
         photo = _photo(decoded.image, decoded.original_size, self.geometry[j], self.crop)
         crop = None
         if self.preprocessing is not None:
             crop = self.preprocessing.crop_uint8(decoded.image, decoded.original_size)[0]
-        return i, photo, crop, ""
+        view = _view(decoded.image, decoded.original_size, photo) if self.views else None
+        return i, photo, crop, "", view
+
+
+def _view(image: Image.Image, original_size: tuple[int, int], photo: _Photo) -> bytes:
+    """The photo as a JPEG of at most :data:`VIEW` pixels a side (its own size when smaller; a
+    large JPEG is decoded at a reduced scale already); records its size and scale in ``photo``."""
+    import io
+
+    image = image.convert("RGB")
+    scale = min(1.0, VIEW / max(image.size))
+    if scale < 1.0:
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.LANCZOS, reducing_gap=3.0)
+    photo.view_size = image.size
+    photo.view_scale = image.width / original_size[0]
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
 
 
 def _photo(image: Image.Image, original_size: tuple[int, int], geometry: np.ndarray,
@@ -229,3 +270,86 @@ def context_strip(ctx: Context, reader: RunReader, layer: str, channel: int) -> 
     tiles = [context_tile(ctx.photos.get(int(i)), tuple(boxes[r]), ctx.maps.get((layer, channel, int(i))),
                           vmax, ctx.notes.get(int(i), "")) for r, i in enumerate(ids)]
     return np.concatenate(tiles, axis=1) if tiles else np.zeros((TILE, TILE, 3), np.uint8)
+
+
+def _place(cut_before: bool, cut_after: bool, free: float) -> float:
+    """Offset of a patch's part inside the network's input in its tile: against the side where
+    the field went on (so the hatched margin lies where the field was cut), else centred."""
+    if cut_before and not cut_after:
+        return free
+    if cut_after and not cut_before:
+        return 0.0
+    return free / 2
+
+
+def patch_view(photo: _Photo | None, box, patch_box, crop: tuple[int, int], side: int) -> dict | None:
+    """How a ``side`` x ``side`` tile shows a patch cut from the photo's file at its own
+    resolution: ``box`` is its part inside the network's input in original-photo pixels
+    (``topk/orig_box``), ``patch_box`` the whole patch in the input ``crop`` ``(H, W)``
+    (``topk/patch_box``: where it passes the input, the field went on). Returns ``inner`` (CSS
+    of the picture inside the tile: place, size, background size and position; the rest of the
+    tile is a hatched margin on the side where the field was cut), ``cut`` and ``pixelated``
+    (magnified more than 2.5x: pixels shown as squares); ``None`` when the photo's file was not
+    written or the box is empty."""
+    if photo is None or photo.view_size == (0, 0) or box is None or not np.isfinite(box).all():
+        return None
+    cy0, cx0, cy1, cx1 = photo.crop_box
+    y0, x0, y1, x1 = (float(v) for v in box)
+    iy0, ix0, iy1, ix1 = max(y0, cy0), max(x0, cx0), min(y1, cy1), min(x1, cx1)
+    if iy1 <= iy0 or ix1 <= ix0:
+        return None
+    py0, px0, py1, px1 = (int(v) for v in patch_box)
+    vs = photo.view_scale
+    s = side / (max(iy1 - iy0, ix1 - ix0) * vs)  # tile pixels per file pixel
+    w, h = (ix1 - ix0) * vs * s, (iy1 - iy0) * vs * s
+    left = _place(px0 < 0, px1 > crop[1], side - w)
+    top = _place(py0 < 0, py1 > crop[0], side - h)
+    vw, vh = photo.view_size
+    inner = (f"left:{left:.1f}px;top:{top:.1f}px;width:{w:.1f}px;height:{h:.1f}px;"
+             f"background-size:{vw * s:.1f}px {vh * s:.1f}px;"
+             f"background-position:{-ix0 * vs * s:.1f}px {-iy0 * vs * s:.1f}px")
+    cut = py0 < 0 or px0 < 0 or py1 > crop[0] or px1 > crop[1]
+    return {"inner": inner, "cut": cut, "pixelated": s > 2.5}
+
+
+def enlarged(photo: _Photo | None, box) -> dict | None:
+    """What a click-to-enlarge view of a photo draws over it, in percent of the photo (so that
+    it scales with it): ``box`` (the patch) and ``crop`` (the network's input), as CSS."""
+    if photo is None or photo.view_size == (0, 0):
+        return None
+    ow, oh = (v / photo.view_scale for v in photo.view_size)
+
+    def css(y0, x0, y1, x1) -> str:
+        return (f"left:{100 * x0 / ow:.2f}%;top:{100 * y0 / oh:.2f}%;"
+                f"width:{100 * (x1 - x0) / ow:.2f}%;height:{100 * (y1 - y0) / oh:.2f}%")
+
+    finite = box is not None and np.isfinite(box).all()
+    vw, vh = photo.view_size
+    # small photos are enlarged too: to fit 1280 x 860 px, and the window
+    width = f"min(94vw, calc(86vh * {vw / vh:.4f}), {min(1280.0, 860.0 * vw / vh):.0f}px)"
+    return {"size": photo.view_size, "width": width, "crop": css(*photo.crop_box),
+            "box": css(*(float(v) for v in box)) if finite else None}
+
+
+def map_strip(ctx: Context, reader: RunReader, layer: str, channel: int) -> np.ndarray | None:
+    """The channel's activation maps over its top-k photos side by side, as RGBA uint8 (each map
+    at the layer's own resolution: a browser enlarges it smoothly over the photo): the
+    context tiles' inferno tint, as opaque as the level (square root of the activation / the
+    top-1 value). ``None`` when no map was computed."""
+    from matplotlib import colormaps
+
+    g = reader.layer(layer)
+    ids = g[fmt.TOPK_IMAGE_ID][channel]
+    ids = ids[ids >= 0]
+    maps = [ctx.maps.get((layer, channel, int(i))) for i in ids]
+    shape = next((m.shape for m in maps if m is not None), None)
+    if shape is None:
+        return None
+    vmax = float(np.nan_to_num(g[fmt.TOPK_ACTIVATION][channel][0], nan=0.0))
+    tiles = []
+    for m in maps:
+        level = np.zeros(shape) if m is None or vmax <= 0 else np.sqrt(np.clip(m / vmax, 0, 1))
+        rgba = colormaps["inferno"](level)
+        rgba[..., 3] = 0.75 * level
+        tiles.append((rgba * 255).round().astype(np.uint8))
+    return np.concatenate(tiles, axis=1)

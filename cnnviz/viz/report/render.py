@@ -5,38 +5,54 @@ Layout of the output folder::
     index.html            layers, each with a thumbnail (best patch) per channel
     failures.html         the images the scan could not read, and why (when there are any)
     style.css
+    photos/<id>.jpg       each photo shown, at most 1024 px a side: the channel pages cut every
+                          patch from it at the photo's own resolution, and enlarge it on a click
     <layer>/index.html    one layer: every reported channel with its best patch
     <layer>/by-<order>.html  the same, ordered by selectivity, fire rate or strength
     <layer>/c<N>.html     one channel: patches, the photos they come from, statistics,
                           distribution, attributions, optimized image, neighbouring channels
-    <layer>/c<N>.png      the channel's top-k patches side by side (one image, used as sprite)
+    <layer>/c<N>.png      the channel's stored top-k patches side by side (one image, used as
+                          sprite: thumbnails, and the patches when the photos are not shown)
     <layer>/c<N>-context.jpg  each patch's whole photo, box drawn, activation map overlaid
+    <layer>/c<N>-maps.png the activation maps alone, laid over an enlarged photo
     <layer>/c<N>-attr.png its attributions, when computed
     explain/index.html    where chosen images stand against the run (``explain=[...]``)
 
-Pages come from the Jinja2 templates beside this file, with autoescaping on: a file or label
-name cannot inject markup. No script, font or stylesheet is loaded from the network; the pages
-need no server.
+The report is written into a fresh folder beside ``out_dir`` that replaces it when complete
+(:mod:`.folders`): a second report into one folder leaves no page of the first. Pages come from
+the Jinja2 templates beside this file, with autoescaping on: a file or label name cannot inject
+markup. No script, font or stylesheet is loaded from the network; the pages need no server.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import math
-import shutil
+import re
 import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from markupsafe import Markup
+from markupsafe import Markup, escape
 from PIL import Image
 
-from ...errors import CnnvizWarning, OutputError, UsageError
+from ...errors import CnnvizWarning, UsageError
 from ...run.reader import RunReader
-from .collect import ChannelInfo, LayerInfo, RunInfo, channels_of, layer_info, layer_stats, run_info
+from .collect import (
+    ChannelInfo,
+    LayerInfo,
+    RunInfo,
+    channels_of,
+    layer_info,
+    layer_stats,
+    run_info,
+    stat_rows,
+)
+from .folders import writing_to
+from .pictures import histogram_svg, patch_strip
+
+PAGE_TILE = 150  # side of a patch on a channel page, pixels
 
 __all__ = ["write_report"]
 
@@ -44,9 +60,17 @@ __all__ = ["write_report"]
 def _environment():
     import jinja2
 
-    return jinja2.Environment(loader=jinja2.PackageLoader("cnnviz.viz.report", "templates"),
-                              autoescape=True, trim_blocks=True, lstrip_blocks=True,
-                              undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(loader=jinja2.PackageLoader("cnnviz.viz.report", "templates"),
+                             autoescape=True, trim_blocks=True, lstrip_blocks=True,
+                             undefined=jinja2.StrictUndefined)
+    env.filters["breakable"] = breakable
+    return env
+
+
+def breakable(text) -> Markup:
+    """``text`` escaped, with a line-break opportunity after each ``_ - . /``: a long file name
+    wraps between its words (``n04317175_8152_ / stethoscope.jpg``), not inside one."""
+    return Markup(re.sub(r"([_\-./])", r"\1<wbr>", str(escape(str(text)))))
 
 
 def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=None,
@@ -57,7 +81,10 @@ def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=Non
 
     Args:
         run: the run file.
-        out_dir: folder to write (created; existing files in it are replaced).
+        out_dir: folder to write. It is written as a fresh folder beside it that replaces it when
+            complete: an earlier report there goes whole (no stale pages), and a report that
+            fails leaves it as it was. A folder holding anything but pages cnnviz wrote is
+            refused.
         layers: layer names to include (default: all).
         channels: channels per layer: ``None`` (all), an int ``n`` (the first n), or a list
             (every index must be one of each layer's).
@@ -80,48 +107,30 @@ def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=Non
         device: where the model runs (activation maps, attributions, explain).
 
     Everything that can be refused (layers, channels, the model, the device, explain images) is
-    checked before anything is written; a report that fails after that removes the folder it
-    created, and never leaves a half-written file.
+    checked before any page is written; a report that fails leaves ``out_dir`` as it was.
 
     Returns:
         The path of ``index.html``.
     """
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} is a file; a report is a folder of pages: name a folder to write it in")
     if str(device) != "cpu":
         from ...model.device import check_device
 
         check_device(device)
-    with writing_to(out):
-        return _write_report(run, out, layers, channels, attributions or {}, model, scale, progress,
-                             context, explain, library, str(device))
-
-
-@contextlib.contextmanager
-def writing_to(out: Path):
-    """Pages written into ``out``: a failure removes the folder when this created it (no
-    ``style.css`` or half a report left behind), and a disk that fills is one error naming the
-    folder, not the errno."""
-    created = not out.exists()
-    try:
-        yield
-    except BaseException as exc:
-        if created and out.is_dir():
-            shutil.rmtree(out, ignore_errors=True)
-        if not isinstance(exc, OSError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        raise OutputError(f"the disk holding {out} is full ({exc.strerror or exc}): the pages are not "
-                          "complete; free some space and run the same command again") from None
+    with writing_to(out) as folder:
+        _write_report(run, folder, layers, channels, attributions or {}, model, scale, progress, context,
+                      explain, library, str(device))
+    return out / "index.html"
 
 
 def _write_report(run, out: Path, layers, channels, attributions: dict, model, scale: int, progress: bool,
                   context: bool, explain, library, device: str) -> Path:
     env = _environment()
     with RunReader(run) as reader:
-        # 1. everything that can refuse, before anything is written
-        plan = _plan(reader, layers, channels, attributions, model, scale, context, explain, library, device)
-        out.mkdir(parents=True, exist_ok=True)
+        # 1. everything that can refuse, before any page is written
+        attributions = _resolved(reader, attributions)
+        plan = _plan(reader, layers, channels, attributions, model, scale, context, explain, library, device,
+                     out / "photos")
         # 2. the pages
         for layer in plan.shown:
             _write_layer(env, reader, plan, layer, out / layer.folder, attributions, progress)
@@ -159,10 +168,18 @@ class _Plan:
     library: Path | None
 
 
-def _plan(reader: RunReader, layers, channels, attributions: dict, model, scale: int, context: bool,
-          explain, library, device: str) -> _Plan:
+def _resolved(reader: RunReader, attributions: dict) -> dict:
+    """``attributions`` keyed by the run's layer names (``logits`` is its logits layer)."""
+    out: dict[str, list[int]] = {}
     for name, chans in attributions.items():
-        reader.check_layer(name, "attributions")
+        key = reader.resolve_layer(name, "attributions")
+        out[key] = list(dict.fromkeys([*out.get(key, []), *chans]))
+    return out
+
+
+def _plan(reader: RunReader, layers, channels, attributions: dict, model, scale: int, context: bool,
+          explain, library, device: str, photo_dir: Path) -> _Plan:
+    for name, chans in attributions.items():
         reader.check_channels(name, chans, "attributions")
     if attributions and not reader.has_identity and library is None:
         raise UsageError(f"`attributions` need the photos of {reader.path.name}, which records no image "
@@ -190,7 +207,7 @@ def _plan(reader: RunReader, layers, channels, attributions: dict, model, scale:
         from .context import gather_context
 
         ctx = gather_context(reader, {layer.name: layer.shown for layer in shown}, model, device=device,
-                             library=library)
+                             library=library, photo_dir=photo_dir)
     return _Plan(info, stats, shown, model, explained, ctx, None if library is None else Path(library))
 
 
@@ -203,18 +220,24 @@ def _write_layer(env, reader: RunReader, plan: _Plan, layer: LayerInfo, folder: 
     bar = tqdm(total=len(layer.shown), desc=f"report {layer.name}", disable=not progress, leave=False)
     for pos, ch in enumerate(channels_of(reader, layer, plan.stats[layer.name])):
         attribution = ch.channel in wanted and _write_attribution(plan, reader.path, ch, layer, folder)
+        maps = False
         if plan.ctx is not None:
-            from .context import context_strip
+            from .context import context_strip, map_strip
 
             _save_photo(Image.fromarray(context_strip(plan.ctx, reader, layer.name, ch.channel)),
                         folder / f"c{ch.channel}-context.jpg")
-        _write_channel(env, plan.info, layer, ch, pos, folder, attribution, plan.ctx)
+            strip = map_strip(plan.ctx, reader, layer.name, ch.channel)
+            if strip is not None:
+                save_png(Image.fromarray(strip, "RGBA"), folder / f"c{ch.channel}-maps.png")
+                maps = True
+        _write_channel(env, plan.info, layer, ch, pos, folder, attribution, plan.ctx, maps)
         bar.update()
     bar.close()
-    pages = [("index", None, layer.shown)] + [(stem, title, order) for stem, title, order in layer.orders]
-    for stem, title, order in pages:
-        _render(env, "layer.html", folder / f"{stem}.html", root="../", layer=layer, order=title,
-                channels=order)
+    _render(env, "layer.html", folder / "index.html", root="../", layer=layer, order=None,
+            channels=layer.shown)
+    for order in layer.orders:
+        _render(env, "layer.html", folder / f"{order.stem}.html", root="../", layer=layer, order=order,
+                channels=order.channels)
 
 
 def _quiet_stats(reader: RunReader, layer: str):
@@ -297,22 +320,53 @@ def _write_text(path: Path, text: str) -> None:
         path.write_text(text, encoding="utf-8")
 
 
+@dataclass
+class _Card:
+    """One top-k entry on a channel page."""
+
+    rank: int
+    activation: float
+    name: str
+    label: str | None
+    error: str
+    photo: str | None = None  # ../photos/<id>.jpg, when the photo is shown
+    patch: dict | None = None  # the patch cut from that photo (context.patch_view)
+    enlarged: dict | None = None  # its click-to-enlarge view (context.enlarged)
+
+
+def _cards(layer: LayerInfo, ch: ChannelInfo, ctx) -> list[_Card]:
+    from .context import enlarged, patch_view
+
+    cards = []
+    for r in range(ch.k):
+        card = _Card(r, float(ch.activations[r]), ch.image_names[r], ch.labels[r] if ch.labels else None,
+                     ch.patch_errors[r])
+        photo = ctx.photos.get(int(ch.image_ids[r])) if ctx is not None else None
+        if photo is not None and photo.view_size != (0, 0):
+            card.photo = f"../photos/{int(ch.image_ids[r])}.jpg"
+            card.patch = patch_view(photo, ch.orig_boxes[r], ch.patch_boxes[r], layer.crop, PAGE_TILE)
+            card.enlarged = enlarged(photo, ch.orig_boxes[r] if layer.unit == "map" else None)
+        cards.append(card)
+    return cards
+
+
 def _write_channel(env, info: RunInfo, layer: LayerInfo, ch: ChannelInfo, pos: int, folder: Path,
-                   attribution: bool, ctx) -> None:
+                   attribution: bool, ctx, maps: bool) -> None:
     c = ch.channel
-    save_png(_strip(ch.patches, layer.scale), folder / f"c{c}.png")
+    size = (layer.tile_h, layer.tile_w)
+    strip = patch_strip(ch.patches, ch.patch_boxes, layer.crop, layer.patch_factor, size)
+    save_png(strip, folder / f"c{c}.png")
     if ch.optimized is not None:
         save_png(Image.fromarray(ch.optimized), folder / f"c{c}-optimized.png")
     prev_c = layer.shown[pos - 1] if pos else None
     next_c = layer.shown[pos + 1] if pos + 1 < len(layer.shown) else None
-    stats = [(key.replace("_", " "), _fmt(ch.stats[key])) for key in ch.stats.index
-             if _fmt(ch.stats[key]) not in ("", "–")]
     from .context import TILE
 
     _render(env, "channel.html", folder / f"c{c}.html", root="../", run=info, layer=layer, ch=ch,
-            prev=prev_c, next=next_c, stats=stats, attribution=attribution,
+            prev=prev_c, next=next_c, stats=stat_rows(ch.stats, layer), attribution=attribution,
+            cards=_cards(layer, ch, ctx), page_tile=PAGE_TILE, maps=maps,
             context=None if ctx is None else {"tile": TILE, "maps": ctx.with_maps},
-            histogram=Markup(_histogram_svg(ch.maxima, ch.activations) if ch.maxima is not None
+            histogram=Markup(histogram_svg(ch.maxima, ch.activations) if ch.maxima is not None
                              else "<p>not kept in this run (scanned without per-image maxima)</p>"))
 
 
@@ -344,34 +398,3 @@ def _strip(patches: np.ndarray, scale: int) -> Image.Image:
     strip = np.concatenate(list(patches), axis=1) if k else np.zeros((h, w, 3), np.uint8)
     img = Image.fromarray(strip)
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
-
-
-def _histogram_svg(values: np.ndarray, top: np.ndarray, width: int = 420, height: int = 140) -> str:
-    """An SVG histogram of ``values`` with ``top`` marked in red (numbers only: safe markup)."""
-    values = values[~np.isnan(values)]
-    if len(values) == 0:
-        return "<p>no readable images</p>"
-    lo, hi = float(values.min()), float(values.max())
-    if hi <= lo:
-        hi = lo + 1.0
-    counts, _ = np.histogram(values, bins=40, range=(lo, hi))
-    peak = max(1, counts.max())
-    bar_w = (width - 20) / len(counts)
-    bars = "".join(
-        f'<rect x="{10 + i * bar_w:.1f}" y="{height - 20 - c / peak * (height - 30):.1f}" '
-        f'width="{bar_w - 1:.1f}" height="{c / peak * (height - 30):.1f}" fill="#7aa6c2"/>'
-        for i, c in enumerate(counts))
-    marks = "".join(
-        f'<line x1="{10 + (v - lo) / (hi - lo) * (width - 20):.1f}" y1="5" '
-        f'x2="{10 + (v - lo) / (hi - lo) * (width - 20):.1f}" y2="{height - 20}" stroke="#c0392b" '
-        f'stroke-width="1"/>' for v in top[~np.isnan(top)])
-    labels = (f'<text x="10" y="{height - 5}" font-size="10">{lo:.3g}</text>'
-              f'<text x="{width - 10}" y="{height - 5}" font-size="10" text-anchor="end">{hi:.3g}</text>')
-    return (f'<svg width="{width}" height="{height}" role="img" aria-label="distribution of maxima">'
-            f"{bars}{marks}{labels}</svg>")
-
-
-def _fmt(v) -> str:
-    if isinstance(v, (float, np.floating)):
-        return "–" if math.isnan(v) else f"{v:.4g}"
-    return str(v)
