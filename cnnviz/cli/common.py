@@ -22,8 +22,8 @@ def add_device_arg(p: argparse.ArgumentParser, what: str = "the model") -> None:
     p.add_argument("--device", default="cpu", help=f"where {what} runs: cpu, cuda, cuda:1... (default: cpu)")
 
 
-def add_progress_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+def add_progress_arg(p: argparse.ArgumentParser, help: str = "no progress bar") -> None:
+    p.add_argument("--no-progress", action="store_true", help=help)
 
 
 def load(args):

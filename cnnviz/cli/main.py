@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import io
+import os
 import sys
 import traceback
 import warnings
@@ -82,13 +84,28 @@ def _notes(command: str, spell):
         yield
 
 
+def _drop_stdout() -> None:
+    """Send what is left of stdout to /dev/null: the interpreter's last flush at exit would
+    otherwise meet the closed pipe again and print a warning."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):  # no real file (a test's capture)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     spell = _flag_speller(parser, args.command)
     try:
         with _notes(args.command, spell):
-            return args.func(args)
+            code = args.func(args)
+        sys.stdout.flush()  # a reader that stopped (`cnnviz models | head`) shows here, not at exit
+        return code
+    except BrokenPipeError:  # the reader has what it wanted: nothing to report
+        _drop_stdout()
+        return 0
     except ScanInterrupted as exc:
         print(f"\ncnnviz: {exc.message(spell)}", file=sys.stderr)
         return 130

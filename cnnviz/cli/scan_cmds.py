@@ -60,7 +60,7 @@ def add_scan(sub) -> None:
     p.add_argument("--shard", default=None, metavar="RANK/WORLD",
                    help="scan only this share of a distributed scan, without torchrun (e.g. to "
                         "rerun a rank that died, with --resume); then `cnnviz merge`")
-    add_progress_arg(p)
+    add_progress_arg(p, "no progress bar: a note per checkpoint instead (images done, img/s)")
     p.set_defaults(func=run_scan)
 
 
@@ -74,7 +74,26 @@ def _parse_shard(spec: str) -> tuple[int, int]:
     return rank, world
 
 
+def _check_numbers(args) -> None:
+    """The options a number can get wrong, refused before anything is imported: importing the
+    scanner loads torch (seconds), and `--top-k 0` should not wait for it. (ScanConfig.validate
+    checks them again, for Python callers.)"""
+    from ..errors import UsageError
+
+    at_least_one = {"top_k": args.top_k, "batch_size": args.batch_size, "patch_size": args.patch_size}
+    if args.checkpoint_images is not None:
+        at_least_one["checkpoint_images"] = args.checkpoint_images
+    for name, value in at_least_one.items():
+        if value < 1:
+            raise UsageError(f"`{name}` {value!r}: must be a whole number of at least 1")
+    if args.workers is not None and args.workers < 0:
+        raise UsageError(f"`workers` {args.workers}: must be 0 (decode in the main process) or more")
+    if not args.checkpoint_seconds > 0:
+        raise UsageError(f"`checkpoint_seconds` {args.checkpoint_seconds}: must be positive")
+
+
 def run_scan(args) -> int:
+    _check_numbers(args)
     from ..scanner import ScanConfig, scan, scan_shard
     from ..scanner.distributed import scan_distributed, torchrun_env
 

@@ -27,7 +27,7 @@ __all__ = ["LoadedModel", "load_model", "from_module", "available_models", "Weig
            "imagenet_class_names", "reload_model", "weights_digest"]
 
 
-@dataclass
+@dataclass(repr=False)
 class LoadedModel:
     """A network ready for inspection.
 
@@ -49,6 +49,12 @@ class LoadedModel:
     weights_origin: str
     name: str
     weights_spec: dict | None = None
+
+    def __repr__(self) -> str:
+        """One line (a notebook shows this, not the module and a thousand class names)."""
+        classes = f"{len(self.class_names)} classes" if self.class_names is not None else "no class names"
+        h, w = self.input_size
+        return f"LoadedModel({self.name}, {self.weights_origin}, input {h}x{w}, {classes}, on {self.device})"
 
     @property
     def input_size(self) -> tuple[int, int]:

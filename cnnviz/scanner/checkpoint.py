@@ -17,8 +17,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import warnings
 
-from ..errors import ScanError
+from ..errors import CnnvizWarning, ScanError
 from .state import Rows, ScanState
 from .workdir import SegmentWriter, WorkDir, is_disk_full
 
@@ -35,8 +36,9 @@ class CheckpointWriter:
     :class:`ScanError` saying so; the last complete checkpoint is kept)."""
 
     def __init__(self, work: WorkDir, state: ScanState, seconds: float, images: int | None,
-                 queue_bytes: int = 256 << 20, row_bytes: int = 1):
+                 queue_bytes: int = 256 << 20, row_bytes: int = 1, notes: tuple[int, int] | None = None):
         self.work, self.state = work, state
+        self.notes, self.scanned = notes, 0  # (images done before, in all): a note per checkpoint
         self.seconds, self.images = seconds, images
         self.elapsed_before = state.elapsed_seconds
         self.session_start = self.last = time.monotonic()
@@ -54,6 +56,7 @@ class CheckpointWriter:
         """Hand one batch's rows to the writer; checkpoint when it is time."""
         self._put(rows)
         self.pending += len(rows.ids)
+        self.scanned += len(rows.ids)
         due = time.monotonic() - self.last >= self.seconds
         if due or (self.images is not None and self.pending >= self.images):
             self.checkpoint()
@@ -63,6 +66,11 @@ class CheckpointWriter:
         self.state.elapsed_seconds = self.elapsed_before + time.monotonic() - self.session_start
         self._put(self.state.to_arrays())
         self.last, self.pending = time.monotonic(), 0
+        if self.notes is not None:  # without a progress bar, a line per checkpoint says it goes on
+            done, total = self.notes[0] + self.scanned, self.notes[1]
+            rate = self.scanned / max(self.last - self.session_start, 1e-9)
+            warnings.warn(f"checkpoint: {done:,} of {total:,} images ({done / max(total, 1):.0%}), "
+                          f"{rate:.1f} img/s", CnnvizWarning, stacklevel=2)
         if wait:
             self.flush()
 

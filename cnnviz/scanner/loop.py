@@ -113,7 +113,8 @@ def _scan_share(library, model, out: Path, shard, config: ScanConfig, work: Work
     module = inference_copy(model.module, device)
     names = [t.name for t in taps]
     writer = CheckpointWriter(work, state, config.checkpoint_seconds, config.checkpoint_images,
-                              row_bytes=config.batch_size * _row_bytes(state))
+                              row_bytes=config.batch_size * _row_bytes(state),
+                              notes=None if config.progress else plan[1:])
     try:
         with precision_scope(config.resolved_precision, device), \
                 _taps(module, names, config, model) as cap:      # 4. capture the taps
