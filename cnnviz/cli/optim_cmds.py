@@ -7,18 +7,23 @@ from pathlib import Path
 from .common import add_device_arg, add_model_args, add_progress_arg, channel_list, check_out, load
 
 
-def _write_images(images, out: str, names: list[str], columns: int = 8) -> None:
-    """A .png/.jpg --out gets one grid; anything else is a folder of one PNG per image."""
+def _write_images(images, out: str, names: list[str], columns: int = 8,
+                  captions: list[list[str]] | None = None) -> None:
+    """A .png/.jpg --out gets one grid (``captions``: lines under each image); anything else is
+    a folder of one PNG per image."""
     from PIL import Image
 
     from ..optim import save_png, to_uint8
-    from ..viz.figures import image_grid
+    from ..viz.figures import captioned_grid, image_grid
 
     path = Path(out)
     if _is_grid(out):
         path.parent.mkdir(parents=True, exist_ok=True)
+        pixels = to_uint8(images)
+        grid = image_grid(pixels, columns, gutter=2) if captions is None else \
+            captioned_grid(pixels, captions, columns, gutter=2)
         try:
-            Image.fromarray(image_grid(to_uint8(images), columns, gutter=2)).save(path)
+            Image.fromarray(grid).save(path)
         except BaseException:
             path.unlink(missing_ok=True)  # no half-written (0-byte) image left behind
             raise
@@ -26,6 +31,38 @@ def _write_images(images, out: str, names: list[str], columns: int = 8) -> None:
     else:
         save_png(images, [path / f"{n}.png" for n in names])
         print(f"wrote {len(names)} PNGs to {path}/")
+
+
+def add_threads_arg(p) -> None:
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads on a CPU (default: one per core that other processes leave free, "
+                        "at least 1: threads that share a busy core make every step wait)")
+
+
+def use_threads(args) -> None:
+    """Set torch's threads for an optimization on a CPU: ``--threads``, else
+    :func:`cnnviz.optim.threads.default_threads` (said in a note when it is fewer than torch's)."""
+    import warnings
+
+    import torch
+
+    from ..errors import CnnvizWarning, UsageError
+    from ..optim.threads import default_threads, free_cores
+
+    if not str(args.device).startswith("cpu"):
+        return
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"`threads` {args.threads}: must be at least 1")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+        return
+    n = default_threads()
+    if n < torch.get_num_threads():
+        cores, load = free_cores()
+        warnings.warn(f"optimizing with {n} torch thread{'s' if n > 1 else ''}: {cores} cores, load average "
+                      f"{load:.1f} (other processes keep the rest busy); `threads` chooses", CnnvizWarning,
+                      stacklevel=2)
+    torch.set_num_threads(n)
 
 
 def _is_grid(out: str) -> bool:
@@ -46,6 +83,7 @@ def add_class_vis(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     add_device_arg(p, "the optimization")
     p.add_argument("--out", required=True, help="grid image (.png) or folder of PNGs")
+    add_threads_arg(p)
     add_progress_arg(p)
     p.set_defaults(func=run_class_vis)
 
@@ -57,6 +95,7 @@ def run_class_vis(args) -> int:
     check_out(args.out, file=_is_grid(args.out))  # before the optimization, not after it
     model = load(args)
     targets = class_indices(args.target, model.class_names, "target")
+    use_threads(args)
     if args.recipe == "cs231n":
         res = cs231n_class_visualization(model, targets, steps=args.steps or 100, seed=args.seed,
                                          progress=not args.no_progress)
@@ -65,10 +104,22 @@ def run_class_vis(args) -> int:
                      steps=args.steps or 256, lr=args.lr or 0.05, seed=args.seed,
                      progress=not args.no_progress)
     probs = class_probabilities(model, to_uint8(res.images))
+    captions = []
     for i, t in enumerate(targets):
-        print(f"class {t} ({model.class_name(t)}): p = {float(probs[i, t]):.4f} after saving as 8-bit")
-    _write_images(res.images, args.out, [f"class{t}" for t in targets])
+        seen = _top_classes(model, probs[i])
+        print(f"class {t} ({model.class_name(t)}): p = {float(probs[i, t]):.4f} after saving as 8-bit; "
+              f"the model sees " + ", ".join(f"{name} {p:.3f}" for name, p in seen))
+        captions.append([f"{model.class_name(t)} ({t}): p {float(probs[i, t]):.3f}",
+                         *(f"{j}. {name} {p:.3f}" for j, (name, p) in enumerate(seen, 1))])
+    _write_images(res.images, args.out, [f"class{t}" for t in targets], captions=captions)
     return 0
+
+
+def _top_classes(model, probs, top: int = 3) -> list[tuple[str, float]]:
+    """The ``top`` classes the model sees in an image, with their probabilities: what a failed
+    visualization turned into."""
+    values, indices = probs.topk(min(top, probs.shape[0]))
+    return [(model.class_name(int(i)), float(v)) for v, i in zip(values, indices, strict=True)]
 
 
 def add_channel_vis(sub) -> None:
@@ -85,6 +136,7 @@ def add_channel_vis(sub) -> None:
                    "(written into a copy that replaces it when complete: a failure leaves it as it was)")
     add_device_arg(p, "the optimization")
     p.add_argument("--out", required=True, help="grid image (.png) or folder of PNGs")
+    add_threads_arg(p)
     add_progress_arg(p)
     p.set_defaults(func=run_channel_vis)
 
@@ -98,6 +150,7 @@ def run_channel_vis(args) -> int:
     check_out(args.out, file=_is_grid(args.out))  # before the optimization, not after it
     model = load(args)
     tap = resolve_layer(model, args.layer)
+    use_threads(args)
     chans = channel_list(args.channels, n_channels=tap.channels)
     if args.run:  # before the optimization, not after it
         h, w = model.input_size

@@ -152,7 +152,8 @@ def render(model, objective: Objective, batch: int = 1, steps: int = 256, lr: fl
     redirected = [m for m in module.modules() if isinstance(m, _RedirectedReLUModule)]
     with precision_scope("fp32", device), torch.enable_grad(), \
             capture(module, modules, stop_early=not objective.needs_logits) as cap:
-        for step in tqdm(range(1, steps + 1), desc=objective.name, disable=not progress, leave=False):
+        for step in tqdm(range(1, steps + 1), desc=objective.name, disable=not progress, leave=False,
+                         unit="step"):
             if step == redirect_steps + 1:
                 for m in redirected:
                     m.active = False
@@ -244,7 +245,8 @@ def cs231n_class_visualization(model, targets: int | Sequence[int], l2_reg: floa
     result = RenderResult(images=param.image().detach())
     history = []
     with precision_scope("fp32", device):
-        for t in tqdm(range(steps), desc=f"class {targets[0]}", disable=not progress, leave=False):
+        for t in tqdm(range(steps), desc=f"class {targets[0]}", disable=not progress, leave=False,
+                      unit="step"):
             ox, oy = seeding.randint(max_jitter + 1, 2, gen)
             with torch.no_grad():
                 img.copy_(_jitter(img, ox, oy))
@@ -310,7 +312,7 @@ def store_in_run(run: str | Path, layer: str, channels: Sequence[int], images: t
     from ..run.update import update_run
 
     with RunReader(run) as r:  # format and version check
-        r.check_layer(layer)
+        layer = r.resolve_layer(layer)
         r.check_channels(layer, list(channels), "channels")
     arr = to_uint8(images)
 
