@@ -153,6 +153,7 @@ def _set_path(run: Path, image_id: int, value: str) -> None:
         f.create_dataset("images/path", data=paths, dtype=h5py.string_dtype())
 
 
+@pytest.mark.slow
 def test_a_run_without_identities_shows_no_local_file_unless_given_its_library(crafted, photo_dir, tmp_path,
                                                                                cli):
     """Files older than 0.2 record no identity: an absolute images/path made the report read
@@ -204,6 +205,7 @@ def test_weights_a_run_names_are_never_unpickled(crafted, tmp_path, cli):
     assert not marker.exists() and not (tmp_path / "site").exists()
 
 
+@pytest.mark.slow
 def test_a_run_layer_the_model_does_not_have_is_one_line(crafted, photo_dir, tmp_path, cli):
     with h5py.File(crafted, "r+") as f:
         f.move("layers/layer3.0", "layers/layer9.0")

@@ -60,6 +60,7 @@ def test_torchrun_two_gloo_processes_equal_one(photo_dir, tmp_path):
     assert_equal_runs(single, dist)
 
 
+@pytest.mark.slow
 def test_shards_by_hand_merge_in_any_order(photo_dir, tmp_path):
     model = load_model("resnet18", None)
     # a map and a whole-image layer (the logits)

@@ -115,6 +115,7 @@ def test_preprocessing_matches_torchvision_transform():
     assert y0 == pytest.approx(4 * 300 / 232) and x1 == pytest.approx((62 + 224) * 451 / 348)
 
 
+@pytest.mark.slow
 def test_resnet_taps_survive_in_place_ops():
     """layer2.0.conv3 gives conv3's output and layer2.0 the block output, although the block
     adds the residual in place and reuses one in-place ReLU three times."""
@@ -138,6 +139,7 @@ def test_resnet_taps_survive_in_place_ops():
     assert torch.allclose(rec.outputs["layer1"], inp, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_layer_names_and_errors():
     model = load_model("resnet50", None)
     assert resolve_layer(model, "layer2[0].conv3").name == "layer2.0.conv3"
@@ -175,6 +177,7 @@ EXPECTED_BLOCKS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(EXPECTED_BLOCKS))
 def test_default_layers_are_the_architectures_blocks_and_all_scannable(name):
     from cnnviz.model.taps import require_fields
@@ -189,6 +192,7 @@ def test_default_layers_are_the_architectures_blocks_and_all_scannable(name):
     assert [tuple(cap.outputs[t.name].shape[1:]) for t in default] == [t.shape for t in default]
 
 
+@pytest.mark.slow
 def test_feature_map_grid_uses_captum_and_keeps_order():
     import matplotlib
 
@@ -226,6 +230,7 @@ def _assert_tiles_show(fig, act, channels):
 
 @pytest.mark.parametrize("name,logits", [("squeezenet1_1", "classifier.3"), ("mobilenet_v2", "classifier.1"),
                                          ("vgg11", "classifier.6"), ("efficientnet_lite0", "_fc")])
+@pytest.mark.slow
 def test_logits_is_the_module_whose_output_the_network_returns(name, logits):
     """`logits` names the innermost module whose output is the network's output (SqueezeNet's
     flattened global pool, MobileNet's Linear...), checked against a forward pass."""

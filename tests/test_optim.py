@@ -36,6 +36,7 @@ def colour_net():
     return from_module(net, PRE, class_names=["red", "blue"], name="colour")
 
 
+@pytest.mark.slow
 def test_channel_vis_finds_the_colour_each_channel_detects():
     model = colour_net()
     res = render(model, objectives.channels("0", [0, 1]), batch=2, steps=150, lr=0.2, progress=False)
@@ -117,6 +118,7 @@ def test_store_in_run_and_report(photo_dir, tmp_path):
     assert "optimized" not in (tmp_path / "site" / "0" / "c0.html").read_text()
 
 
+@pytest.mark.slow
 def test_images_of_another_size_replace_the_stored_ones_cleanly(photo_dir, tmp_path):
     """Optimized images of a new size replace a layer's stored ones: the new ``done`` flags must
     not be read from the space the old images left (HDF5 writes no fill value by default)."""
@@ -137,6 +139,7 @@ def test_images_of_another_size_replace_the_stored_ones_cleanly(photo_dir, tmp_p
         assert not g["images"][0].any()
 
 
+@pytest.mark.slow
 def test_redirected_relu_reaches_a_channel_that_starts_silent():
     """Channel 0 needs red > 3 (normalized) before it fires: on the grey start its ReLU passes
     no gradient. Lucid's redirected ReLU lets the optimizer find it; a plain ReLU cannot."""

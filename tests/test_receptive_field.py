@@ -92,6 +92,7 @@ def _model(name):
     return torchvision.models.get_model(name, weights=None, **kwargs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_field_matches_input_gradient(name):
     from cnnviz.model.taps import default_layers

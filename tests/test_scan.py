@@ -188,6 +188,7 @@ def assert_same_file(a: Path, b: Path) -> None:
             assert (x == y).all(), k
 
 
+@pytest.mark.slow
 def test_same_inputs_and_seed_give_the_same_file(photo_dir, tmp_path):
     """Determinism: two scans (different worker counts) write identical contents."""
     a = scan(photo_dir, load_model("resnet18", None, seed=1), tmp_path / "a.h5", layers="layer2.0",
@@ -381,6 +382,7 @@ def test_a_layer_without_receptive_field_is_refused_before_any_work(photo_dir, t
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_whole_image_units_rank_images_like_brute_force_logits(photo_dir, resnet18, tmp_path):
     """avgpool (512x1x1) and the logits (fc, a 2-D output) are whole-image units: their top-k is
     the library sorted by each image's own value, and each patch is the network's input."""
@@ -455,6 +457,7 @@ def test_bad_options_are_refused_before_any_work(photo_dir, tiny_model, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.h5"]
 
 
+@pytest.mark.slow
 def test_the_callers_model_is_left_as_it_was(photo_dir, tmp_path):
     """The scan runs the caller's module where it already is, and changes none of it."""
     model = load_model("resnet18", None)
@@ -468,6 +471,7 @@ def test_the_callers_model_is_left_as_it_was(photo_dir, tmp_path):
     assert not model.module.training and torch.is_grad_enabled()
 
 
+@pytest.mark.slow
 def test_downsampled_patches_are_block_means_of_the_grown_box(photo_dir, resnet18, tmp_path):
     """patch_size 40: resnet18's layer2.1 field (99 px) is cut at 3 x 33 = 99 px and averaged in
     3x3 blocks; layer4.1's (435 px) at the input's 224 -> 6 x 38 = 228 px. Checked against a
@@ -493,6 +497,7 @@ def test_downsampled_patches_are_block_means_of_the_grown_box(photo_dir, resnet1
                 np.testing.assert_array_equal(g["topk/patches"][row.channel, row["rank"]], expected)
 
 
+@pytest.mark.slow
 def test_resume_discards_a_segment_written_without_its_state(photo_dir, tmp_path):
     """A crash between a segment and the state that counts it leaves an orphan segment: resume
     must redo those images, not trust the orphan (here filled with garbage to make it visible)."""
@@ -522,6 +527,7 @@ def test_resume_discards_a_segment_written_without_its_state(photo_dir, tmp_path
     assert_same_file(ref, out)
 
 
+@pytest.mark.slow
 def test_amp_maxima_are_exact_for_the_activations_computed(photo_dir, tmp_path):
     """--amp (bfloat16 autocast on the CPU, float16 on CUDA): the stored maxima and positions
     are exactly those of the low-precision activations, reduced in float32."""
@@ -550,6 +556,7 @@ def test_amp_maxima_are_exact_for_the_activations_computed(photo_dir, tmp_path):
         np.testing.assert_array_equal(where[ok], flat.argmax(axis=2))
 
 
+@pytest.mark.slow
 def test_maxima_can_be_left_out_or_kept_for_some_layers(photo_dir, resnet18, run_file, tmp_path):
     """Without per-image maxima a run keeps the same top-k, patches and statistics; whatever
     needs the maxima says they were not kept."""

@@ -230,6 +230,7 @@ def test_a_shard_resumes_only_with_its_batch_size(photo_dir, tmp_path):
         scan_shard(photo_dir, model, tmp_path / "run.h5", (0, 2), batch_size=4, resume=True, **kw)
 
 
+@pytest.mark.slow
 def test_a_resume_drops_rows_no_state_counts_and_names_a_damaged_segment(photo_dir, tmp_path):
     lib = _big_library(photo_dir, tmp_path, copies=1)
     model = load_model("resnet18", None)
@@ -328,6 +329,7 @@ def test_the_summary_names_the_limit_a_scan_waited_for():
     assert os.cpu_count()
 
 
+@pytest.mark.slow
 def test_one_shard_folder_merges_under_the_runs_own_lock(photo_dir, tmp_path):
     """torchrun with one process scans into RUN.h5.work, whose lock is the run file's own:
     merging it must not take that lock for another process's."""
