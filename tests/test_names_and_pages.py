@@ -34,7 +34,7 @@ def labelled(photo_dir, squeezenet, tmp_path_factory):
                    f"{photo_dir / 'animals' / 'horse.png'}\tn02123045\n"
                    f"{photo_dir / 'things' / 'coffee.png'}\t968\n"
                    f"{photo_dir / 'things' / 'rocket.jpg'}\trocket\n")
-    return scan(lib, squeezenet, root / "run.h5", layers="features.3,logits", top_k=2, workers=0,
+    return scan(lib, squeezenet, root / "run.h5", layers="features.3,logits", top_k=3, workers=0,
                 progress=False)
 
 
@@ -95,21 +95,30 @@ def test_class_names_in_the_terminal_table_montages_and_tooltips(labelled, squee
     assert fig._suptitle.get_text().startswith("classifier.3 channel 1 · goldfish")
     sheet = figures.layer_overview(run, "logits", [0, 1])
     assert [ax.get_title() for ax in sheet.axes if ax.images] == ["0 tench", "1 goldfish"]
-    # a map layer's order pages: each thumbnail's tooltip and caption name its top class, its
-    # value under it
-    site = write_report(run, tmp_path / "site", layers=["features.3"], channels=8, context=False,
+    # a map layer's order pages: each thumbnail's tooltip and caption name its top class (when a
+    # label comes at least twice among its top-k), its value under it
+    site = write_report(run, tmp_path / "site", layers=["features.3"], channels=16, context=False,
                         progress=False).parent
     stats = cnnviz.channel_stats(run, "features.3").set_index("channel")
     page = html.unescape((site / "features.3" / "by-fire-rate.html").read_text())
     thumbs = re.findall(r'<a class="thumb"[^>]*href="c(\d+)\.html" title="([^"]*)">.*?<b>\d+</b> · ([^<]*)'
                         r'(?:<br><span class="name">([^<]*)</span>)?</a>', page)
-    assert [int(c) for c, *_ in thumbs] == sorted(range(8), key=lambda c: (-stats.fire_rate[c], c))
+    assert [int(c) for c, *_ in thumbs] == sorted(range(16), key=lambda c: (-stats.fire_rate[c], c))
+    filled = table.groupby("channel").size()
+    captioned = 0
     for c, title, value, caption in thumbs:
         row = stats.loc[int(c)]
         name = row.top_label_name or row.top_label
         assert value == f"{row.fire_rate:.3g}" and f"fire rate {value}" in title
-        if not row.nearly_silent:
-            assert caption == name and f"top class {name} (" in title
+        count = round(row.top_label_share * filled[int(c)])
+        if row.nearly_silent:
+            assert caption == "nearly silent"
+        elif count >= 2:
+            assert caption == name and f"top class {name} ({count} of {filled[int(c)]})" in title
+            captioned += 1
+        else:
+            assert not caption and "top class" not in title
+    assert captioned
 
 
 def test_file_names_break_between_words_not_inside_them(labelled, tmp_path):

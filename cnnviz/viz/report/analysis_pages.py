@@ -218,8 +218,9 @@ def _summary(table: pd.DataFrame, network_order: list[str]) -> list[tuple]:
 def _change(row) -> str:
     parts = [f"change {_num(row.change)}", f"top-k images kept {_num(row.topk_overlap)}",
              f"rank correlation {_num(row.rank_corr)}",
-             f"mean max {_num(row.mean_max_a)} → {_num(row.mean_max_b)}",
-             f"fire rate {_num(row.fire_rate_a)} → {_num(row.fire_rate_b)}"]
+             f"mean max {_num(row.mean_max_a)} → {_num(row.mean_max_b)}"]
+    if not row.channel_name:  # a class's logit: its fire rate says nothing
+        parts.append(f"fire rate {_num(row.fire_rate_a)} → {_num(row.fire_rate_b)}")
     return " · ".join(parts)
 
 

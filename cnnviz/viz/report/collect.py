@@ -96,6 +96,7 @@ class LayerInfo:
     channel_names: list[str] | None = None  # class names of a logits layer's channels
     orders: list[Order] = ()
     top_classes: dict[int, str] | None = None  # channel -> its top class, 'armadillo (3 of 8)'
+    silent: frozenset[int] = frozenset()  # nearly silent channels (tables.nearly_silent)
     logits: bool = False
     crop: tuple[int, int] = (0, 0)  # the network's input (the patches' boxes are inside or past it)
     patch_factor: int = 1
@@ -114,15 +115,20 @@ class LayerInfo:
         return safe_name(self.name)
 
     def caption(self, channel: int) -> str:
-        """A channel's name in a few words: a logits channel's class, else its top class."""
+        """A channel's name in a few words: a logits channel's class, else its top class (or
+        that it is nearly silent)."""
         if self.channel_names:
             return self.channel_names[channel]
+        if channel in self.silent:
+            return "nearly silent"
         top = (self.top_classes or {}).get(channel, "")
         return top.split(" (", 1)[0]
 
     def tooltip(self, channel: int) -> str:
         if self.channel_names:
             return f"channel {channel}: {self.channel_names[channel]}"
+        if channel in self.silent:
+            return f"channel {channel} · nearly silent"
         top = (self.top_classes or {}).get(channel, "")
         return f"channel {channel}" + (f" · top class {top}" if top else "")
 
@@ -189,7 +195,7 @@ def layer_info(reader: RunReader, layer: str, channels, min_scale: int, stats: p
                      tuple(int(v) for v in g.attrs["rf_stride"]), patch_shape, scale, reader.unit(layer),
                      None if names is None else [str(n) for n in names],
                      _orders(stats.drop(columns=[c for c in hidden if c in stats]), shown),
-                     _top_classes(stats, shown, filled), logits,
+                     _top_classes(stats, shown, filled), _silent(stats), logits,
                      tuple(int(v) for v in reader.preprocessing["crop"]), int(g.attrs.get("patch_factor", 1)))
 
 
@@ -206,21 +212,26 @@ def hidden_statistics(unit: str, logits: bool) -> set[str]:
 
 
 def _top_classes(stats: pd.DataFrame, shown: list[int], filled: np.ndarray) -> dict[int, str] | None:
-    """Per shown channel, its top class as ``armadillo (3 of 8)`` ('' when none); ``filled``:
-    per channel, its filled top-k slots."""
+    """Per shown channel, its top class as ``armadillo (3 of 8)``; '' when no label comes twice
+    among its top-k (the first of eight labels seen once says nothing) or it is nearly silent
+    (its top-k are its few weak responses, or ties at 0). ``filled``: per channel, its filled
+    top-k slots."""
     if "top_label" not in stats:
         return None
     rows = stats.set_index("channel").reindex(shown)
     out = {}
     for c, row in zip(shown, rows.itertuples(), strict=True):
         name = getattr(row, "top_label_name", "") or row.top_label
-        share = row.top_label_share
-        k = int(filled[c])
-        if bool(getattr(row, "nearly_silent", False)):
-            out[c] = "nearly silent"  # its top-k are the images of its few weak responses, or ties at 0
-        else:
-            out[c] = "" if not name or pd.isna(share) else f"{name} ({round(share * k)} of {k})"
+        count = 0 if pd.isna(row.top_label_share) else round(row.top_label_share * int(filled[c]))
+        silent = bool(getattr(row, "nearly_silent", False))
+        out[c] = f"{name} ({count} of {int(filled[c])})" if name and count >= 2 and not silent else ""
     return out
+
+
+def _silent(stats: pd.DataFrame) -> frozenset[int]:
+    if "nearly_silent" not in stats:
+        return frozenset()
+    return frozenset(int(c) for c in stats.loc[stats["nearly_silent"], "channel"])
 
 
 def _orders(stats: pd.DataFrame, shown: list[int]) -> list[Order]:
@@ -272,10 +283,13 @@ def stat_rows(stats: pd.Series, layer: LayerInfo) -> list[tuple[str, str, str]]:
             continue
         if key == "top_label":
             top = (layer.top_classes or {}).get(int(stats.name), "")
-            if top:
-                rows.append((label, top, definition))
+            rows.append((label, top or "–", definition + ("" if top else "; – when no label comes twice "
+                                                           "among them, or the channel is nearly silent")))
             continue
-        rows.append((label, _why_undefined(stats) if key == "selectivity" else _fmt(stats[key]), definition))
+        if key == "selectivity" and pd.isna(stats[key]):
+            rows.append((label, "–", _why_undefined(stats)))
+            continue
+        rows.append((label, _fmt(stats[key]), definition))
     known = set(STATISTICS) | {"top_label_name", "top_label_share", "nearly_silent"}
     rows += [(key.replace("_", " "), _fmt(stats[key]), "") for key in stats.index
              if key not in known and key not in hidden and _fmt(stats[key]) not in ("", "–")]
@@ -283,13 +297,12 @@ def stat_rows(stats: pd.Series, layer: LayerInfo) -> list[tuple[str, str, str]]:
 
 
 def _why_undefined(stats: pd.Series) -> str:
-    value = stats["selectivity"]
-    if not pd.isna(value):
-        return _fmt(value)
+    """Why a channel has no class selectivity, in one line."""
     if bool(stats.get("nearly_silent", False)):
-        return (f"– (nearly silent: its top-k activations are under {SILENT_SHARE:.0%} of its layer's "
-                "typical channel's, so the index would measure noise)")
-    return "– (undefined here: negative responses, fewer than two classes, or no per-image maxima kept)"
+        return (f"undefined: the channel is nearly silent (its top-k activations are under "
+                f"{SILENT_SHARE:.0%} of its layer's median channel's), so the index would measure noise")
+    return ("undefined: negative responses (the index assumes responses ≥ 0), fewer than two classes, or "
+            "no per-image maxima kept")
 
 
 def _fmt(v) -> str:
