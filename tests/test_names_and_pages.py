@@ -132,7 +132,7 @@ def test_file_names_break_between_words_not_inside_them(labelled, tmp_path):
     assert "anywhere" not in (site / "style.css").read_text()  # overflow-wrap: anywhere broke words
 
 
-def test_a_second_report_leaves_no_page_of_the_first(labelled, tmp_path):
+def test_a_second_report_leaves_no_page_of_the_first(labelled, tmp_path, monkeypatch):
     out = tmp_path / "site"
     write_report(labelled, out, channels=3, context=False, progress=False)
     first = {p.relative_to(out) for p in out.rglob("*")}
@@ -158,6 +158,11 @@ def test_a_second_report_leaves_no_page_of_the_first(labelled, tmp_path):
     with pytest.raises(UsageError, match="not pages cnnviz wrote"):
         write_report(labelled, other, channels=1, context=False, progress=False)
     assert (other / "notes.txt").read_text() == "mine"
+    # nor the folder one works in (replacing it would pull it from under the shell)
+    monkeypatch.chdir(out)
+    with pytest.raises(UsageError, match="holds the current folder"):
+        write_report(labelled, ".", channels=1, context=False, progress=False)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 @pytest.mark.slow

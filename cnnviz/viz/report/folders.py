@@ -25,13 +25,13 @@ def check_replaceable(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"`out` {out} is a file; a report is a folder of pages: name a folder to write "
                          "it in")
-    if not out.is_dir() or not any(out.iterdir()):
+    if not out.is_dir():
         return
     here = Path.cwd().resolve()
     if out.resolve() == here or out.resolve() in here.parents:
         raise UsageError(f"`out` {out} holds the current folder; a report replaces its folder whole: "
                          "run this from elsewhere, or name another folder")
-    if not _written_by_cnnviz(out):
+    if any(out.iterdir()) and not _written_by_cnnviz(out):
         raise UsageError(f"`out` {out} holds files that are not pages cnnviz wrote; a report replaces its "
                          "folder whole (no stale pages): name a new folder, or an earlier report's")
 
