@@ -93,7 +93,7 @@ def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=Non
         model: the :class:`~cnnviz.model.LoadedModel` of the run, for attributions, activation
             maps and the explain page; default: reloaded from the run file when needed.
         scale: pixel magnification of the patch images (small patches are magnified more, to at
-            least 48 pixels).
+            least 64 pixels).
         context: show each patch's whole photo with its box and the channel's activation map
             (one forward pass per photo shown; each photo's thumbnail, ~45 KB, is held until the
             pages are written; without a loadable model, photo and box only; without the
