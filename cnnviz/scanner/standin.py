@@ -22,6 +22,7 @@ import torch
 from ..model.taps import LayerTap
 from .checkpoint import CheckpointWriter
 from .config import ScanConfig
+from .reducers import Reduced
 from .state import ScanState
 from .workdir import WorkDir
 
@@ -48,7 +49,7 @@ class StandInTaps:
         n = x.shape[0]
         start = self.cursor % self.pool
         stop = min(start + n, self.pool)
-        self.outputs = {k: tuple(t[start:stop] for t in v) for k, v in self.data.items()}
+        self.outputs = {k: Reduced(*(t[start:stop] for t in v)) for k, v in self.data.items()}
         self.cursor += stop - start
 
 

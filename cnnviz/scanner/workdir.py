@@ -39,7 +39,7 @@ from ..errors import CnnvizWarning, ScanError
 __all__ = ["WorkDir", "work_path", "fsync_dir", "is_disk_full", "SegmentWriter", "WORK_FORMAT"]
 
 # the version of the work folder's layout: a resume or merge refuses another
-WORK_FORMAT = 2
+WORK_FORMAT = 3
 _ARRAY_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
 _HEADER_BYTES = 4096  # a .npy header of fixed size, rewritten with the row count when sealed
 
