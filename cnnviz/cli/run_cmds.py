@@ -15,6 +15,14 @@ def add_top(sub) -> None:
     p.add_argument("--channel", type=int, default=None, help="one channel (default: all)")
     p.add_argument("--csv", action="store_true", help="CSV with every column, to stdout")
     p.add_argument("--max-rows", type=int, default=200, help="rows printed (default: 200)")
+    p.add_argument("--rank-by", default="max", choices=["max", "mean"],
+                   help="the images ranked by spatial max or by spatial mean (scans keep both by "
+                        "default) (default: max)")
+    p.add_argument("--bottom", action="store_true",
+                   help="the most negative images instead (a scan with --bottom-k)")
+    p.add_argument("--label", default=None,
+                   help="the top-k among the images of one class (a label such as n02123045, or its "
+                        "class name), from the per-image maxima")
     p.set_defaults(func=run_top)
 
 
@@ -23,7 +31,7 @@ def run_top(args) -> int:
 
     from ..run.tables import top_patches
 
-    df = top_patches(args.run, layer=args.layer, channel=args.channel)
+    df = top_patches(args.run, layer=args.layer, channel=args.channel, **_view(args))
     cols = ["layer", "channel", "rank", "activation", "image_path", "label", "y", "x",
             "rf_y0", "rf_x0", "rf_y1", "rf_x1"]
     if not df["label"].astype(bool).any():
@@ -35,6 +43,12 @@ def run_top(args) -> int:
                                "display.max_colwidth", 48):
             print(df[cols].to_string(index=False, max_rows=args.max_rows))
     return 0
+
+
+def _view(args) -> dict:
+    """The ranking ``top`` shows: rank_by, bottom, label (only those given)."""
+    view = {"rank_by": args.rank_by, "bottom": args.bottom, "label": args.label}
+    return {k: v for k, v in view.items() if v not in (None, False, "max")}
 
 
 def add_failures(sub) -> None:
