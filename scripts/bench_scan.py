@@ -236,6 +236,111 @@ with h5py.File({str(out)!r}, "r") as f:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+#: What each option of the views adds to a scan, against a scan keeping none of them: the
+#: name, then the scan options (``layers="signed"``: each block's last batch norm, the signed
+#: map before the block's ReLU (ResNet50's ``bn3``), where a bottom-k means something; measured
+#: against the same layers).
+OPTIONS = [
+    ("none of the views", dict(rank_by="max", quantiles=False)),
+    ("--rank-by max,mean", dict(rank_by="max,mean", quantiles=False)),
+    ("quantiles (256 positions)", dict(rank_by="max", quantiles=True, quantile_positions=256)),
+    ("quantiles (every position)", dict(rank_by="max", quantiles=True, quantile_positions=0)),
+    ("--maxima-means", dict(rank_by="max", quantiles=False, maxima_means=True)),
+    ("the defaults (max,mean + quantiles)", dict()),
+    ("signed layers, none of the views", dict(rank_by="max", quantiles=False, layers="signed")),
+    ("signed layers, --bottom-k K", dict(rank_by="max", quantiles=False, layers="signed", bottom_k="K")),
+]
+
+
+ROUNDS = 3
+
+
+def option_costs(args, library_list: Path, folder: Path) -> None:
+    """Scan time and file size of each entry of :data:`OPTIONS`, in one fresh process, every
+    scan :data:`ROUNDS` times in alternating order (the fastest counts: the machine is shared),
+    and the hook's own cost per batch: forward, max/mean, the quantile histogram."""
+    code = f"""
+import json, sys, time, h5py, torch
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from bench_scan import OPTIONS, hook_costs
+from cnnviz import load_model, scan
+from cnnviz.model.taps import resolve_layers
+m = load_model({args.model!r}, None)
+blocks = [t.name for t in resolve_layers(m, None)]
+signed = [[b + "." + n for n, s in m.module.get_submodule(b).named_modules()
+           if isinstance(s, torch.nn.BatchNorm2d)][-1] for b in blocks]
+out = {{"seconds": {{}}, "bytes": {{}}}}
+from bench_scan import ROUNDS
+for round_ in range(ROUNDS):
+    for name, opts in (OPTIONS if round_ % 2 == 0 else OPTIONS[::-1]):
+        opts = dict(opts)
+        if opts.get("layers") == "signed":
+            opts["layers"] = signed
+        if opts.get("bottom_k") == "K":
+            opts["bottom_k"] = {args.top_k}
+        path = {str(folder)!r} + "/opt.h5"
+        scan({str(library_list)!r}, m, path, top_k={args.top_k}, batch_size={args.batch_size},
+             workers={args.workers}, device={args.device!r}, precision={args.precision!r}, progress=False,
+             overwrite=True, **opts)
+        with h5py.File(path, "r") as f:
+            secs = float(f.attrs["scan_seconds"])
+        out["seconds"][name] = min(secs, out["seconds"].get(name, secs))
+        import os
+        out["bytes"][name] = os.path.getsize(path)
+out["hook"] = hook_costs(m, blocks, {args.batch_size}, {args.device!r})
+print(json.dumps(out))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if res.returncode:
+        sys.exit(res.stderr)
+    r = json.loads(res.stdout.strip().splitlines()[-1])
+    print(f"\nthe cost of each option ({args.images} images, k={args.top_k}; the fastest of {ROUNDS} "
+          "scans each):")
+    for name, _ in OPTIONS:
+        base = "signed layers, none of the views" if name.startswith("signed") else "none of the views"
+        s, b = r["seconds"][name], r["bytes"][name]
+        s0, b0 = r["seconds"][base], r["bytes"][base]
+        print(f"  {name:36s} scan {s:6.1f} s ({s / s0 - 1:+6.1%}), file {b / 1e6:7.1f} MB "
+              f"({(b - b0) / 1e6:+7.1f} MB)")
+    h = r["hook"]
+    print(f"  in the hooks, per batch of {args.batch_size}: forward {h['forward'] * 1e3:.0f} ms; max, "
+          f"position, mean {h['max'] * 1e3:.0f} ms; the quantile histogram: 256 positions "
+          f"{h['hist256'] * 1e3:.0f} ms "
+          f"({h['hist256'] / h['forward']:.1%} of the forward), every position {h['hist0'] * 1e3:.0f} ms "
+          f"({h['hist0'] / h['forward']:.1%})")
+
+
+def hook_costs(model, layers: list[str], batch_size: int, device: str, repeats: int = 3) -> dict:
+    """Seconds per batch (the best of ``repeats``) of the forward pass to the last tap, of the
+    reductions every scan makes (max, position, mean) and of the quantile histogram (256
+    positions, every position), on the maps of one batch of noise."""
+    import copy
+
+    from cnnviz.model.taps import capture
+    from cnnviz.scanner.reducers import position_histogram, spatial_max
+
+    module = copy.deepcopy(model.module).to(device).to(memory_format=torch.channels_last)
+    x = torch.randn(batch_size, 3, *model.input_size, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    ids = torch.arange(batch_size, device=device)
+    best = dict.fromkeys(("forward", "max", "hist256", "hist0"), float("inf"))
+    with torch.no_grad(), capture(module, layers, stop_early=True) as cap:
+        for _ in range(repeats):
+            t = time.perf_counter()
+            cap.forward(x)
+            _sync(device)
+            best["forward"] = min(best["forward"], time.perf_counter() - t)
+            maps = list(cap.outputs.values())
+            for key, fn in (("max", spatial_max), ("hist256", lambda a: position_histogram(a, ids, 256)),
+                            ("hist0", lambda a: position_histogram(a, ids, 0))):
+                t = time.perf_counter()
+                for a in maps:
+                    fn(a)
+                _sync(device)
+                best[key] = min(best[key], time.perf_counter() - t)
+    return best
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="resnet50")
@@ -255,6 +360,8 @@ def main() -> None:
                         "when the memory check runs, so that N and 2N images both checkpoint and "
                         "their peak memory compares)")
     p.add_argument("--skip-memory", action="store_true", help="skip the 2N-image scan")
+    p.add_argument("--skip-costs", action="store_true",
+                   help="skip the cost of each option of the views (rankings, quantiles, means, bottom-k)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (run files, report)")
     p.add_argument("--compile", action="store_true",
                    help="also bare compiled and scan --compile (torch.compile; adds the compile times)")
@@ -319,6 +426,8 @@ def _measure(args, tmp: Path) -> None:
         run2 = scan_in_child(args, lst2, tmp / "run2.h5", bare=False)
         print(f"peak RSS, {run2['n']:5d} images: {run2['peak_rss_mb']:8.0f} MB "
               f"(scan {run2['n'] / run2['scan_seconds']:.2f} img/s)")
+    if not args.skip_costs:
+        option_costs(args, lst, tmp)
 
 
 def writer_rate(taps, images: int, folder: Path, batch: int = 256) -> float:

@@ -36,6 +36,8 @@ def run_top(args) -> int:
             "rf_y0", "rf_x0", "rf_y1", "rf_x1"]
     if not df["label"].astype(bool).any():
         cols.remove("label")
+    if (df["rank_by"] != "max").any():  # say which view this is
+        cols.insert(3, "rank_by")
     if args.csv:
         df.to_csv(sys.stdout, index=False)
     else:
