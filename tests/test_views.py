@@ -596,3 +596,23 @@ def test_the_command_line_shows_each_view(photo_dir, views_run, tmp_path, capsys
                  "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "--bottom-k: none of the scanned layers can be negative" in err
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "2-D"])
+def test_spatial_min_is_the_first_minimum_in_every_layout(layout):
+    from cnnviz.scanner.reducers import spatial_min
+
+    gen = torch.Generator().manual_seed(0)
+    act = torch.randn(3, 5, 7, 6, generator=gen)
+    act[0, 1, 2, 3] = act[0, 1, 5, 0] = act[0, 1, 6, 5] = -50.0  # a three-way tie
+    act[2, 4] = 0.0
+    if layout == "2-D":
+        act = act[:, :, 0, 0].clone()
+    elif layout == "channels_last":
+        act = act.contiguous(memory_format=torch.channels_last)
+    values, index = spatial_min(act)
+    flat = act.reshape(act.shape[0], act.shape[1], -1).numpy()
+    np.testing.assert_array_equal(values.numpy(), flat.min(axis=2))
+    np.testing.assert_array_equal(index.numpy(), flat.argmin(axis=2))
+    if layout != "2-D":
+        assert int(index[0, 1]) == 2 * 6 + 3 and int(index[2, 4]) == 0

@@ -51,8 +51,9 @@ def add_scan(sub) -> None:
     p.add_argument("--maxima-layers", default=None,
                    help="keep the per-image maxima of these layers only (comma-separated; default: all)")
     p.add_argument("--maxima-means", action="store_true",
-                   help="keep each image's spatial mean beside its maximum (as large again as the maxima "
-                        "without positions): per-image means for your own analyses")
+                   help="keep each image's spatial mean beside its maximum, where maxima are kept "
+                        "(in --maxima's dtype: two thirds more than the maxima and positions take); "
+                        "the ranking by mean needs none")
     p.add_argument("--rank-by", default="max,mean", metavar="max[,mean]",
                    help="rankings kept per channel, each an exact top-k with patches: max (images by "
                         "their spatial maximum: a strong small part, textures) and mean (by their "

@@ -51,9 +51,14 @@ def threshold_mask(act_map: np.ndarray, level: float, geometry: LayerGeometry, b
                    factor: int = 1) -> np.ndarray:
     """Where the unit's interpolated map exceeds ``level``, on the pixel blocks of ``box``
     (default: the whole network input): a bool array. For a stored patch pass its
-    ``patch_box`` and the layer's ``patch_factor``: the mask then has the patch's shape."""
+    ``patch_box`` and the layer's ``patch_factor``: the mask then has the patch's shape. Blocks
+    whose centre lies outside the network's input (a patch's black border) are never in it."""
     if box is None:
         box = (0, 0, *geometry.crop)
+    y0, x0, y1, x1 = (int(v) for v in box)
+    py = y0 + (np.arange((y1 - y0) // factor) + 0.5) * factor
+    px = x0 + (np.arange((x1 - x0) // factor) + 0.5) * factor
+    seen = ((py >= 0) & (py < geometry.crop[0]))[:, None] & ((px >= 0) & (px < geometry.crop[1]))[None, :]
     if not np.isfinite(level):
-        return np.zeros(((box[2] - box[0]) // factor, (box[3] - box[1]) // factor), dtype=bool)
-    return map_on_pixels(act_map, geometry, box, factor) > level
+        return np.zeros_like(seen)
+    return (map_on_pixels(act_map, geometry, box, factor) > level) & seen

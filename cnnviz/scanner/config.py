@@ -64,8 +64,9 @@ class ScanConfig:
         quantile_positions: positions per image counted for the quantiles: maps with more are
             sampled (the same positions for an image in any scan); 0 counts every position
             (exact to the bucket, about 3x the time of the default on a CPU).
-        maxima_means: keep the per-image spatial mean beside each kept maximum (the
-            ``means`` dataset: as large again as the maxima without their positions).
+        maxima_means: keep the per-image spatial mean beside each kept maximum (the ``means``
+            dataset, in ``maxima_dtype``: two thirds more than the maxima and positions take;
+            the ranking by mean needs none).
         progress: show a tqdm progress bar.
         compile: compile the network, its taps traced by torch.fx instead of hooked
             (``torch.compile``; the model must be traceable, as torchvision's are). Compiling

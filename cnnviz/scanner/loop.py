@@ -2,7 +2,8 @@
 fires it most.
 
 For every image and tapped channel the scan keeps the spatial maximum and its position; per
-channel an exact top-k over images and summary statistics (:mod:`.state`, :mod:`.reducers`).
+channel an exact top-k over images by maximum (and by mean, and a bottom-k by minimum, when asked
+for), summary statistics and a histogram over positions (:mod:`.state`, :mod:`.reducers`).
 It checkpoints into a work folder (:mod:`.workdir`) so that ``resume=True`` continues after a
 crash with identical results, and writes one HDF5 run file at the end (:mod:`.assemble`).
 """

@@ -1,9 +1,12 @@
-"""Streaming reductions of a layer's activations: per-image maxima, exact top-k, statistics.
+"""Streaming reductions of a layer's activations: per-image maxima (means, minima), exact top-k,
+statistics, histograms over positions.
 
-State is O(channels x k) whatever the number of images. The top-k holds, for each channel, the
-``k`` images with the largest spatial maximum, one entry per image; ties are broken by the
-smaller image id, so the result equals a brute-force sort of the whole library by
-``(-value, image_id)``. A NaN or -inf maximum never enters a top-k.
+State is O(channels x k) whatever the number of images. A top-k holds, for each channel, the
+``k`` images with the largest value (spatial maximum, spatial mean, or negated minimum for a
+bottom-k), one entry per image; ties are broken by the smaller image id, so the result equals a
+brute-force sort of the whole library by ``(-value, image_id)``. A NaN or -inf value never
+enters a top-k. A histogram counts activations in the fixed buckets of
+:data:`cnnviz.run.quantiles.SCALE`: merged by addition.
 """
 
 from __future__ import annotations
@@ -64,9 +67,22 @@ def spatial_max(act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 
 def spatial_min(act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image and channel: minimum over positions and its flat index (the first minimum in
-    row-major order), by :func:`spatial_max` of the negated map (the same fast paths)."""
-    values, index, _ = spatial_max(-act)
-    return -values, index
+    row-major order), by the layouts' paths of :func:`spatial_max` (on the CPU in channels_last,
+    ATen's max pool of the negated map: there is no min pool)."""
+    n, c = act.shape[:2]
+    if act.dim() == 2:
+        act = act[:, :, None, None]
+    channels_last = not act.is_contiguous() and act.is_contiguous(memory_format=torch.channels_last)
+    if channels_last and act.device.type == "cpu":
+        values, index = F.adaptive_max_pool2d(act.float().neg(), 1, return_indices=True)
+        return values.view(n, c).neg(), index.view(n, c)
+    if channels_last:
+        return act.permute(0, 2, 3, 1).reshape(n, -1, c).float().min(dim=1)
+    flat = act.flatten(2).float()
+    if flat.device.type == "cpu":
+        index = np.argmin(flat.detach().contiguous().reshape(n * c, -1).numpy(), axis=1)
+        return flat.amin(dim=2), torch.from_numpy(index.reshape(n, c).astype(np.int64))
+    return flat.min(dim=2)
 
 
 class Reduced(NamedTuple):

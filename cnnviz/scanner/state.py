@@ -1,8 +1,9 @@
 """The state of a running scan, and the one place that names its checkpoint arrays.
 
-A scan's state is its reducers (per layer: exact top-k and statistics), the failures so far, its
-progress and the list of sealed row segments; the per-image rows (maxima and their positions,
-geometry, file identity) leave the main thread after every batch as :class:`Rows` and are
+A scan's state is its reducers (per layer: an exact top-k per ranking (by max, by mean, the
+bottom-k), statistics and the quantile histogram), the failures so far, its progress and the list
+of sealed row segments; the per-image rows (maxima, their positions and means, geometry, file
+identity) leave the main thread after every batch as :class:`Rows` and are
 streamed to segment files by the checkpoint writer (:mod:`.checkpoint`).
 :meth:`ScanState.to_arrays`/:meth:`ScanState.load` (``state.npz``), :meth:`ScanState.row_layout`
 and :func:`segment_columns` (the files of a segment) are the only code that knows those keys.
