@@ -163,8 +163,6 @@ class _Inputs:
 def _write(f: h5py.File, inputs: _Inputs, segments, merged, fail_ids, fail_reasons, world: int) -> None:
     meta, lib = inputs.meta, inputs.lib
     write_header(f, meta, len(lib), n_failed=len(fail_ids), world=world)
-    f.attrs[fmt.ATTR_RANK_BY] = json.dumps(meta["rank_by"])
-    f.attrs[fmt.ATTR_BOTTOM_K] = meta["bottom_k"]
     geometry, identity = _write_images(f, lib, segments, fail_ids, fail_reasons, inputs.taps,
                                        set(meta["maxima_layers"]), set(meta["means_layers"]))
     jobs = []
@@ -293,6 +291,8 @@ def write_header(f: h5py.File, meta: dict, n_images: int, n_failed: int, world: 
     a["patch_size"] = meta["patch_size"]
     a["amp"] = meta["amp"]
     a[fmt.ATTR_PRECISION] = meta.get("precision", "amp" if meta["amp"] else "fp32")
+    a[fmt.ATTR_RANK_BY] = json.dumps(meta.get("rank_by", ["max"]))
+    a[fmt.ATTR_BOTTOM_K] = int(meta.get("bottom_k", 0))
     a["world_size"] = world
     if meta.get("class_names"):
         f.create_dataset(fmt.CLASS_NAMES, data=np.array(meta["class_names"], dtype=object), dtype=_STR)
