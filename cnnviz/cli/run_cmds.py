@@ -161,6 +161,12 @@ def add_plot(sub) -> None:
     p.add_argument("--channel", type=int, default=0, help="(montage, distribution)")
     p.add_argument("--channels", default=None, help="(overview) default: the first 64")
     p.add_argument("--out", required=True, help="image file (.png, .svg, .pdf)")
+    p.add_argument("--rank-by", default="max", choices=["max", "mean"],
+                   help="(montage) the images ranked by spatial max or mean (default: max)")
+    p.add_argument("--bottom", action="store_true", help="(montage) the most negative images instead")
+    p.add_argument("--mask", action="store_true",
+                   help="(montage) outline where the channel exceeds its top-0.5%% level (reloads the "
+                        "run's model for the k maps)")
     p.set_defaults(func=run_plot)
 
 
@@ -171,7 +177,8 @@ def run_plot(args) -> int:
     figures.check_figure_path(args.out)  # before the figure is drawn
     check_out(args.out, file=True)
     if args.kind == "montage":
-        fig = figures.patch_montage(args.run, args.layer, args.channel)
+        fig = figures.patch_montage(args.run, args.layer, args.channel, rank_by=args.rank_by,
+                                    bottom=args.bottom, mask=args.mask)
     elif args.kind == "distribution":
         fig = figures.maxima_distribution(args.run, args.layer, args.channel)
     else:

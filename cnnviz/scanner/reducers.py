@@ -154,10 +154,18 @@ def position_histogram(act: torch.Tensor, ids: torch.Tensor, positions: int,
         return torch.from_numpy(_histogram_numpy(rows, scale, width))
     if idx is not None:
         rows = rows[torch.arange(n, device=act.device)[:, None], idx]  # (n, positions, c)
-    keys = bucket_keys(rows).add_(torch.arange(c, dtype=torch.int32, device=act.device) * width)
-    keys = keys.reshape(-1).to(torch.int64)
-    counts = torch.zeros(c * width, dtype=torch.int64, device=act.device)
-    counts.scatter_add_(0, keys, torch.ones(1, dtype=torch.int64, device=act.device).expand_as(keys))
+    return _histogram_torch(rows, scale, width)
+
+
+def _histogram_torch(rows: torch.Tensor, scale: BucketScale, width: int) -> torch.Tensor:
+    """The counts of ``(..., C)`` rows on any device, in fixed shapes: :func:`bucket_keys` offset
+    by channel (int32: no int64 copy of a batch's keys) and one ``index_add_`` of ones into a
+    zeroed ``C x width`` tensor."""
+    c = rows.shape[-1]
+    keys = bucket_keys(rows).add_(torch.arange(c, dtype=torch.int32, device=rows.device) * width)
+    keys = keys.reshape(-1)
+    counts = torch.zeros(c * width, dtype=torch.int64, device=rows.device)
+    counts.index_add_(0, keys, torch.ones(1, dtype=torch.int64, device=rows.device).expand(len(keys)))
     return counts.view(c, width)[:, :-1]
 
 
