@@ -1,6 +1,6 @@
 """What ranking by spatial mean shows that ranking by spatial max does not, on real photos.
 
-    python scripts/measure_views.py [--library ../shared/images/imagen] [--out DIR] [--run RUN.h5]
+    python scripts/measure_views.py [--library ../shared/images/imagen] [--keep DIR] [--run RUN.h5]
 
 Scans the 1,000 labelled ImageNet photos of ../shared with the real SqueezeNet 1.1 (its fire
 modules and the class map ``classifier.1``, 1000 channels of 13x13, channel c = class c) keeping
@@ -13,13 +13,16 @@ both rankings, then prints from the run file:
   share an image;
 * the scan's own timing and the file's size by dataset group.
 
-``--run`` reuses a run file made by this script.
+The run file (about 500 MB) is written to a temporary folder and removed at the end, or kept in
+``--keep DIR``; ``--run`` reuses a run file made by this script.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -100,16 +103,21 @@ def sizes(run: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--library", type=Path, default=SHARED / "images" / "imagen")
-    p.add_argument("--out", type=Path, default=Path("measure-views"))
-    p.add_argument("--run", type=Path, default=None)
+    p.add_argument("--keep", type=Path, default=None, metavar="DIR", help="keep the run file in DIR")
+    p.add_argument("--run", type=Path, default=None, help="a run file this script made before")
     args = p.parse_args()
-    run = args.run
-    if run is None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        run = scan_run(args.library, args.out / "views.h5")
-    class_map(run)
-    purity(run)
-    sizes(run)
+    folder = args.keep or Path(tempfile.mkdtemp(prefix="measure_views_"))
+    try:
+        run = args.run
+        if run is None:
+            folder.mkdir(parents=True, exist_ok=True)
+            run = scan_run(args.library, folder / "views.h5")
+        class_map(run)
+        purity(run)
+        sizes(run)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -75,7 +75,9 @@ QUANTILE_VALUE = "quantiles/value"  # (C, levels) float32
 QUANTILE_LEVELS = "levels"  # the levels of quantiles/value's columns
 QUANTILE_POSITIONS = "positions"  # positions counted per image (0: all)
 QUANTILE_MASK_LEVEL = "mask_level"  # the level a unit's mask is drawn at (0.995)
-# mantissa_bits, min_exponent, max_exponent: the bucket scale (BucketScale.attrs)
+QUANTILE_MANTISSA_BITS = "mantissa_bits"  # the bucket scale (cnnviz.run.quantiles.BucketScale)
+QUANTILE_MIN_EXPONENT = "min_exponent"
+QUANTILE_MAX_EXPONENT = "max_exponent"
 
 
 def ranking_path(rank_by: str, dataset: str) -> str:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import format as fmt
+
 __all__ = ["BucketScale", "SCALE", "LEVELS", "MASK_LEVEL", "quantiles_from_histogram"]
 
 #: The levels a run stores per channel (``quantiles/value``).
@@ -78,12 +80,13 @@ class BucketScale:
         return mid
 
     def attrs(self) -> dict:
-        return {"mantissa_bits": self.mantissa_bits, "min_exponent": self.min_exponent,
-                "max_exponent": self.max_exponent}
+        return {fmt.QUANTILE_MANTISSA_BITS: self.mantissa_bits, fmt.QUANTILE_MIN_EXPONENT: self.min_exponent,
+                fmt.QUANTILE_MAX_EXPONENT: self.max_exponent}
 
     @classmethod
     def from_attrs(cls, attrs) -> BucketScale:
-        return cls(int(attrs["mantissa_bits"]), int(attrs["min_exponent"]), int(attrs["max_exponent"]))
+        return cls(int(attrs[fmt.QUANTILE_MANTISSA_BITS]), int(attrs[fmt.QUANTILE_MIN_EXPONENT]),
+                   int(attrs[fmt.QUANTILE_MAX_EXPONENT]))
 
     def bucket_of(self, values: np.ndarray) -> np.ndarray:
         """The bucket of each float32 value (``n_buckets`` for NaN): what the scan computes on

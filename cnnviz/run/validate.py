@@ -161,9 +161,10 @@ class _Checker:
         q = g[fmt.QUANTILES]
         if not isinstance(q, h5py.Group):
             raise _Bad(f"{at}{fmt.QUANTILES} is not a group")
-        bits = _count(q.attrs["mantissa_bits"], "quantiles: mantissa_bits", 10)
-        low = _count(q.attrs["min_exponent"] + 150, "quantiles: min_exponent + 150", 280)
-        high = _count(q.attrs["max_exponent"] + 150, "quantiles: max_exponent + 150", 280, low=low + 1)
+        bits = _count(q.attrs[fmt.QUANTILE_MANTISSA_BITS], "quantiles: mantissa_bits", 10)
+        low = _count(q.attrs[fmt.QUANTILE_MIN_EXPONENT] + 150, "quantiles: min_exponent + 150", 280)
+        high = _count(q.attrs[fmt.QUANTILE_MAX_EXPONENT] + 150, "quantiles: max_exponent + 150", 280,
+                      low=low + 1)
         _count(q.attrs[fmt.QUANTILE_POSITIONS], "quantiles: positions")
         levels = np.asarray(q.attrs[fmt.QUANTILE_LEVELS], dtype=np.float64)
         if levels.ndim != 1 or not 1 <= len(levels) <= 64 or not ((levels >= 0) & (levels <= 1)).all():

@@ -124,7 +124,8 @@ def _scan_share(library, model, out: Path, shard, config: ScanConfig, work: Work
             loader = _loader(lib, model.preprocessing, [ids for _, ids in plan[0]], config.num_workers,
                              device.type == "cuda")
             _run_batches(cap, loader, model.preprocessing, plan, state, writer, config, out, reducer)
-        writer.checkpoint(wait=True)                             # 5. the last checkpoint
+        if plan[0] or resumed is None:  # (a finished scan resumed: its last checkpoint stands)
+            writer.checkpoint(wait=True)                         # 5. the last checkpoint
     finally:
         writer.close()
     return work.path

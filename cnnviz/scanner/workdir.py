@@ -220,8 +220,11 @@ class WorkDir:
         segments = []
         if state is not None:
             upto = progress_of(state, meta["shard"][1], meta["batch_size"])
-            segments = [s for s in segments_of(state) if s["end"] <= upto]
+            listed = segments_of(state)
+            segments = [s for s in listed if s["end"] <= upto]
             state["segments"] = np.array(json.dumps(segments))
+            if len(segments) < len(listed):  # the state on disk must not list what is removed below
+                self.save_state(**state)
         listed = {s["name"] for s in segments}
         for p in self.path.iterdir():
             if p.name.startswith(("seg-", "part-")) and p.name not in listed:
