@@ -347,7 +347,6 @@ print("RESUMED")
            text.strip().splitlines()[-1][:300] if text.strip() else "")
 
 
-@check("throughput")
 @check("views")
 def views(device: str, tmp: Path, n: int) -> None:
     import h5py
@@ -380,6 +379,7 @@ def views(device: str, tmp: Path, n: int) -> None:
            f"{with_views:.1f} s / {plain:.1f} s = {with_views / plain:.2f} ({n} photos, batch 64)")
 
 
+@check("throughput")
 def throughput(device: str, images: int, workers: int) -> None:
     bench = REPO / "scripts" / "bench_scan.py"
     runs = {"amp": ["--precision", "amp", "--compile"], "fp32": ["--precision", "fp32"],
