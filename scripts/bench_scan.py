@@ -243,7 +243,7 @@ with h5py.File({str(out)!r}, "r") as f:
 OPTIONS = [
     ("none of the views", dict(rank_by="max", quantiles=False)),
     ("--rank-by max,mean", dict(rank_by="max,mean", quantiles=False)),
-    ("quantiles (256 positions)", dict(rank_by="max", quantiles=True, quantile_positions=256)),
+    ("quantiles (100 positions)", dict(rank_by="max", quantiles=True, quantile_positions=100)),
     ("quantiles (every position)", dict(rank_by="max", quantiles=True, quantile_positions=0)),
     ("--maxima-means", dict(rank_by="max", quantiles=False, maxima_means=True)),
     ("the defaults (max,mean + quantiles)", dict()),
@@ -321,7 +321,8 @@ REDUCER_PARTS = [
     ("max", "max, position, mean (every scan; the baseline)"),
     ("topk", "top-k by max (every scan)"),
     ("topk_mean", "--rank-by max,mean: the top-k by mean"),
-    ("hist256", "quantiles: the histogram, 256 positions (default)"),
+    ("hist100", "quantiles: the histogram, 100 positions (default)"),
+    ("hist256", "quantiles: the histogram, 256 positions"),
     ("hist0", "quantiles: the histogram, every position"),
     ("min", "--bottom-k (signed layers): the minimum"),
     ("bottom", "--bottom-k (signed layers): its top-k"),
@@ -370,6 +371,7 @@ def reducer_costs(model, layers: list[str], signed: list[str], batch_size: int, 
             vals, idx, means = zip(*reduced, strict=True)
             timed("topk", update("max", layers, vals, idx, ids), maps)
             timed("topk_mean", update("mean", layers, means, idx, ids), maps)
+            timed("hist100", lambda _, a, ids=ids: position_histogram(a, ids, 100), maps)
             timed("hist256", lambda _, a, ids=ids: position_histogram(a, ids, 256), maps)
             timed("hist0", lambda _, a, ids=ids: position_histogram(a, ids, 0), maps)
             maps = {n: cap.outputs[n] for n in signed}

@@ -295,6 +295,9 @@ def test_sampled_positions_are_the_images_own_and_spread_evenly():
     counts = np.bincount(idx.reshape(-1).numpy(), minlength=196)
     assert abs(counts / (4096 * 64 / 196) - 1).max() < 0.15
     assert sample_positions(ids, 196, 196) is None and sample_positions(ids, 196, 0) is None
+    spread = sample_positions(ids[:50], 169, 100)  # step 2 (coprime with 169): every other position
+    assert all(len(set(row)) == 100 for row in spread.tolist())
+    assert ((spread[:, 1] - spread[:, 0]) % 169 == 2).all()
 
 
 def test_sampled_quantiles_count_the_sampled_positions(photo_dir, tmp_path):

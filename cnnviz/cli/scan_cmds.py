@@ -67,9 +67,9 @@ def add_scan(sub) -> None:
                         "that can be negative; one that cannot is refused)")
     p.add_argument("--no-quantiles", dest="quantiles", action="store_false",
                    help="do not count the distribution over positions (quantiles, mask levels)")
-    p.add_argument("--quantile-positions", type=int, default=256, metavar="P",
+    p.add_argument("--quantile-positions", type=int, default=100, metavar="P",
                    help="positions per image counted for the quantiles; larger maps are sampled, the "
-                        "same positions of an image in any scan; 0 counts all (default: 256)")
+                        "same positions of an image in any scan; 0 counts all (default: 100)")
     p.add_argument("--patch-size", type=int, default=64,
                    help="largest stored patch side; larger fields are downsampled (default: 64)")
     p.add_argument("--checkpoint-seconds", type=float, default=60.0,

@@ -63,7 +63,8 @@ class ScanConfig:
             log-spaced histogram (``cnnviz.channel_quantiles``, the masks' level).
         quantile_positions: positions per image counted for the quantiles: maps with more are
             sampled (the same positions for an image in any scan); 0 counts every position
-            (exact to the bucket, about 3x the time of the default on a CPU).
+            (exact to the bucket; ResNet50's 16 blocks on 2 CPU cores: 41 % of the forward
+            pass, against 8 % for the default).
         maxima_means: keep the per-image spatial mean beside each kept maximum (the ``means``
             dataset, in ``maxima_dtype``: two thirds more than the maxima and positions take;
             the ranking by mean needs none).
@@ -94,7 +95,7 @@ class ScanConfig:
     bottom_k: int = 0
     bottom_layers: tuple[str, ...] | str | None = None
     quantiles: bool = True
-    quantile_positions: int = 256
+    quantile_positions: int = 100
     maxima_means: bool = False
 
     @classmethod

@@ -11,6 +11,7 @@ enters a top-k. A histogram counts activations in the fixed buckets of
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -115,8 +116,9 @@ def sample_positions(ids: torch.Tensor, hw: int, positions: int) -> torch.Tensor
     """The flat positions ``(N, positions)`` sampled from each image's ``hw`` positions, or
     ``None`` (all of them) when ``positions`` is 0 or ``hw <= positions``.
 
-    A systematic sample with a start drawn per image: ``(start(id) + j * (hw // positions)) %
-    hw`` for ``j < positions``, distinct positions spread over the map, ``start`` a 32-bit hash
+    A systematic sample with a start drawn per image: ``(start(id) + j * step) % hw`` for ``j <
+    positions``, ``step`` the integer nearest ``hw / positions`` that is coprime with ``hw`` (the
+    next one up), so the positions are distinct and spread over the map; ``start`` a 32-bit hash
     of the image id. It depends on the image alone (not on its batch), so shards and resumed
     scans count the same positions; every position of a map is sampled with the same
     probability over images whose starts are uniform."""
@@ -126,7 +128,10 @@ def sample_positions(ids: torch.Tensor, hw: int, positions: int) -> torch.Tensor
     for _ in range(2):  # a 32-bit integer hash (products stay below 2**59)
         x = (((x >> 16) ^ x) * 0x45D9F3B) & 0xFFFFFFFF
     start = ((x >> 16) ^ x) % hw
-    return (start[:, None] + (hw // positions) * torch.arange(positions, device=ids.device)) % hw
+    step = max(1, round(hw / positions))
+    while math.gcd(step, hw) != 1:
+        step += 1
+    return (start[:, None] + step * torch.arange(positions, device=ids.device)) % hw
 
 
 def position_histogram(act: torch.Tensor, ids: torch.Tensor, positions: int,
