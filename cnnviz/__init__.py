@@ -34,7 +34,8 @@ _NAMES = {
     "scan": "scanner", "ScanConfig": "scanner", "merge": "scanner",
     "ImageLibrary": "images",
     "RunReader": "run", "top_patches": "run", "channel_stats": "run", "channel_maxima": "run",
-    "failures": "run",
+    "failures": "run", "class_table": "run", "channel_quantiles": "run", "channel_histogram": "run",
+    "similar_channels": "run",
     "write_report": "viz", "feature_map_grid": "viz", "layer_activation": "viz",
     "show": "viz.notebook", "explain": "analysis", "compare_runs": "analysis",
 }

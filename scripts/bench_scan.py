@@ -236,6 +236,150 @@ with h5py.File({str(out)!r}, "r") as f:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+#: What each option of the views adds to a scan, against a scan keeping none of them: the
+#: name, then the scan options (``layers="signed"``: each block's last batch norm, the signed
+#: map before the block's ReLU (ResNet50's ``bn3``), where a bottom-k means something; measured
+#: against the same layers).
+OPTIONS = [
+    ("none of the views", dict(rank_by="max", quantiles=False)),
+    ("--rank-by max,mean", dict(rank_by="max,mean", quantiles=False)),
+    ("quantiles (100 positions)", dict(rank_by="max", quantiles=True, quantile_positions=100)),
+    ("quantiles (every position)", dict(rank_by="max", quantiles=True, quantile_positions=0)),
+    ("--maxima-means", dict(rank_by="max", quantiles=False, maxima_means=True)),
+    ("the defaults (max,mean + quantiles)", dict()),
+    ("signed layers, none of the views", dict(rank_by="max", quantiles=False, layers="signed")),
+    ("signed layers, --bottom-k K", dict(rank_by="max", quantiles=False, layers="signed", bottom_k="K")),
+]
+
+
+ROUNDS = 3
+
+
+def option_costs(args, library_list: Path, folder: Path) -> None:
+    """What each entry of :data:`OPTIONS` costs, in one fresh process: each scan :data:`ROUNDS`
+    times in alternating order, its wall time and the CPU time of the scanning process (the
+    fastest of the rounds counts: on a shared machine the wall time of one scan varies 2x from
+    one minute to the next, its CPU time much less), the file's size; then the reducers' own
+    time per batch on the same maps (:func:`reducer_costs`), the figure least disturbed by
+    other processes."""
+    code = f"""
+import json, os, resource, sys, time, h5py, torch
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from bench_scan import OPTIONS, ROUNDS, reducer_costs
+from cnnviz import load_model, scan
+from cnnviz.model.taps import resolve_layers
+m = load_model({args.model!r}, None)
+blocks = [t.name for t in resolve_layers(m, None)]
+signed = [[b + "." + n for n, s in m.module.get_submodule(b).named_modules()
+           if isinstance(s, torch.nn.BatchNorm2d)][-1] for b in blocks]
+out = {{"seconds": {{}}, "cpu": {{}}, "bytes": {{}}}}
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+for round_ in range(ROUNDS):
+    for name, opts in (OPTIONS if round_ % 2 == 0 else OPTIONS[::-1]):
+        opts = dict(opts)
+        if opts.get("layers") == "signed":
+            opts["layers"] = signed
+        if opts.get("bottom_k") == "K":
+            opts["bottom_k"] = {args.top_k}
+        path = {str(folder)!r} + "/opt.h5"
+        before = cpu()
+        scan({str(library_list)!r}, m, path, top_k={args.top_k}, batch_size={args.batch_size},
+             workers={args.workers}, device={args.device!r}, precision={args.precision!r}, progress=False,
+             overwrite=True, checkpoint_seconds=3600, **opts)
+        with h5py.File(path, "r") as f:
+            secs, used = float(f.attrs["scan_seconds"]), cpu() - before  # (the run file: another process)
+        out["seconds"][name] = min(secs, out["seconds"].get(name, secs))
+        out["cpu"][name] = min(used, out["cpu"].get(name, used))
+        out["bytes"][name] = os.path.getsize(path)
+out["reducers"] = reducer_costs(m, blocks, signed, {args.batch_size}, {args.top_k}, {args.device!r})
+print(json.dumps(out))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if res.returncode:
+        sys.exit(res.stderr)
+    r = json.loads(res.stdout.strip().splitlines()[-1])
+    print(f"\nthe cost of each option ({args.images} images, k={args.top_k}; the fastest of {ROUNDS} "
+          "scans each; CPU: the scanning process's, not the writer process that cuts the patches):")
+    for name, _ in OPTIONS:
+        base = "signed layers, none of the views" if name.startswith("signed") else "none of the views"
+        s, c, b = r["seconds"][name], r["cpu"][name], r["bytes"][name]
+        s0, c0, b0 = r["seconds"][base], r["cpu"][base], r["bytes"][base]
+        print(f"  {name:36s} scan {s:6.1f} s ({s / s0 - 1:+6.1%}), CPU {c:6.1f} s ({c / c0 - 1:+6.1%}), "
+              f"file {b / 1e6:7.1f} MB ({(b - b0) / 1e6:+7.1f} MB)")
+    t = r["reducers"]
+    fwd = t["forward"]
+    print(f"  per batch of {args.batch_size} on the same maps (the best of several): forward to the last tap "
+          f"{fwd * 1e3:.0f} ms; what each view adds to the hooks and reducers:")
+    for key, what in REDUCER_PARTS:
+        print(f"    {what:52s} {t[key] * 1e3:7.1f} ms  ({t[key] / fwd:6.1%} of the forward)")
+
+
+#: The parts :func:`reducer_costs` times, and what they are.
+REDUCER_PARTS = [
+    ("max", "max, position, mean (every scan; the baseline)"),
+    ("topk", "top-k by max (every scan)"),
+    ("topk_mean", "--rank-by max,mean: the top-k by mean"),
+    ("hist100", "quantiles: the histogram, 100 positions (default)"),
+    ("hist256", "quantiles: the histogram, 256 positions"),
+    ("hist0", "quantiles: the histogram, every position"),
+    ("min", "--bottom-k (signed layers): the minimum"),
+    ("bottom", "--bottom-k (signed layers): its top-k"),
+]
+
+
+def reducer_costs(model, layers: list[str], signed: list[str], batch_size: int, k: int, device: str,
+                  batches: int = 6) -> dict:
+    """Seconds per batch, each the best over ``batches`` batches of noise streamed through, of the
+    forward pass to the last tap and of each reduction and top-k update a view adds (the top-k
+    warm: after the first batches a CPU top-k sees few candidates)."""
+    import copy
+
+    from cnnviz.model.taps import capture
+    from cnnviz.scanner.reducers import TopK, position_histogram, spatial_max, spatial_min
+
+    module = copy.deepcopy(model.module).to(device).to(memory_format=torch.channels_last)
+    best: dict[str, float] = {}
+    tops: dict[tuple[str, str], TopK] = {}
+
+    def timed(key: str, fn, maps) -> list:
+        t = time.perf_counter()
+        out = [fn(name, a) for name, a in maps.items()]
+        _sync(device)
+        best[key] = min(best.get(key, float("inf")), time.perf_counter() - t)
+        return out
+
+    def update(kind: str, names: list[str], values, index, ids):
+        def fn(name, a):
+            i = names.index(name)
+            top = tops.setdefault((kind, name), TopK(values[i].shape[1], k, device))
+            top.update(values[i], index[i], ids)
+        return fn
+
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad(), capture(module, layers + signed, stop_early=True) as cap:
+        for b in range(batches):
+            x = torch.randn(batch_size, 3, *model.input_size, generator=gen).to(device)
+            ids = torch.arange(b * batch_size, (b + 1) * batch_size, device=device)
+            t = time.perf_counter()
+            cap.forward(x.contiguous(memory_format=torch.channels_last))
+            _sync(device)
+            best["forward"] = min(best.get("forward", float("inf")), time.perf_counter() - t)
+            maps = {n: cap.outputs[n] for n in layers}
+            reduced = timed("max", lambda _, a: spatial_max(a), maps)
+            vals, idx, means = zip(*reduced, strict=True)
+            timed("topk", update("max", layers, vals, idx, ids), maps)
+            timed("topk_mean", update("mean", layers, means, idx, ids), maps)
+            timed("hist100", lambda _, a, ids=ids: position_histogram(a, ids, 100), maps)
+            timed("hist256", lambda _, a, ids=ids: position_histogram(a, ids, 256), maps)
+            timed("hist0", lambda _, a, ids=ids: position_histogram(a, ids, 0), maps)
+            maps = {n: cap.outputs[n] for n in signed}
+            lows = timed("min", lambda _, a: spatial_min(a), maps)
+            timed("bottom", update("min", signed, [-v for v, _ in lows], [i for _, i in lows], ids), maps)
+    return best
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="resnet50")
@@ -255,6 +399,8 @@ def main() -> None:
                         "when the memory check runs, so that N and 2N images both checkpoint and "
                         "their peak memory compares)")
     p.add_argument("--skip-memory", action="store_true", help="skip the 2N-image scan")
+    p.add_argument("--skip-costs", action="store_true",
+                   help="skip the cost of each option of the views (rankings, quantiles, means, bottom-k)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (run files, report)")
     p.add_argument("--compile", action="store_true",
                    help="also bare compiled and scan --compile (torch.compile; adds the compile times)")
@@ -319,6 +465,8 @@ def _measure(args, tmp: Path) -> None:
         run2 = scan_in_child(args, lst2, tmp / "run2.h5", bare=False)
         print(f"peak RSS, {run2['n']:5d} images: {run2['peak_rss_mb']:8.0f} MB "
               f"(scan {run2['n'] / run2['scan_seconds']:.2f} img/s)")
+    if not args.skip_costs:
+        option_costs(args, lst, tmp)
 
 
 def writer_rate(taps, images: int, folder: Path, batch: int = 256) -> float:

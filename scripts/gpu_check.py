@@ -17,6 +17,9 @@ real SqueezeNet weights and photos of ``../shared`` (skipped when absent):
 6. ``torchrun`` with one process (NCCL on a GPU) against the single-process scan;
 7. a CUDA out-of-memory error: named with the batch size, the checkpoint kept, a smaller batch
    resumes it;
+7b. the views on the device against the CPU: the ranking by mean, the bottom-k, the quantile
+   histograms (the same counts but for values within float rounding of a bucket's edge), and
+   what they add to the device scan's time;
 8. the throughput benchmark (``bench_scan.py``: ResNet50, 16 blocks, k=16, batch 256) in amp
    (with ``--compile``), fp32 and tf32, and the host-only benchmark.
 
@@ -344,6 +347,38 @@ print("RESUMED")
            text.strip().splitlines()[-1][:300] if text.strip() else "")
 
 
+@check("views")
+def views(device: str, tmp: Path, n: int) -> None:
+    import h5py
+    import numpy as np
+
+    lib = library(tmp, n)
+    kw = dict(layers="features.9,classifier.1", bottom_k=8, bottom_layers="classifier.1")
+    ref = scan_to(lib, tmp / "views-cpu.h5", "cpu", **kw)
+    started = time.monotonic()
+    run = scan_to(lib, tmp / "views-dev.h5", device, **kw)
+    with_views = time.monotonic() - started
+    started = time.monotonic()
+    scan_to(lib, tmp / "plain-dev.h5", device, layers=kw["layers"], rank_by="max", quantiles=False)
+    plain = time.monotonic() - started
+    ok, lines = True, []
+    with h5py.File(ref, "r") as a, h5py.File(run, "r") as b:
+        for layer in ("features.9", "classifier.1"):
+            for group in ("topk_mean", "bottomk") if layer == "classifier.1" else ("topk_mean",):
+                key = f"layers/{layer}/{group}/image_id"
+                same = float((a[key][()] == b[key][()]).all(axis=1).mean())
+                ok &= same == 1.0
+                lines.append(f"{layer} {group}: identical lists {same:.1%}")
+            key = f"layers/{layer}/quantiles/histogram"
+            ha, hb = a[key][()], b[key][()]
+            moved = float(np.abs(ha - hb).sum() / 2 / max(1, ha.sum()))
+            ok &= (ha.sum(axis=1) == hb.sum(axis=1)).all() and moved < 1e-4
+            lines.append(f"{layer} histogram: {moved:.1e} of the counts in another bucket")
+    report("views on the device equal the CPU's", ok, "; ".join(lines))
+    report("views on the device: scan time with them / without", True,
+           f"{with_views:.1f} s / {plain:.1f} s = {with_views / plain:.2f} ({n} photos, batch 64)")
+
+
 @check("throughput")
 def throughput(device: str, images: int, workers: int) -> None:
     bench = REPO / "scripts" / "bench_scan.py"
@@ -408,6 +443,7 @@ def main() -> int:
         resume_across(args.device, tmp, args.photos)
         torchrun(args.device, tmp, args.photos)
         out_of_memory(args.device, tmp)
+        views(args.device, tmp, args.photos)
         if not args.skip_bench:
             throughput(args.device, args.bench_images, args.workers)
     finally:

@@ -15,6 +15,14 @@ def add_top(sub) -> None:
     p.add_argument("--channel", type=int, default=None, help="one channel (default: all)")
     p.add_argument("--csv", action="store_true", help="CSV with every column, to stdout")
     p.add_argument("--max-rows", type=int, default=200, help="rows printed (default: 200)")
+    p.add_argument("--rank-by", default="max", choices=["max", "mean"],
+                   help="the images ranked by spatial max or by spatial mean (scans keep both by "
+                        "default) (default: max)")
+    p.add_argument("--bottom", action="store_true",
+                   help="the most negative images instead (a scan with --bottom-k)")
+    p.add_argument("--label", default=None,
+                   help="the top-k among the images of one class (a label such as n02123045, or its "
+                        "class name), from the per-image maxima")
     p.set_defaults(func=run_top)
 
 
@@ -23,11 +31,13 @@ def run_top(args) -> int:
 
     from ..run.tables import top_patches
 
-    df = top_patches(args.run, layer=args.layer, channel=args.channel)
+    df = top_patches(args.run, layer=args.layer, channel=args.channel, **_view(args))
     cols = ["layer", "channel", "channel_name", "rank", "activation", "image_path", "label", "label_name",
             "y", "x", "rf_y0", "rf_x0", "rf_y1", "rf_x1"]
     # class names where the run has them: a logits channel's class, a WordNet id's or index's name
     cols = [c for c in cols if c not in ("channel_name", "label", "label_name") or df[c].astype(bool).any()]
+    if (df["rank_by"] != "max").any():  # say which view this is
+        cols.insert(cols.index("rank"), "rank_by")
     if args.csv:
         df.to_csv(sys.stdout, index=False)
     else:
@@ -35,6 +45,12 @@ def run_top(args) -> int:
                                "display.max_colwidth", 48):
             print(df[cols].to_string(index=False, max_rows=args.max_rows))
     return 0
+
+
+def _view(args) -> dict:
+    """The ranking ``top`` shows: rank_by, bottom, label (only those given)."""
+    view = {"rank_by": args.rank_by, "bottom": args.bottom, "label": args.label}
+    return {k: v for k, v in view.items() if v not in (None, False, "max")}
 
 
 def add_failures(sub) -> None:
@@ -146,6 +162,12 @@ def add_plot(sub) -> None:
     p.add_argument("--channel", type=int, default=0, help="(montage, distribution)")
     p.add_argument("--channels", default=None, help="(overview) default: the first 64")
     p.add_argument("--out", required=True, help="image file (.png, .svg, .pdf)")
+    p.add_argument("--rank-by", default="max", choices=["max", "mean"],
+                   help="(montage) the images ranked by spatial max or mean (default: max)")
+    p.add_argument("--bottom", action="store_true", help="(montage) the most negative images instead")
+    p.add_argument("--mask", action="store_true",
+                   help="(montage) outline where the channel exceeds its top-0.5%% level (reloads the "
+                        "run's model for the k maps)")
     p.set_defaults(func=run_plot)
 
 
@@ -156,7 +178,8 @@ def run_plot(args) -> int:
     figures.check_figure_path(args.out)  # before the figure is drawn
     check_out(args.out, file=True)
     if args.kind == "montage":
-        fig = figures.patch_montage(args.run, args.layer, args.channel)
+        fig = figures.patch_montage(args.run, args.layer, args.channel, rank_by=args.rank_by,
+                                    bottom=args.bottom, mask=args.mask)
     elif args.kind == "distribution":
         fig = figures.maxima_distribution(args.run, args.layer, args.channel)
     else:

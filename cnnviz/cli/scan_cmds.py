@@ -50,6 +50,26 @@ def add_scan(sub) -> None:
                         "all the same) (default: float32)")
     p.add_argument("--maxima-layers", default=None,
                    help="keep the per-image maxima of these layers only (comma-separated; default: all)")
+    p.add_argument("--maxima-means", action="store_true",
+                   help="keep each image's spatial mean beside its maximum, where maxima are kept "
+                        "(in --maxima's dtype: two thirds more than the maxima and positions take); "
+                        "the ranking by mean needs none")
+    p.add_argument("--rank-by", default="max,mean", metavar="max[,mean]",
+                   help="rankings kept per channel, each an exact top-k with patches: max (images by "
+                        "their spatial maximum: a strong small part, textures) and mean (by their "
+                        "spatial mean: the whole map, whole objects) (default: max,mean)")
+    p.add_argument("--bottom-k", type=int, default=0, metavar="K",
+                   help="also keep the K most negative images per channel (by spatial minimum), for "
+                        "signed units: logits, Linear layers, taps before a ReLU; layers after a ReLU "
+                        "are left out (default: 0, none)")
+    p.add_argument("--bottom-layers", default=None,
+                   help="the layers given a --bottom-k (comma-separated; default: every scanned layer "
+                        "that can be negative; one that cannot is refused)")
+    p.add_argument("--no-quantiles", dest="quantiles", action="store_false",
+                   help="do not count the distribution over positions (quantiles, mask levels)")
+    p.add_argument("--quantile-positions", type=int, default=100, metavar="P",
+                   help="positions per image counted for the quantiles; larger maps are sampled, the "
+                        "same positions of an image in any scan; 0 counts all (default: 100)")
     p.add_argument("--patch-size", type=int, default=64,
                    help="largest stored patch side; larger fields are downsampled (default: 64)")
     p.add_argument("--checkpoint-seconds", type=float, default=60.0,
@@ -103,7 +123,9 @@ def run_scan(args) -> int:
         overwrite=args.overwrite,
         maxima_dtype=args.maxima_dtype, maxima_layers=args.maxima_layers, patch_size=args.patch_size,
         checkpoint_seconds=args.checkpoint_seconds, checkpoint_images=args.checkpoint_images,
-        progress=not args.no_progress, compile=args.compile)
+        progress=not args.no_progress, compile=args.compile, rank_by=args.rank_by, bottom_k=args.bottom_k,
+        bottom_layers=args.bottom_layers, quantiles=args.quantiles,
+        quantile_positions=args.quantile_positions, maxima_means=args.maxima_means)
     config.validate()  # before the model loads: a typo costs nothing
     model = load(args)
     if torchrun_env() is not None:

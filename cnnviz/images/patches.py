@@ -18,7 +18,8 @@ import numpy as np
 if TYPE_CHECKING:
     from ..model.receptive_field import ReceptiveField
 
-__all__ = ["patch_extent", "patch_factor", "patch_shape", "patch_box", "cut_patch", "downsample"]
+__all__ = ["patch_extent", "patch_factor", "patch_shape", "patch_box", "cut_patch", "downsample",
+           "boxes_to_original"]
 
 
 def patch_extent(rf: ReceptiveField, input_size: tuple[int, int]) -> tuple[int, int]:
@@ -92,3 +93,14 @@ def cut_patch(image: np.ndarray, box, factor: int = 1) -> np.ndarray:
     if sy1 > sy0 and sx1 > sx0:
         patch[sy0 - y0: sy1 - y0, sx0 - x0: sx1 - x0] = image[sy0:sy1, sx0:sx1]
     return downsample(patch[None], factor)[0] if factor > 1 else patch
+
+
+def boxes_to_original(boxes: np.ndarray, geometry: np.ndarray) -> np.ndarray:
+    """Vectorized :meth:`Geometry.to_original`: boxes ``(M, 4)`` with one geometry row each
+    ``(M, 6)`` (``orig_h, orig_w, resized_h, resized_w, crop_top, crop_left``)."""
+    g = geometry.astype(np.float64)
+    sy = g[:, 0] / g[:, 2]
+    sx = g[:, 1] / g[:, 3]
+    b = boxes.astype(np.float64)
+    return np.stack([(b[:, 0] + g[:, 4]) * sy, (b[:, 1] + g[:, 5]) * sx,
+                     (b[:, 2] + g[:, 4]) * sy, (b[:, 3] + g[:, 5]) * sx], axis=1)

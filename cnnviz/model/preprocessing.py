@@ -16,6 +16,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from ..images.patches import boxes_to_original
+
 __all__ = ["Preprocessing", "Geometry", "boxes_to_original", "FULL_RESIZE_LIMIT"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -42,17 +44,6 @@ class Geometry:
         """Map a half-open box ``(y0, x0, y1, x1)`` in network-input pixels to original pixels."""
         row = np.array([astuple(self)], dtype=np.float64)
         return tuple(float(v) for v in boxes_to_original(np.array([box], dtype=np.float64), row)[0])
-
-
-def boxes_to_original(boxes: np.ndarray, geometry: np.ndarray) -> np.ndarray:
-    """Vectorized :meth:`Geometry.to_original`: boxes ``(M, 4)`` with one geometry row each
-    ``(M, 6)`` (``orig_h, orig_w, resized_h, resized_w, crop_top, crop_left``)."""
-    g = geometry.astype(np.float64)
-    sy = g[:, 0] / g[:, 2]
-    sx = g[:, 1] / g[:, 3]
-    b = boxes.astype(np.float64)
-    return np.stack([(b[:, 0] + g[:, 4]) * sy, (b[:, 1] + g[:, 5]) * sx,
-                     (b[:, 2] + g[:, 4]) * sy, (b[:, 3] + g[:, 5]) * sx], axis=1)
 
 
 @dataclass(frozen=True)

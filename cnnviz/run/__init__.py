@@ -2,7 +2,19 @@
 pandas tables (:mod:`.tables`). Nothing here imports torch."""
 
 from .reader import RunReader, open_run
-from .tables import channel_maxima, channel_stats, failures, read_patches, run_layers, top_patches
+from .tables import (
+    channel_histogram,
+    channel_maxima,
+    channel_quantiles,
+    channel_stats,
+    class_table,
+    failures,
+    read_patches,
+    run_layers,
+    similar_channels,
+    top_patches,
+)
 
 __all__ = ["RunReader", "open_run", "top_patches", "channel_maxima", "channel_stats", "run_layers",
-           "read_patches", "failures"]
+           "read_patches", "failures", "class_table", "channel_quantiles", "channel_histogram",
+           "similar_channels"]

@@ -31,6 +31,8 @@ ATTR_LAYERS = "layers"  # JSON list
 ATTR_PREPROCESSING = "preprocessing"  # JSON dict
 ATTR_WEIGHTS_SPEC = "weights_spec"  # JSON dict; absent in files written before cnnviz 0.2
 ATTR_PRECISION = "precision"  # fp32, tf32 or amp; since cnnviz 0.4 (older files: from `amp`)
+ATTR_RANK_BY = "rank_by"  # JSON list of the rankings kept ("max", "mean"); since 0.4 (absent: ["max"])
+ATTR_BOTTOM_K = "bottom_k"  # entries of each bottom-k; since 0.4 (absent or 0: none)
 
 # attributes of layers/<name> (since cnnviz 0.3; absent means "map", False)
 LAYER_UNIT = "unit"  # "map": a spatial map; "image": one value per image (whole-image unit)
@@ -39,7 +41,21 @@ LAYER_LOGITS = "logits"  # the layer's output is the network's output: channel c
 # inside layers/<name>/
 MAXIMA = "maxima"
 POSITION = "position"
+MEANS = "means"  # since 0.4: per-image spatial means, beside the maxima (on request)
 STATS = "stats"
+TOPK = "topk"
+TOPK_MEAN = "topk_mean"  # since 0.4: the images ranked by spatial mean, same datasets as topk/
+BOTTOMK = "bottomk"  # since 0.4: the most negative images (by spatial minimum), same datasets
+RANKING_GROUPS = {"max": TOPK, "mean": TOPK_MEAN, "min": BOTTOMK}
+# the datasets of each ranking group (topk/, topk_mean/, bottomk/)
+ACTIVATION = "activation"
+IMAGE_ID = "image_id"
+Y = "y"
+X = "x"
+RF_BOX = "rf_box"
+PATCH_BOX = "patch_box"
+ORIG_BOX = "orig_box"
+PATCHES = "patches"
 TOPK_ACTIVATION = "topk/activation"
 TOPK_IMAGE_ID = "topk/image_id"
 TOPK_Y = "topk/y"
@@ -51,6 +67,23 @@ TOPK_PATCHES = "topk/patches"
 OPTIMIZED = "optimized"
 OPTIMIZED_IMAGES = "optimized/images"
 OPTIMIZED_DONE = "optimized/done"
+# since 0.4: the distribution over positions (see cnnviz.run.quantiles)
+QUANTILES = "quantiles"
+QUANTILE_HISTOGRAM = "quantiles/histogram"  # (C, buckets) int64 counts
+QUANTILE_VALUE = "quantiles/value"  # (C, levels) float32
+# attributes of layers/<name>/quantiles
+QUANTILE_LEVELS = "levels"  # the levels of quantiles/value's columns
+QUANTILE_POSITIONS = "positions"  # positions counted per image (0: all)
+QUANTILE_MASK_LEVEL = "mask_level"  # the level a unit's mask is drawn at (0.995)
+QUANTILE_MANTISSA_BITS = "mantissa_bits"  # the bucket scale (cnnviz.run.quantiles.BucketScale)
+QUANTILE_MIN_EXPONENT = "min_exponent"
+QUANTILE_MAX_EXPONENT = "max_exponent"
+
+
+def ranking_path(rank_by: str, dataset: str) -> str:
+    """``topk/<dataset>`` (``max``), ``topk_mean/<dataset>`` (``mean``) or ``bottomk/<dataset>``
+    (``min``: the bottom-k), inside a layer's group."""
+    return f"{RANKING_GROUPS[rank_by]}/{dataset}"
 
 
 def layer_group(name: str) -> str:

@@ -289,12 +289,74 @@ class RunReader:
             return spec
         return _legacy_weights_spec(str(self.attrs.get("weights_origin", "")))
 
+    @property
+    def rank_by(self) -> list[str]:
+        """The rankings the scan kept for every layer (``max``, and ``mean`` when asked for);
+        files written before cnnviz 0.4 ranked by max only."""
+        if fmt.ATTR_RANK_BY not in self.attrs:
+            return ["max"]
+        return list(json.loads(self.attrs[fmt.ATTR_RANK_BY]))
+
+    @property
+    def bottom_k(self) -> int:
+        """Entries of each bottom-k (0: none kept)."""
+        return int(self.attrs.get(fmt.ATTR_BOTTOM_K, 0))
+
+    def rankings(self, layer: str) -> list[str]:
+        """The rankings kept for ``layer``: ``max``, ``mean`` (images by spatial mean) and ``min``
+        (its bottom-k: the most negative images), those present in the file."""
+        g = self.layer(layer)
+        return [r for r, group in fmt.RANKING_GROUPS.items() if group in g]
+
+    def ranking(self, layer: str, rank_by: str = "max") -> h5py.Group:
+        """The group of one ranking of ``layer`` (``topk``, ``topk_mean`` or ``bottomk``); a
+        ranking the run did not keep is one line saying how to get it."""
+        if rank_by not in fmt.RANKING_GROUPS:
+            raise UsageError(f"`rank_by` {rank_by!r}: choose max or mean (the bottom-k: `bottom=True`)")
+        g = self.layer(layer)
+        group = fmt.RANKING_GROUPS[rank_by]
+        if group not in g:
+            if rank_by == "min":
+                raise UsageError(f"{self.path.name} kept no bottom-k for {layer} (scan with `bottom_k` "
+                                 "and a layer that can be negative)")
+            raise UsageError(f"`rank_by` {rank_by!r}: {self.path.name} ranked the images of {layer} by "
+                             f"{' and '.join(self.rankings(layer))} only (scan with `rank_by=max,mean`)")
+        return g[group]
+
+    def has_quantiles(self, layer: str) -> bool:
+        """Whether the run counted the distribution of ``layer`` over positions."""
+        return fmt.QUANTILES in self.layer(layer)
+
+    def quantile_group(self, layer: str) -> h5py.Group:
+        """``layers/<layer>/quantiles`` (one line when the run has none)."""
+        if not self.has_quantiles(layer):
+            raise UsageError(f"{self.path.name} has no quantiles of {layer} (scanned before cnnviz 0.4 or "
+                             "with `quantiles=False`): scan again to get quantiles and masks")
+        return self.layer(layer)[fmt.QUANTILES]
+
+    def mask_levels(self, layer: str) -> np.ndarray:
+        """Per channel, the level a unit's mask is drawn at: its top-0.5 % activation over all
+        positions (the ``mask_level`` column of ``quantiles/value``)."""
+        q = self.quantile_group(layer)
+        levels = [float(v) for v in q.attrs[fmt.QUANTILE_LEVELS]]
+        column = levels.index(float(q.attrs[fmt.QUANTILE_MASK_LEVEL]))
+        return self.layer(layer)[fmt.QUANTILE_VALUE][:, column].astype(np.float64)
+
+    def has_means(self, layer: str) -> bool:
+        """Whether the run kept the per-image spatial means of ``layer`` (``maxima_means=True``)."""
+        return fmt.MEANS in self.layer(layer)
+
     def has_maxima(self, layer: str) -> bool:
         """Whether the run kept the per-image maxima of ``layer``."""
         return fmt.MAXIMA in self.layer(layer)
 
-    def maxima_dataset(self, layer: str, positions: bool = False) -> h5py.Dataset:
-        """The images x channels maxima (or their positions) of ``layer``."""
+    def maxima_dataset(self, layer: str, positions: bool = False, means: bool = False) -> h5py.Dataset:
+        """The images x channels maxima (or their positions, or the spatial means) of ``layer``."""
+        if means and self.has_maxima(layer) and not self.has_means(layer):
+            raise UsageError(f"{self.path.name} did not keep the per-image means of {layer} (scan with "
+                             "`maxima_means=True` to keep them)")
+        if means:
+            return self.layer(layer)[fmt.MEANS]
         if not self.has_maxima(layer):
             raise UsageError(f"{self.path.name} did not keep the per-image maxima of {layer} (it was "
                              "scanned with `maxima_dtype=none` or other `maxima_layers`): scan again "
@@ -302,11 +364,12 @@ class RunReader:
         return self.layer(layer)[fmt.POSITION if positions else fmt.MAXIMA]
 
     def maxima_blocks(self, layer: str, channels: Sequence[int] | None = None,
-                      block_bytes: int = 64 << 20, dtype=np.float64) -> Iterator[np.ndarray]:
-        """The images x channels maxima of ``layer`` in row blocks (``dtype``), restricted to
-        ``channels``: reading whole rows in large blocks is what HDF5's row chunks do fast
-        (one column costs about as much as the whole matrix)."""
-        ds = self.maxima_dataset(layer)
+                      block_bytes: int = 64 << 20, dtype=np.float64,
+                      means: bool = False) -> Iterator[np.ndarray]:
+        """The images x channels maxima (``means``: spatial means) of ``layer`` in row blocks
+        (``dtype``), restricted to ``channels``: reading whole rows in large blocks is what
+        HDF5's row chunks do fast (one column costs about as much as the whole matrix)."""
+        ds = self.maxima_dataset(layer, means=means)
         n, c = ds.shape
         rows = max(1, block_bytes // max(1, c * ds.dtype.itemsize))
         cols = None if channels is None else np.asarray(list(channels), dtype=np.int64)
@@ -314,7 +377,7 @@ class RunReader:
             block = ds[start: start + rows]
             yield (block if cols is None else block[:, cols]).astype(dtype, copy=False)
 
-    def maxima_columns(self, layer: str, channels: Sequence[int]) -> np.ndarray:
-        """``(images, len(channels))`` float64 maxima, read once in row blocks."""
-        blocks = list(self.maxima_blocks(layer, channels))
+    def maxima_columns(self, layer: str, channels: Sequence[int], means: bool = False) -> np.ndarray:
+        """``(images, len(channels))`` float64 maxima (or means), read once in row blocks."""
+        blocks = list(self.maxima_blocks(layer, channels, means=means))
         return np.concatenate(blocks) if blocks else np.zeros((0, len(channels)))

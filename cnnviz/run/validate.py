@@ -6,10 +6,13 @@ allocated, and no id can pick the wrong image (numpy reads ``paths[-7]`` silentl
 What holds in every run file cnnviz writes:
 
 * ``n_images`` rows in every ``images/*`` dataset; failure ids in ``[0, n_images)``;
-* per layer, ``channels`` rows and ``top_k`` columns in every ``topk/*`` dataset, ``channels``
-  entries in every ``stats/*``, ``(n_images, channels)`` maxima and positions; patches of
-  ``patch_shape``; an optimized image per channel;
-* top-k ids in ``[-1, n_images)``, the filled slots first; their ``y``, ``x`` inside the map;
+* per layer, ``channels`` rows and ``top_k`` columns in every ``topk/*`` and ``topk_mean/*``
+  dataset (``bottom_k`` in ``bottomk/*``), ``channels`` entries in every ``stats/*``,
+  ``(n_images, channels)`` maxima, positions and means; patches of ``patch_shape``; an optimized
+  image per channel; a quantile histogram with the buckets its scale's attributes give, and one
+  value per level;
+* in every ranking, ids in ``[-1, n_images)``, the filled slots first; their ``y``, ``x`` inside
+  the map;
 * sizes a reader allocates with (the crop, map and patch sides) at most :data:`MAX_SIDE`, and no
   dataset claiming more data than the file could hold (an HDF5 dataset may declare any shape).
 
@@ -59,6 +62,10 @@ class _Checker:
         n = self.n = _count(a["n_images"], "n_images")
         _count(a.get("n_failed", 0), "n_failed", n)
         self.k = _count(a["top_k"], "top_k", n, low=1) if n else _count(a["top_k"], "top_k")
+        self.bottom_k = _count(a.get(fmt.ATTR_BOTTOM_K, 0), "bottom_k", max(n, 1))
+        rank_by = json.loads(a.get(fmt.ATTR_RANK_BY, '["max"]'))
+        if not isinstance(rank_by, list) or "max" not in rank_by or not set(rank_by) <= {"max", "mean"}:
+            raise _Bad(f"its rank_by {rank_by!r} is not a list of max and mean")
         layers = json.loads(a[fmt.ATTR_LAYERS])
         if not isinstance(layers, list) or not all(isinstance(x, str) for x in layers):
             raise _Bad("its layer list is not a list of names")
@@ -121,23 +128,51 @@ class _Checker:
         _count(a["patch_factor"], f"{name}: patch_factor", MAX_SIDE, low=1)
         for attr in ("rf_size", "rf_stride", "rf_offset"):
             _pair(a[attr], name)
-        k = self.k
         at = f"{key}/"
-        for sub in (fmt.TOPK_ACTIVATION, fmt.TOPK_IMAGE_ID, fmt.TOPK_Y, fmt.TOPK_X):
-            self.dataset(at + sub, (c, k))
-        for sub in (fmt.TOPK_RF_BOX, fmt.TOPK_PATCH_BOX, fmt.TOPK_ORIG_BOX):
-            self.dataset(at + sub, (c, k, 4))
-        self.dataset(at + fmt.TOPK_PATCHES, (c, k, ph, pw, 3))
+        for rank_by, group in fmt.RANKING_GROUPS.items():
+            if rank_by == "max" or group in g:
+                k = self.bottom_k if rank_by == "min" else self.k
+                if rank_by == "min" and k < 1:
+                    raise _Bad(f"{at}{group} is there but bottom_k is {k}")
+                self._ranking(f"{at}{group}/", c, k, ph, pw)
+                self._slots(g[group], name if rank_by == "max" else f"{name} {group}", h, w)
         stats = g.get(fmt.STATS)
         if not isinstance(stats, h5py.Group):
             raise _Bad(f"{at}{fmt.STATS} is missing")
         for stat in stats:
             self.dataset(f"{at}{fmt.STATS}/{stat}", (c,))
-        if fmt.MAXIMA in g or fmt.POSITION in g:
+        if fmt.MAXIMA in g or fmt.POSITION in g or fmt.MEANS in g:
             self.dataset(at + fmt.MAXIMA, (self.n, c))
             self.dataset(at + fmt.POSITION, (self.n, c))
+            self.dataset(at + fmt.MEANS, (self.n, c), required=False)
         self._optimized(g, at, c)
-        self._slots(g, name, h, w)
+        self._quantiles(g, at, c)
+
+    def _ranking(self, at: str, c: int, k: int, ph: int, pw: int) -> None:
+        for sub in (fmt.ACTIVATION, fmt.IMAGE_ID, fmt.Y, fmt.X):
+            self.dataset(at + sub, (c, k))
+        for sub in (fmt.RF_BOX, fmt.PATCH_BOX, fmt.ORIG_BOX):
+            self.dataset(at + sub, (c, k, 4))
+        self.dataset(at + fmt.PATCHES, (c, k, ph, pw, 3))
+
+    def _quantiles(self, g: h5py.Group, at: str, c: int) -> None:
+        if fmt.QUANTILES not in g:
+            return
+        q = g[fmt.QUANTILES]
+        if not isinstance(q, h5py.Group):
+            raise _Bad(f"{at}{fmt.QUANTILES} is not a group")
+        bits = _count(q.attrs[fmt.QUANTILE_MANTISSA_BITS], "quantiles: mantissa_bits", 10)
+        low = _count(q.attrs[fmt.QUANTILE_MIN_EXPONENT] + 150, "quantiles: min_exponent + 150", 280)
+        high = _count(q.attrs[fmt.QUANTILE_MAX_EXPONENT] + 150, "quantiles: max_exponent + 150", 280,
+                      low=low + 1)
+        _count(q.attrs[fmt.QUANTILE_POSITIONS], "quantiles: positions")
+        levels = np.asarray(q.attrs[fmt.QUANTILE_LEVELS], dtype=np.float64)
+        if levels.ndim != 1 or not 1 <= len(levels) <= 64 or not ((levels >= 0) & (levels <= 1)).all():
+            raise _Bad(f"{at}{fmt.QUANTILES}: its levels are not up to 64 numbers in [0, 1]")
+        if float(q.attrs[fmt.QUANTILE_MASK_LEVEL]) not in levels.tolist():
+            raise _Bad(f"{at}{fmt.QUANTILES}: its mask_level is none of its levels")
+        self.dataset(at + fmt.QUANTILE_HISTOGRAM, (c, 2 * ((high - low) << bits) + 3))
+        self.dataset(at + fmt.QUANTILE_VALUE, (c, len(levels)))
 
     def _optimized(self, g: h5py.Group, at: str, c: int) -> None:
         if fmt.OPTIMIZED not in g:
@@ -149,7 +184,8 @@ class _Checker:
         self.dataset(at + fmt.OPTIMIZED_DONE, (c,))
 
     def _slots(self, g: h5py.Group, name: str, h: int, w: int) -> None:
-        ids = g[fmt.TOPK_IMAGE_ID][()]
+        """The ids and positions of one ranking group (``topk/``...)."""
+        ids = g[fmt.IMAGE_ID][()]
         if ids.dtype.kind not in "iu":
             raise _Bad(f"{name}: top-k ids are not integers")
         filled = ids >= 0
@@ -158,7 +194,7 @@ class _Checker:
             raise _Bad(f"{name}: top-k id {bad} is not an image (0..{self.n - 1}, or -1 for none)")
         if (filled[:, 1:] & ~filled[:, :-1]).any():
             raise _Bad(f"{name}: a top-k slot is filled after an empty one")
-        for sub, side in ((fmt.TOPK_Y, h), (fmt.TOPK_X, w)):
+        for sub, side in ((fmt.Y, h), (fmt.X, w)):
             v = g[sub][()]
             if ((v < 0) | (v >= side))[filled].any():
                 raise _Bad(f"{name}: a top-k position lies outside its {h}x{w} map")

@@ -24,6 +24,7 @@ from ..model.receptive_field import AxisField, ReceptiveField
 from ..model.taps import LayerTap
 from ..run import format as fmt
 from ..run.isolated import durable_replace, write_isolated
+from ..run.quantiles import LEVELS, MASK_LEVEL, SCALE, quantiles_from_histogram
 from .config import default_workers
 from .cutting import CropStore, write_patches
 from .space import check_space, run_file_bytes
@@ -31,7 +32,7 @@ from .state import MergedLayer, merge_states, segment_columns, segments_of
 from .workdir import WorkDir, check_work_format
 
 __all__ = ["assemble_run", "tap_record", "tap_from_record", "write_header", "write_image_records",
-           "create_layer_maxima", "write_topk", "write_stats"]
+           "create_layer_maxima", "write_topk", "write_ranking", "write_quantiles", "write_stats"]
 
 _STR = h5py.string_dtype()
 
@@ -99,11 +100,13 @@ def assemble_run(works: list[WorkDir], out: Path, keep_work: bool = False,
     states = _load_states(works, metas)
     started = time.monotonic()
     inputs = _Inputs(metas[0], works[0], default_workers() if workers is None else workers)
-    merged, fail_ids, fail_reasons, scan_seconds = merge_states(states, len(inputs.taps), metas[0]["top_k"])
-    n_crops = len(np.unique(np.concatenate([m.ids.ravel() for m in merged])))
-    check_space(out, run_file_bytes(inputs.taps, len(inputs.lib), metas[0]["top_k"], metas[0]["maxima_dtype"],
-                                    metas[0]["patch_size"], inputs.preprocessing.crop,
-                                    set(metas[0]["maxima_layers"]))
+    meta = metas[0]
+    merged, fail_ids, fail_reasons, scan_seconds = merge_states(states, len(inputs.taps), meta["top_k"],
+                                                                meta["bottom_k"])
+    n_crops = len(np.unique(np.concatenate([ids.ravel() for m in merged for _, ids, _ in _rankings(m)])))
+    check_space(out, run_file_bytes(inputs.taps, len(inputs.lib), meta["top_k"], meta["maxima_dtype"],
+                                    meta["patch_size"], inputs.preprocessing.crop, set(meta["maxima_layers"]),
+                                    **_extras(meta))
                 + n_crops * 3 * int(np.prod(inputs.preprocessing.crop)))
     tmp = out.with_name(out.name + ".tmp")
 
@@ -138,6 +141,17 @@ def assemble_run(works: list[WorkDir], out: Path, keep_work: bool = False,
     return out
 
 
+def _extras(meta: dict) -> dict:
+    """What a scan keeps beyond the top-k by max, as :func:`~.space.run_file_bytes` takes it."""
+    return {"rankings": len(meta["rank_by"]), "bottom": (meta["bottom_k"], set(meta["bottom_layers"])),
+            "means": set(meta["means_layers"]), "quantiles": meta["quantile_positions"] is not None}
+
+
+def _rankings(layer: MergedLayer):
+    """``(values, ids, index)`` of every ranking a merged layer holds, max first."""
+    return [(layer.values, layer.ids, layer.index), *layer.rankings.values()]
+
+
 class _Inputs:
     """What a run file is written from, all read from the (first) work folder."""
 
@@ -152,17 +166,23 @@ def _write(f: h5py.File, inputs: _Inputs, segments, merged, fail_ids, fail_reaso
     meta, lib = inputs.meta, inputs.lib
     write_header(f, meta, len(lib), n_failed=len(fail_ids), world=world)
     geometry, identity = _write_images(f, lib, segments, fail_ids, fail_reasons, inputs.taps,
-                                       set(meta["maxima_layers"]))
-    boxes = []
+                                       set(meta["maxima_layers"]), set(meta["means_layers"]))
+    jobs = []
     for tap, layer in zip(inputs.taps, merged, strict=True):
         g = f[fmt.layer_group(tap.name)]
-        boxes.append(write_topk(g, tap, layer, inputs.preprocessing.crop, meta["patch_size"],
-                                 geometry))
+        boxes = write_topk(g, tap, layer, inputs.preprocessing.crop, meta["patch_size"], geometry)
+        jobs.append((tap, fmt.TOPK, layer.ids, boxes))
+        for rank_by, (values, ids, index) in layer.rankings.items():
+            boxes = write_ranking(g, fmt.RANKING_GROUPS[rank_by], tap, values, ids, index,
+                                  inputs.preprocessing.crop, meta["patch_size"], geometry)
+            jobs.append((tap, fmt.RANKING_GROUPS[rank_by], ids, boxes))
         write_stats(g, layer.stats)
-    store = CropStore(lib, inputs.preprocessing, identity, np.concatenate([m.ids.ravel() for m in merged]),
-                      inputs.folder, inputs.workers)
+        if layer.histogram is not None:
+            write_quantiles(g, layer.histogram, meta["quantile_positions"])
+    all_ids = np.concatenate([ids.ravel() for _, _, ids, _ in jobs])
+    store = CropStore(lib, inputs.preprocessing, identity, all_ids, inputs.folder, inputs.workers)
     try:
-        write_patches(f, inputs.taps, [m.ids for m in merged], boxes, store)
+        write_patches(f, jobs, store)
     finally:
         store.close()
     _strings(f, fmt.IMAGE_PATCH_ERROR, [store.errors.get(i, "") for i in range(len(lib))])
@@ -209,6 +229,8 @@ def write_header(f: h5py.File, meta: dict, n_images: int, n_failed: int, world: 
     a["patch_size"] = meta["patch_size"]
     a["amp"] = meta["amp"]
     a[fmt.ATTR_PRECISION] = meta.get("precision", "amp" if meta["amp"] else "fp32")
+    a[fmt.ATTR_RANK_BY] = json.dumps(meta.get("rank_by", ["max"]))
+    a[fmt.ATTR_BOTTOM_K] = int(meta.get("bottom_k", 0))
     a["world_size"] = world
     if meta.get("class_names"):
         f.create_dataset(fmt.CLASS_NAMES, data=np.array(meta["class_names"], dtype=object), dtype=_STR)
@@ -221,23 +243,22 @@ def _strings(f: h5py.File, path: str, values) -> None:
     f.create_dataset(path, data=np.array(clean, dtype=object), dtype=_STR)
 
 
-def _write_images(f, lib, segments, fail_ids, fail_reasons, taps, kept: set[str]):
+def _write_images(f, lib, segments, fail_ids, fail_reasons, taps, kept: set[str],
+                  means: set[str] = frozenset()):
     n = len(lib)
     write_image_records(f, lib.relpaths, lib.labels, fail_ids, fail_reasons)
     geometry = np.zeros((n, 6), dtype=np.int32)
     identity = np.zeros((n, 3), dtype=np.int64)
-    dsets = create_layer_maxima(f, taps, n, kept)
+    dsets = create_layer_maxima(f, taps, n, kept, means)
     for work, seg in sorted(segments, key=lambda ws: ws[1]["first"]):
         ids = np.asarray(_column(work, seg, "ids"))
         geometry[ids] = _column(work, seg, "geometry")
         identity[ids] = _column(work, seg, "identity")
-        for dset, (mkey, pkey) in zip(dsets, segment_columns(len(taps)), strict=True):
-            if dset is None:
-                continue
-            (mx, ps), m, p = dset, _column(work, seg, mkey), _column(work, seg, pkey)
-            for first, end, s, e in _contiguous_runs(ids):
-                mx[first:end] = m[s:e]
-                ps[first:end] = p[s:e]
+        for dset, keys in zip(dsets, segment_columns(len(taps)), strict=True):
+            for kind, ds in (dset or {}).items():
+                rows = _column(work, seg, keys[kind])
+                for first, end, s, e in _contiguous_runs(ids):
+                    ds[first:end] = rows[s:e]
     _dataset(f, fmt.IMAGE_GEOMETRY, geometry)
     _dataset(f, fmt.IMAGE_IDENTITY, identity)
     return geometry, identity
@@ -256,9 +277,9 @@ def write_image_records(f, relpaths, labels, fail_ids, fail_reasons) -> None:
     _strings(f, fmt.FAILURE_REASON, fail_reasons)
 
 
-def create_layer_maxima(f, taps, n: int, kept: set[str]) -> list:
-    """Each layer's group, with empty ``(maxima, position)`` datasets (row chunks of about
-    1 MB) where its maxima are kept, else ``None``."""
+def create_layer_maxima(f, taps, n: int, kept: set[str], means: set[str] = frozenset()) -> list:
+    """Each layer's group, with empty ``{"max": maxima, "pos": position[, "mean": means]}``
+    datasets (row chunks of about 1 MB) where its maxima are kept, else ``None``."""
     dsets = []
     for tap in taps:
         g = f.create_group(fmt.layer_group(tap.name))
@@ -267,13 +288,16 @@ def create_layer_maxima(f, taps, n: int, kept: set[str]) -> list:
             dsets.append(None)
             continue
         c = tap.channels
-        itemsize = np.dtype(f.attrs["maxima_dtype"]).itemsize
-        rows = int(max(1, min(n, (1 << 20) // max(1, c * itemsize))))
-        mx = g.create_dataset(fmt.MAXIMA, shape=(n, c), dtype=f.attrs["maxima_dtype"], chunks=(rows, c),
-                              fillvalue=np.nan, fletcher32=True)
-        ps = g.create_dataset(fmt.POSITION, shape=(n, c), dtype=fmt.position_dtype(*tap.shape[1:]),
-                              chunks=(rows, c), fletcher32=True)
-        dsets.append((mx, ps))
+        dtype = f.attrs["maxima_dtype"]
+        rows = int(max(1, min(n, (1 << 20) // max(1, c * np.dtype(dtype).itemsize))))
+        made = {"max": g.create_dataset(fmt.MAXIMA, shape=(n, c), dtype=dtype, chunks=(rows, c),
+                                        fillvalue=np.nan, fletcher32=True),
+                "pos": g.create_dataset(fmt.POSITION, shape=(n, c), dtype=fmt.position_dtype(*tap.shape[1:]),
+                                        chunks=(rows, c), fletcher32=True)}
+        if tap.name in means:
+            made["mean"] = g.create_dataset(fmt.MEANS, shape=(n, c), dtype=dtype, chunks=(rows, c),
+                                            fillvalue=np.nan, fletcher32=True)
+        dsets.append(made)
     return dsets
 
 
@@ -297,8 +321,25 @@ def _dataset(parent, path: str, data) -> None:
 
 
 def write_topk(g, tap: LayerTap, layer: MergedLayer, input_size, patch_size, geometry) -> np.ndarray:
-    """The top-k records of a layer; returns the patch boxes ``(C, k, 4)``."""
-    vals, ids, index = layer.values, layer.ids, layer.index
+    """The top-k records of a layer (ranked by max) and its attributes; returns the patch boxes
+    ``(C, k, 4)``."""
+    p_box = write_ranking(g, fmt.TOPK, tap, layer.values, layer.ids, layer.index, input_size, patch_size,
+                          geometry)
+    rf = tap.rf
+    g.attrs.update({
+        "type": tap.type, "channels": tap.channels, "height": tap.shape[1], "width": tap.shape[2],
+        "rf_size": list(rf.size), "rf_stride": list(rf.stride), "rf_offset": list(rf.offset),
+        "patch_shape": list(patch_shape(rf, input_size, patch_size)),
+        "patch_factor": patch_factor(rf, input_size, patch_size),
+        fmt.LAYER_UNIT: tap.unit, fmt.LAYER_LOGITS: tap.logits,
+    })
+    return p_box
+
+
+def write_ranking(g, group: str, tap: LayerTap, vals: np.ndarray, ids: np.ndarray, index: np.ndarray,
+                  input_size, patch_size, geometry) -> np.ndarray:
+    """One ranking's records (``topk/``, ``topk_mean/``, ``bottomk/``) but the patches; returns
+    the patch boxes ``(C, k, 4)``."""
     width = tap.shape[2]
     valid = ids >= 0
     y = np.where(valid, index // width, -1).astype(np.int32)
@@ -313,22 +354,28 @@ def write_topk(g, tap: LayerTap, layer: MergedLayer, input_size, patch_size, geo
     with np.errstate(divide="ignore", invalid="ignore"):  # empty slots borrow a row; masked below
         o_box = boxes_to_original(clipped, geometry[np.maximum(ids, 0).reshape(-1)]).reshape(p_box.shape)
     o_box = np.where(valid[..., None], o_box, np.nan).astype(np.float32)
-    _dataset(g, fmt.TOPK_ACTIVATION, np.where(valid, vals, np.nan).astype(np.float32))
-    _dataset(g, fmt.TOPK_IMAGE_ID, ids.astype(np.int64))
-    _dataset(g, fmt.TOPK_Y, y)
-    _dataset(g, fmt.TOPK_X, x)
-    _dataset(g, fmt.TOPK_RF_BOX, rf_box)
-    _dataset(g, fmt.TOPK_PATCH_BOX, p_box)
-    _dataset(g, fmt.TOPK_ORIG_BOX, o_box)
-    rf = tap.rf
-    g.attrs.update({
-        "type": tap.type, "channels": tap.channels, "height": tap.shape[1], "width": tap.shape[2],
-        "rf_size": list(rf.size), "rf_stride": list(rf.stride), "rf_offset": list(rf.offset),
-        "patch_shape": list(patch_shape(rf, input_size, patch_size)),
-        "patch_factor": patch_factor(rf, input_size, patch_size),
-        fmt.LAYER_UNIT: tap.unit, fmt.LAYER_LOGITS: tap.logits,
-    })
+    at = f"{group}/"
+    _dataset(g, at + fmt.ACTIVATION, np.where(valid, vals, np.nan).astype(np.float32))
+    _dataset(g, at + fmt.IMAGE_ID, ids.astype(np.int64))
+    _dataset(g, at + fmt.Y, y)
+    _dataset(g, at + fmt.X, x)
+    _dataset(g, at + fmt.RF_BOX, rf_box)
+    _dataset(g, at + fmt.PATCH_BOX, p_box)
+    _dataset(g, at + fmt.ORIG_BOX, o_box)
     return p_box
+
+
+def write_quantiles(g, counts: np.ndarray, positions: int) -> None:
+    """A layer's histogram over positions, the levels read from it and the scale's attributes."""
+    q = g.create_group(fmt.QUANTILES)
+    q.attrs.update(SCALE.attrs())
+    q.attrs[fmt.QUANTILE_LEVELS] = np.array(LEVELS, dtype=np.float64)
+    q.attrs[fmt.QUANTILE_POSITIONS] = int(positions)
+    q.attrs[fmt.QUANTILE_MASK_LEVEL] = MASK_LEVEL
+    # mostly empty buckets: gzip makes them small (~1/50)
+    g.create_dataset(fmt.QUANTILE_HISTOGRAM, data=counts.astype(np.int64), chunks=True, compression="gzip",
+                     compression_opts=1, shuffle=True, fletcher32=True)
+    _dataset(g, fmt.QUANTILE_VALUE, quantiles_from_histogram(counts, LEVELS).astype(np.float32))
 
 
 def write_stats(g, stats) -> None:

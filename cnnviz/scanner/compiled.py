@@ -18,16 +18,18 @@ import warnings
 import torch
 
 from ..errors import CnnvizWarning, UsageError
-from .reducers import spatial_max
+from .reducers import TapReducer
 
 __all__ = ["CompiledTaps"]
 
 
 class CompiledTaps:
     """Same interface as :class:`cnnviz.model.taps.Capture` for the scan: ``forward(x)`` fills
-    ``outputs[tap name] = (max, argmax, mean)``."""
+    ``outputs[tap name]`` with the scan's :class:`~.reducers.TapReducer` (max, argmax, mean and
+    what else the scan keeps)."""
 
-    def __init__(self, module: torch.nn.Module, names: list[str], batch_size: int, example: torch.Tensor):
+    def __init__(self, module: torch.nn.Module, names: list[str], batch_size: int, example: torch.Tensor,
+                 reducer: TapReducer | None = None):
         from torchvision.models.feature_extraction import create_feature_extractor
 
         try:
@@ -36,6 +38,7 @@ class CompiledTaps:
             raise UsageError(f"`compile`: this model cannot be traced with torch.fx ({type(exc).__name__}: "
                              f"{str(exc)[:200]}); scan without `compile=True`") from None
         self.batch_size = batch_size
+        self.reducer = reducer or TapReducer()
         self.compiled = torch.compile(extractor, dynamic=False)
         self.outputs: dict = {}
         started = time.monotonic()
@@ -49,4 +52,4 @@ class CompiledTaps:
             pad = x.new_zeros((self.batch_size - n, *x.shape[1:]))
             x = torch.cat([x, pad]).contiguous(memory_format=torch.channels_last)
         out = self.compiled(x)
-        self.outputs = {k: spatial_max(act[:n].detach()) for k, act in out.items()}
+        self.outputs = {k: self.reducer(k, act[:n]) for k, act in out.items()}

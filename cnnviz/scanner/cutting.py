@@ -93,20 +93,21 @@ def _decode(image_id: int) -> tuple[np.ndarray | None, str]:
     return crop, ""
 
 
-def write_patches(f, taps, layer_ids: list[np.ndarray], layer_boxes: list[np.ndarray], store: CropStore,
-                  block_bytes: int = 128 << 20) -> None:
-    """Cut every top-k patch, per layer and block of channels.
+def write_patches(f, jobs, store: CropStore, block_bytes: int = 128 << 20) -> None:
+    """Cut every patch of every ranking, per layer and block of channels: ``jobs`` are
+    ``(tap, group, ids, boxes)`` with ``group`` the ranking's group (``topk``, ``topk_mean``,
+    ``bottomk``), ``ids`` ``(C, k)`` and ``boxes`` ``(C, k, 4)``.
 
     Each image's crop is zero-padded to the layer's reach and block-averaged once per phase of
     the boxes modulo the downsampling factor (almost always one phase: boxes move by the
     stride); every patch is then a slice of that small image. The blocks averaged are exactly
     those of each box, so the pixels equal cutting each box and downsampling it alone (what
     :func:`cnnviz.images.patches.cut_patch` does), at a fraction of the memory traffic."""
-    for tap, ids, boxes in zip(taps, layer_ids, layer_boxes, strict=True):
+    for tap, group, ids, boxes in jobs:
         g = f[fmt.layer_group(tap.name)]  # (ids and boxes from memory: a full disk may lose writes)
         ph, pw = (int(v) for v in g.attrs["patch_shape"])
         c_total, k = ids.shape
-        ds = g.create_dataset(fmt.TOPK_PATCHES, shape=(c_total, k, ph, pw, 3), dtype=np.uint8,
+        ds = g.create_dataset(f"{group}/{fmt.PATCHES}", shape=(c_total, k, ph, pw, 3), dtype=np.uint8,
                               chunks=(1, k, ph, pw, 3), fletcher32=True)
         cutter = _PatchCutter(store, int(g.attrs["patch_factor"]), (ph, pw), boxes[ids >= 0])
         channel_block = max(1, block_bytes // (k * ph * pw * 3))

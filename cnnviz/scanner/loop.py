@@ -2,7 +2,8 @@
 fires it most.
 
 For every image and tapped channel the scan keeps the spatial maximum and its position; per
-channel an exact top-k over images and summary statistics (:mod:`.state`, :mod:`.reducers`).
+channel an exact top-k over images by maximum (and by mean, and a bottom-k by minimum, when asked
+for), summary statistics and a histogram over positions (:mod:`.state`, :mod:`.reducers`).
 It checkpoints into a work folder (:mod:`.workdir`) so that ``resume=True`` continues after a
 crash with identical results, and writes one HDF5 run file at the end (:mod:`.assemble`).
 """
@@ -33,7 +34,7 @@ from .assemble import assemble_run, tap_record
 from .checkpoint import CheckpointWriter
 from .config import ScanConfig, check_folder, check_output
 from .lock import OutputLock
-from .reducers import spatial_max
+from .reducers import TapReducer
 from .space import check_space, estimate_bytes
 from .state import ScanState
 from .workdir import WORK_FORMAT, WorkDir, work_path
@@ -101,27 +102,31 @@ def _scan_share(library, model, out: Path, shard, config: ScanConfig, work: Work
     if config.top_k > len(lib):
         raise UsageError(f"`top_k` {config.top_k} is more than the {len(lib)} images of the library; "
                          f"use at most {len(lib)}")
-    meta = scan_meta(lib, model, taps, config, shard)
-    need = estimate_bytes(taps, len(lib) // shard[1] + 1, config, model.input_size)
+    device = torch.device(config.device)
+    module = inference_copy(model.module, device)
+    bottom = _bottom_layers(config, taps, module, model, len(lib))
+    meta = scan_meta(lib, model, taps, config, shard, bottom)
+    need = estimate_bytes(taps, len(lib) // shard[1] + 1, config, model.input_size, bottom)
     check_space(out, need, work.used_bytes())
-    device = torch.device(config.device)                    # 2. resume, or start afresh
-    state = ScanState(taps, config.top_k, device, config.maxima_dtype, set(meta["maxima_layers"]))
+    state = ScanState(taps, config.top_k, device, config.maxima_dtype, set(meta["maxima_layers"]),  # 2.
+                      config.rankings, config.bottom_k, bottom, config.quantiles, set(meta["means_layers"]))
     resumed = work.prepare(meta, lib.to_dict(), config.resume, config.overwrite)
     if resumed is not None:
         state.load(resumed)
     plan = _plan(len(lib), config.batch_size, shard, state)      # 3. plan batches
-    module = inference_copy(model.module, device)
     names = [t.name for t in taps]
+    reducer = TapReducer(bottom, config.quantile_positions if config.quantiles else None)
     writer = CheckpointWriter(work, state, config.checkpoint_seconds, config.checkpoint_images,
                               row_bytes=config.batch_size * _row_bytes(state),
                               notes=None if config.progress else plan[1:])
     try:
         with precision_scope(config.resolved_precision, device), \
-                _taps(module, names, config, model) as cap:      # 4. capture the taps
+                _taps(module, names, config, model, reducer) as cap:      # 4. capture the taps
             loader = _loader(lib, model.preprocessing, [ids for _, ids in plan[0]], config.num_workers,
                              device.type == "cuda")
-            _run_batches(cap, loader, model.preprocessing, plan, state, writer, config, out)
-        writer.checkpoint(wait=True)                             # 5. the last checkpoint
+            _run_batches(cap, loader, model.preprocessing, plan, state, writer, config, out, reducer)
+        if plan[0] or resumed is None:  # (a finished scan resumed: its last checkpoint stands)
+            writer.checkpoint(wait=True)                         # 5. the last checkpoint
     finally:
         writer.close()
     return work.path
@@ -149,11 +154,55 @@ def _plan(n_images: int, batch_size: int, shard: tuple[int, int], state: ScanSta
     return todo, total - sum(len(ids) for _, ids in todo), total
 
 
+def _bottom_layers(config: ScanConfig, taps: list[LayerTap], module, model, n_images: int) -> set[str]:
+    """The layers given a bottom-k: those asked for (every scanned one by default) whose output
+    can be negative, probed with one forward pass of noise (a map after a ReLU never is, and its
+    "most negative" images would be a tie at 0). A layer named in ``bottom_layers`` that cannot
+    be negative is refused; by default such layers are left out, with a note."""
+    if config.bottom_k < 1:
+        return set()
+    if config.bottom_k > n_images:
+        raise UsageError(f"`bottom_k` {config.bottom_k} is more than the {n_images} images of the library; "
+                         f"use at most {n_images}")
+    named = config.bottom_named(taps)
+    asked = [t.name for t in taps if named is None or t.name in named]
+    lows = _probe_minima(module, asked, model)
+    never = [n for n in asked if lows[n] >= 0]
+    if named is not None and never:
+        raise UsageError(f"`bottom_layers` {', '.join(never)}: never negative (its output comes after a "
+                         "ReLU or another non-negative op: 0 is its least value, and its most negative "
+                         "images would be a tie at 0); give the bottom-k to a layer before the ReLU, a "
+                         "Linear layer or the logits")
+    if len(never) == len(asked):
+        raise UsageError(f"`bottom_k`: none of the scanned layers can be negative ({', '.join(never)} come "
+                         "after a ReLU or another non-negative op); scan a layer before the ReLU, a "
+                         "Linear layer or the logits, and name it in `bottom_layers`")
+    if never:
+        warnings.warn(f"no bottom-k for {', '.join(never)}: never negative (after a ReLU); the bottom-k "
+                      f"is kept for {', '.join(n for n in asked if n not in never)}", CnnvizWarning,
+                      stacklevel=4)
+    return {n for n in asked if n not in never}
+
+
+def _probe_minima(module, names: list[str], model) -> dict[str, float]:
+    """Each tap's least value over two images of pseudo-random noise (a fixed integer hash of the
+    pixel index: no generator), through the scan's copy of the network."""
+    device = next(iter(module.parameters()), torch.zeros(0)).device
+    h, w = model.input_size
+    index = torch.arange(2 * h * w * 3, dtype=torch.int64)
+    noise = ((index * 2654435761) % 4294967291 % 256).to(torch.uint8).view(2, h, w, 3).to(device)
+    x = model.preprocessing.normalize(noise).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), capture(module, names, reduce=lambda _, out: float(out.detach().float().min()),
+                                  stop_early=True) as cap:
+        cap.forward(x)
+    return cap.outputs
+
+
 @contextlib.contextmanager
-def _taps(module, names: list[str], config: ScanConfig, model):
+def _taps(module, names: list[str], config: ScanConfig, model, reducer: TapReducer):
     """Hooks on the taps, or (``compile=True``) the network compiled with its taps traced."""
     if not config.compile:
-        with capture(module, names, reduce=_spatial_max_of, stop_early=True) as cap:
+        with capture(module, names, reduce=reducer, stop_early=True) as cap:
             yield cap
         return
     from .compiled import CompiledTaps
@@ -162,7 +211,7 @@ def _taps(module, names: list[str], config: ScanConfig, model):
     example = torch.zeros((config.batch_size, 3, h, w), device=next(module.parameters()).device)
     example = example.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        yield CompiledTaps(module, names, config.batch_size, example)
+        yield CompiledTaps(module, names, config.batch_size, example, reducer)
 
 
 def _library(library, work: WorkDir | None) -> ImageLibrary:
@@ -201,18 +250,13 @@ def reduce_images(model, names: list[str], crops: torch.Tensor, device="cpu", ba
     parts: dict[str, list] = {n: [] for n in names}
     ok = [""] * batch_size
     with precision_scope(precision, device), \
-            capture(module, names, reduce=_spatial_max_of, stop_early=True) as cap:
+            capture(module, names, reduce=TapReducer(), stop_early=True) as cap:
         for start in range(0, len(crops), batch_size):
             batch = crops[start: start + batch_size]
-            for name, (values, index, _) in _forward(cap, model.preprocessing, batch, ok[: len(batch)],
-                                                     device).items():
-                parts[name].append((values.cpu().numpy(), index.cpu().numpy()))
+            for name, r in _forward(cap, model.preprocessing, batch, ok[: len(batch)], device).items():
+                parts[name].append((r.values.cpu().numpy(), r.index.cpu().numpy()))
     return {n: (np.concatenate([v for v, _ in p]), np.concatenate([i for _, i in p]).astype(np.int64))
             for n, p in parts.items()}
-
-
-def _spatial_max_of(name: str, output: torch.Tensor):
-    return spatial_max(output.detach())
 
 
 def _with_options(config: ScanConfig | None, layers, options: dict) -> ScanConfig:
@@ -224,9 +268,10 @@ def _with_options(config: ScanConfig | None, layers, options: dict) -> ScanConfi
 
 
 def scan_meta(lib: ImageLibrary, model, taps: list[LayerTap], config: ScanConfig,
-              shard: tuple[int, int]) -> dict:
+              shard: tuple[int, int], bottom: set[str] = frozenset()) -> dict:
     """What the scan is: a resume must match it, and merge/assemble need nothing else (no model)."""
     kept = config.kept_maxima(taps)
+    means = config.kept_means(taps)
     meta = {
         "format": "cnnviz-scan-work", "cnnviz_version": _version(), "model": model.name,
         "weights_origin": model.weights_origin, "weights_spec": model.weights_spec,
@@ -240,7 +285,11 @@ def scan_meta(lib: ImageLibrary, model, taps: list[LayerTap], config: ScanConfig
         "maxima_layers": [t.name for t in taps if t.name in kept],
         "shard": list(shard), "precision": config.resolved_precision,
         "amp": config.resolved_precision == "amp", "work_format": WORK_FORMAT,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rank_by": list(config.rankings),
+        "bottom_k": config.bottom_k if bottom else 0,
+        "bottom_layers": [t.name for t in taps if t.name in bottom],
+        "quantile_positions": config.quantile_positions if config.quantiles else None,
+        "means_layers": [t.name for t in taps if t.name in means],
     }
     return json.loads(json.dumps(meta))  # tuples -> lists, as read back from meta.json
 
@@ -260,7 +309,7 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 
 def _run_batches(cap, loader, preprocessing, plan, state: ScanState, writer: CheckpointWriter,
-                 config: ScanConfig, out: Path) -> None:
+                 config: ScanConfig, out: Path, reducer: TapReducer | None = None) -> None:
     """Forward and reduce every batch not done yet, as ``loader`` delivers them decoded; Ctrl-C
     stops after a whole batch."""
     device = torch.device(config.device)
@@ -275,7 +324,7 @@ def _run_batches(cap, loader, preprocessing, plan, state: ScanState, writer: Che
             ids, crops, geoms, identity, errors = next(batches)
             state.wait_data_seconds += time.monotonic() - started
             try:
-                reduced = _forward(cap, preprocessing, crops, errors, device)
+                reduced = _forward(cap, preprocessing, crops, errors, device, ids, reducer)
             except Exception as exc:
                 if _out_of_memory(exc):
                     _out_of_memory_stop(writer, config, done, ids_planned, device)
@@ -323,12 +372,15 @@ def _loader(lib: ImageLibrary, preprocessing, batches: list[list[int]], workers:
     )
 
 
-def _forward(cap, preprocessing, crops: torch.Tensor, errors: list[str], device: torch.device) -> dict:
+def _forward(cap, preprocessing, crops: torch.Tensor, errors: list[str], device: torch.device,
+             ids: torch.Tensor | None = None, reducer: TapReducer | None = None) -> dict:
     """The reduced taps of the readable images of one batch (``{}`` when none was readable).
     Runs in the precision of the enclosing :func:`~cnnviz.model.precision.precision_scope`."""
     ok = np.array([e == "" for e in errors])
     if not ok.any():
         return {}
+    if reducer is not None and ids is not None:  # the images' own sampled positions
+        reducer.ids = ids[torch.from_numpy(ok)].to(device, non_blocking=True)
     # copy the whole (pinned) batch asynchronously, then drop unreadable images on the device:
     # indexing first would make a pageable copy and a blocking transfer
     batch = crops.to(device, non_blocking=True)

@@ -1,20 +1,29 @@
-"""Streaming reductions of a layer's activations: per-image maxima, exact top-k, statistics.
+"""Streaming reductions of a layer's activations: per-image maxima (means, minima), exact top-k,
+statistics, histograms over positions.
 
-State is O(channels x k) whatever the number of images. The top-k holds, for each channel, the
-``k`` images with the largest spatial maximum, one entry per image; ties are broken by the
-smaller image id, so the result equals a brute-force sort of the whole library by
-``(-value, image_id)``. A NaN or -inf maximum never enters a top-k.
+State is O(channels x k) whatever the number of images. A top-k holds, for each channel, the
+``k`` images with the largest value (spatial maximum, spatial mean, or negated minimum for a
+bottom-k), one entry per image; ties are broken by the smaller image id, so the result equals a
+brute-force sort of the whole library by ``(-value, image_id)``. A NaN or -inf value never
+enters a top-k. A histogram counts activations in the fixed buckets of
+:data:`cnnviz.run.quantiles.SCALE`: merged by addition.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["spatial_max", "TopK", "ChannelStats", "RunningStats", "merge_topk"]
+from ..run.quantiles import SCALE, BucketScale
+
+__all__ = ["spatial_max", "spatial_min", "TopK", "ChannelStats", "RunningStats", "merge_topk",
+           "Reduced", "TapReducer", "bucket_keys", "sample_positions", "position_histogram",
+           "PositionHistogram"]
 
 
 def spatial_max(act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -55,6 +64,180 @@ def spatial_max(act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     else:
         values, index = flat.max(dim=2)
     return values, index, flat.mean(dim=2)
+
+
+def spatial_min(act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image and channel: minimum over positions and its flat index (the first minimum in
+    row-major order), by the layouts' paths of :func:`spatial_max` (on the CPU in channels_last,
+    ATen's max pool of the negated map: there is no min pool)."""
+    n, c = act.shape[:2]
+    if act.dim() == 2:
+        act = act[:, :, None, None]
+    channels_last = not act.is_contiguous() and act.is_contiguous(memory_format=torch.channels_last)
+    if channels_last and act.device.type == "cpu":
+        values, index = F.adaptive_max_pool2d(act.float().neg(), 1, return_indices=True)
+        return values.view(n, c).neg(), index.view(n, c)
+    if channels_last:
+        return act.permute(0, 2, 3, 1).reshape(n, -1, c).float().min(dim=1)
+    flat = act.flatten(2).float()
+    if flat.device.type == "cpu":
+        index = np.argmin(flat.detach().contiguous().reshape(n * c, -1).numpy(), axis=1)
+        return flat.amin(dim=2), torch.from_numpy(index.reshape(n, c).astype(np.int64))
+    return flat.min(dim=2)
+
+
+class Reduced(NamedTuple):
+    """What a tap's hook keeps of one batch (the map itself is not kept): per readable image and
+    channel the spatial maximum, its flat position and the spatial mean; for a layer with a
+    bottom-k the minimum and its position; with quantiles, the batch's counts per bucket of
+    :data:`cnnviz.run.quantiles.SCALE` over the sampled positions (``(C, buckets)`` int64)."""
+
+    values: torch.Tensor
+    index: torch.Tensor
+    mean: torch.Tensor
+    min: torch.Tensor | None = None
+    min_index: torch.Tensor | None = None
+    histogram: torch.Tensor | None = None
+
+
+def bucket_keys(values: torch.Tensor, scale: BucketScale = SCALE) -> torch.Tensor:
+    """The bucket of each float32 value (int32; ``scale.n_buckets`` for NaN), from its bits:
+    a shift and a clamp, exact and the same on every device
+    (:meth:`cnnviz.run.quantiles.BucketScale.bucket_of` is the numpy twin)."""
+    bits = values.float().view(torch.int32)
+    mag = bits & 0x7FFFFFFF
+    e = (mag >> (23 - scale.mantissa_bits)).sub_((127 + scale.min_exponent) << scale.mantissa_bits)
+    e.clamp_(-1, scale.per_sign)
+    key = torch.where(bits < 0, scale.per_sign - e, e.add_(scale.per_sign + 2))
+    return key.masked_fill_(mag > 0x7F800000, scale.n_buckets)
+
+
+def sample_positions(ids: torch.Tensor, hw: int, positions: int) -> torch.Tensor | None:
+    """The flat positions ``(N, positions)`` sampled from each image's ``hw`` positions, or
+    ``None`` (all of them) when ``positions`` is 0 or ``hw <= positions``.
+
+    A systematic sample with a start drawn per image: ``(start(id) + j * step) % hw`` for ``j <
+    positions``, ``step`` the integer nearest ``hw / positions`` that is coprime with ``hw`` (the
+    next one up), so the positions are distinct and spread over the map; ``start`` a 32-bit hash
+    of the image id. It depends on the image alone (not on its batch), so shards and resumed
+    scans count the same positions; every position of a map is sampled with the same
+    probability over images whose starts are uniform."""
+    if positions <= 0 or hw <= positions:
+        return None
+    x = ids.to(torch.int64) & 0xFFFFFFFF
+    for _ in range(2):  # a 32-bit integer hash (products stay below 2**59)
+        x = (((x >> 16) ^ x) * 0x45D9F3B) & 0xFFFFFFFF
+    start = ((x >> 16) ^ x) % hw
+    step = max(1, round(hw / positions))
+    while math.gcd(step, hw) != 1:
+        step += 1
+    return (start[:, None] + step * torch.arange(positions, device=ids.device)) % hw
+
+
+def position_histogram(act: torch.Tensor, ids: torch.Tensor, positions: int,
+                       scale: BucketScale = SCALE) -> torch.Tensor:
+    """One batch's counts per channel and bucket (``(C, n_buckets)`` int64, on the device of
+    ``act``) over the sampled positions (:func:`sample_positions`) of every image.
+
+    On a GPU: the buckets by integer arithmetic and one ``scatter_add_`` into a tensor of fixed
+    size (no host sync, no data-dependent shape). On the CPU numpy's ``bincount`` (3x faster
+    than torch's there)."""
+    n, c = act.shape[:2]
+    if act.dim() == 2:
+        act = act[:, :, None, None]
+    hw = act.shape[2] * act.shape[3]
+    if act.is_contiguous(memory_format=torch.channels_last) and not act.is_contiguous():
+        rows = act.permute(0, 2, 3, 1).reshape(n, hw, c)  # a view
+    else:
+        rows = act.reshape(n, c, hw).transpose(1, 2)
+    idx = sample_positions(ids, hw, positions)
+    width = scale.n_buckets + 1  # the last column takes NaN and is dropped
+    if act.device.type == "cpu":  # numpy's gather and integer arithmetic: 10x torch's on 2 busy cores
+        rows = rows.float().numpy()
+        if idx is not None:
+            rows = rows[np.arange(n)[:, None], idx.numpy()]
+        return torch.from_numpy(_histogram_numpy(rows, scale, width))
+    if idx is not None:
+        rows = rows[torch.arange(n, device=act.device)[:, None], idx]  # (n, positions, c)
+    return _histogram_torch(rows, scale, width)
+
+
+def _histogram_torch(rows: torch.Tensor, scale: BucketScale, width: int) -> torch.Tensor:
+    """The counts of ``(..., C)`` rows on any device, in fixed shapes: :func:`bucket_keys` offset
+    by channel (int32: no int64 copy of a batch's keys) and one ``index_add_`` of ones into a
+    zeroed ``C x width`` tensor."""
+    c = rows.shape[-1]
+    keys = bucket_keys(rows).add_(torch.arange(c, dtype=torch.int32, device=rows.device) * width)
+    keys = keys.reshape(-1)
+    counts = torch.zeros(c * width, dtype=torch.int64, device=rows.device)
+    counts.index_add_(0, keys, torch.ones(1, dtype=torch.int64, device=rows.device).expand(len(keys)))
+    return counts.view(c, width)[:, :-1]
+
+
+def _histogram_numpy(rows: np.ndarray, scale: BucketScale, width: int) -> np.ndarray:
+    """:func:`bucket_keys` and the counts in numpy, for ``(..., C)`` float32 rows on the CPU
+    (``bincount`` is 3x faster than torch's); the sign and NaN are handled only where the rows
+    hold any (a map after a ReLU holds neither)."""
+    c = rows.shape[-1]
+    bits = np.ascontiguousarray(rows).view(np.int32)
+    signed = bool(bits.min() < 0)
+    mag = bits & 0x7FFFFFFF if signed else bits
+    key = mag >> (23 - scale.mantissa_bits)
+    key -= (127 + scale.min_exponent) << scale.mantissa_bits
+    np.clip(key, -1, scale.per_sign, out=key)
+    if signed:
+        key = np.where(bits < 0, scale.per_sign - key, key + (scale.per_sign + 2))
+    else:
+        key += scale.per_sign + 2
+    if mag.max() > 0x7F800000:
+        key[mag > 0x7F800000] = scale.n_buckets
+    key += np.arange(c, dtype=np.int32) * width
+    counts = np.bincount(key.ravel(), minlength=c * width).reshape(c, width)
+    return counts[:, :-1]
+
+
+class TapReducer:
+    """The reduce step of the scan's hooks (``capture(reduce=...)``): what is kept of each tapped
+    output, computed where the activations are, so that the map itself is not kept.
+
+    Args:
+        minima: taps whose spatial minimum is needed (a bottom-k).
+        positions: ``None`` for no histogram; else the positions per image counted in the
+            quantile histogram (:func:`sample_positions`; 0: every position).
+
+    Set :attr:`ids` (the image ids of the batch's rows, on the device) before each forward
+    pass: the sampled positions depend on the image."""
+
+    def __init__(self, minima=frozenset(), positions: int | None = None):
+        self.minima = set(minima)
+        self.positions = positions
+        self.ids: torch.Tensor | None = None
+
+    def __call__(self, name: str, output: torch.Tensor) -> Reduced:
+        act = output.detach()
+        values, index, mean = spatial_max(act)
+        low, low_index = spatial_min(act) if name in self.minima else (None, None)
+        hist = None
+        if self.positions is not None and self.ids is not None:
+            hist = position_histogram(act, self.ids, self.positions)
+        return Reduced(values, index, mean, low, low_index, hist)
+
+
+class PositionHistogram:
+    """Per channel, counts of activations per bucket over every batch (int64, on the device of
+    the activations); merged across shards by addition."""
+
+    def __init__(self, channels: int, device, scale: BucketScale = SCALE):
+        self.counts = torch.zeros((channels, scale.n_buckets), dtype=torch.int64, device=device)
+
+    def update(self, batch_counts: torch.Tensor) -> None:
+        self.counts += batch_counts
+
+    def state(self) -> np.ndarray:
+        return _snapshot(self.counts)
+
+    def load(self, counts: np.ndarray) -> None:
+        self.counts = torch.as_tensor(np.asarray(counts, dtype=np.int64), device=self.counts.device).clone()
 
 
 def _snapshot(t: torch.Tensor) -> np.ndarray:

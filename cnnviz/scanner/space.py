@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import ScanError
 from ..images.patches import patch_shape
 from ..run.format import position_dtype
+from ..run.quantiles import SCALE
 
 __all__ = ["estimate_bytes", "run_file_bytes", "check_space"]
 
@@ -18,31 +19,41 @@ _TOPK_ENTRY_BYTES = 4 + 8 + 4 + 4 + 16 + 16 + 16  # activation, id, y, x, three 
 
 
 def run_file_bytes(taps, n_images: int, top_k: int, maxima_dtype: str, patch_size: int,
-                   input_size: tuple[int, int], kept: set[str] | None = None) -> int:
+                   input_size: tuple[int, int], kept: set[str] | None = None, rankings: int = 1,
+                   bottom: tuple[int, set[str]] = (0, set()), means: set[str] = frozenset(),
+                   quantiles: bool = False) -> int:
     """About the size of the run file: the per-image maxima and positions (of the ``kept``
-    layers; default all), the top-k records and the patches (uncompressed), plus the per-image
-    records."""
+    layers; default all) and means (of the ``means`` layers), the records and patches of
+    ``rankings`` top-k per channel and of the bottom-k ``bottom = (k, layers)`` (uncompressed),
+    the quantile histograms, plus the per-image records."""
     total = n_images * (6 * 4 + 3 * 8 + 256)  # geometry, identity, path strings (generous)
     for tap in taps:
         c = tap.channels
-        if maxima_dtype != "none" and (kept is None or tap.name in kept):
-            total += n_images * c * (np.dtype(maxima_dtype).itemsize
-                                     + np.dtype(position_dtype(*tap.shape[1:])).itemsize)
+        value = 0 if maxima_dtype == "none" else np.dtype(maxima_dtype).itemsize
+        if value and (kept is None or tap.name in kept):
+            total += n_images * c * (value + np.dtype(position_dtype(*tap.shape[1:])).itemsize)
+            total += n_images * c * value * (tap.name in means)
         ph, pw = patch_shape(tap.rf, input_size, patch_size)
-        total += c * top_k * (_TOPK_ENTRY_BYTES + ph * pw * 3)
+        entries = top_k * rankings + (bottom[0] if tap.name in bottom[1] else 0)
+        total += c * entries * (_TOPK_ENTRY_BYTES + ph * pw * 3)
+        total += c * SCALE.n_buckets * 8 * quantiles
     return int(total * 1.05) + (1 << 20)
 
 
-def estimate_bytes(taps, n_images: int, config, input_size: tuple[int, int]) -> int:
+def estimate_bytes(taps, n_images: int, config, input_size: tuple[int, int],
+                   bottom: set[str] = frozenset()) -> int:
     """A whole scan's need at its peak, while the run file is written: the work folder's
     checkpoints (per-image rows), the decoded top-k images the patches are cut from (at most
     one per top-k entry) and the run file side by side."""
-    kept = config.kept_maxima(taps)
-    rows = 0 if config.maxima_dtype == "none" else sum(
-        tap.channels * (np.dtype(config.maxima_dtype).itemsize + 4) for tap in taps if tap.name in kept)
-    crops = min(n_images, sum(t.channels for t in taps) * config.top_k) * 3 * input_size[0] * input_size[1]
-    return rows * n_images + crops + run_file_bytes(taps, n_images, config.top_k, config.maxima_dtype,
-                                                    config.patch_size, input_size, kept)
+    kept, means = config.kept_maxima(taps), config.kept_means(taps)
+    value = 0 if config.maxima_dtype == "none" else np.dtype(config.maxima_dtype).itemsize
+    rows = sum(tap.channels * (value + 4 + value * (tap.name in means)) for tap in taps if tap.name in kept)
+    rankings = len(config.rankings)
+    entries = sum(t.channels * (config.top_k * rankings + config.bottom_k * (t.name in bottom)) for t in taps)
+    crops = min(n_images, entries) * 3 * input_size[0] * input_size[1]
+    return rows * n_images + crops + run_file_bytes(
+        taps, n_images, config.top_k, config.maxima_dtype, config.patch_size, input_size, kept, rankings,
+        (config.bottom_k, bottom), means, config.quantiles)
 
 
 def check_space(out: Path, need: int, already: int = 0) -> None:

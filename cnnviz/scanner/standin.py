@@ -22,6 +22,7 @@ import torch
 from ..model.taps import LayerTap
 from .checkpoint import CheckpointWriter
 from .config import ScanConfig
+from .reducers import Reduced
 from .state import ScanState
 from .workdir import WorkDir
 
@@ -48,7 +49,7 @@ class StandInTaps:
         n = x.shape[0]
         start = self.cursor % self.pool
         stop = min(start + n, self.pool)
-        self.outputs = {k: tuple(t[start:stop] for t in v) for k, v in self.data.items()}
+        self.outputs = {k: Reduced(*(t[start:stop] for t in v)) for k, v in self.data.items()}
         self.cursor += stop - start
 
 
@@ -65,7 +66,7 @@ def _batches(n_images: int, batch_size: int):
 
 def host_only_scan(taps: list[LayerTap], n_images: int, folder: Path, batch_size: int = 256,
                    top_k: int = 16, maxima_dtype: str = "none", pool: int | None = None,
-                   checkpoint_seconds: float = 60.0) -> dict:
+                   checkpoint_seconds: float = 60.0, rank_by: tuple[str, ...] = ("max", "mean")) -> dict:
     """Run the scan's loop over ``n_images`` stand-in images into the work folder ``folder``.
 
     Returns ``{"seconds", "reduce_seconds", "images", "wait_disk_seconds", "row_bytes"}``: the
@@ -78,7 +79,7 @@ def host_only_scan(taps: list[LayerTap], n_images: int, folder: Path, batch_size
     config = ScanConfig(top_k=top_k, batch_size=batch_size, maxima_dtype=maxima_dtype, progress=False,
                         checkpoint_seconds=checkpoint_seconds)
     kept = set() if maxima_dtype == "none" else {t.name for t in taps}
-    state = ScanState(taps, top_k, "cpu", maxima_dtype if kept else "float32", kept)
+    state = ScanState(taps, top_k, "cpu", maxima_dtype if kept else "float32", kept, rank_by)
     work = WorkDir(folder)
     work.create({"shard": [0, 1], "batch_size": batch_size, "n_images": n_images}, {})
     cap = StandInTaps(taps, min(n_images, pool or n_images))
@@ -106,7 +107,7 @@ class _ReducerTimer:
     def __init__(self, state: ScanState):
         self.seconds = 0.0
         for layer in state.layers:
-            for reducer in (layer.topk, layer.stats):
+            for reducer in (*layer.rankings.values(), layer.stats):
                 reducer.update = self._timed(reducer.update)
 
     def _timed(self, fn):

@@ -1,8 +1,9 @@
 """The state of a running scan, and the one place that names its checkpoint arrays.
 
-A scan's state is its reducers (per layer: exact top-k and statistics), the failures so far, its
-progress and the list of sealed row segments; the per-image rows (maxima and their positions,
-geometry, file identity) leave the main thread after every batch as :class:`Rows` and are
+A scan's state is its reducers (per layer: an exact top-k per ranking (by max, by mean, the
+bottom-k), statistics and the quantile histogram), the failures so far, its progress and the list
+of sealed row segments; the per-image rows (maxima, their positions and means, geometry, file
+identity) leave the main thread after every batch as :class:`Rows` and are
 streamed to segment files by the checkpoint writer (:mod:`.checkpoint`).
 :meth:`ScanState.to_arrays`/:meth:`ScanState.load` (``state.npz``), :meth:`ScanState.row_layout`
 and :func:`segment_columns` (the files of a segment) are the only code that knows those keys.
@@ -18,10 +19,15 @@ import torch
 
 from ..model.taps import LayerTap
 from ..run.format import position_dtype
-from .reducers import ChannelStats, RunningStats, TopK, merge_topk
+from .reducers import ChannelStats, PositionHistogram, Reduced, RunningStats, TopK, merge_topk
 
 __all__ = ["ScanState", "LayerReducer", "Rows", "HostCopy", "merge_states", "MergedLayer",
-           "segment_columns", "progress_of"]
+           "segment_columns", "progress_of", "RANKINGS"]
+
+#: The rankings a layer may keep, and the prefix of their checkpoint keys: images by their
+#: spatial maximum (always), by their spatial mean, and the bottom-k by their spatial minimum
+#: (held as a top-k of the negated minima).
+RANKINGS = {"max": "", "mean": "mean_", "min": "min_"}
 
 
 def _key(layer_index: int, name: str) -> str:
@@ -30,11 +36,29 @@ def _key(layer_index: int, name: str) -> str:
 
 @dataclass
 class LayerReducer:
-    """One layer's reducers."""
+    """One layer's reducers: a top-k per ranking (``rankings["max"]`` always; ``"mean"`` and
+    the bottom-k ``"min"`` when asked for), the statistics, and the histogram over positions
+    (``None`` without quantiles)."""
 
     tap: LayerTap
-    topk: TopK
+    rankings: dict[str, TopK]
     stats: RunningStats
+    histogram: PositionHistogram | None = None
+
+    @property
+    def topk(self) -> TopK:
+        return self.rankings["max"]
+
+    def update(self, r: Reduced, ids: torch.Tensor) -> None:
+        best = r.values.amax(dim=0)
+        self.topk.update(r.values, r.index, ids, best)
+        self.stats.update(r.values, r.mean, best)
+        if "mean" in self.rankings:  # the patch of a mean-ranked image is cut around its maximum
+            self.rankings["mean"].update(r.mean, r.index, ids)
+        if "min" in self.rankings:
+            self.rankings["min"].update(-r.min, r.min_index, ids)
+        if self.histogram is not None and r.histogram is not None:
+            self.histogram.update(r.histogram)
 
 
 class HostCopy:
@@ -59,23 +83,20 @@ class HostCopy:
 @dataclass
 class Rows:
     """One batch's per-image rows for the writer: ids, geometry and file identity of every image
-    of the batch, and per kept layer (maxima, flat positions); ``columns()`` gives them under the
-    segment's file keys, in their stored dtypes."""
+    of the batch, and per kept layer its maxima, their flat positions and (when kept) the spatial
+    means; ``columns()`` gives them under the segment's file keys, in their stored dtypes."""
 
     ids: np.ndarray
     geometry: np.ndarray
     identity: np.ndarray
-    keys: list[tuple[str, str]] = field(default_factory=list)  # (maxima key, position key) per kept layer
-    position_dtypes: list = field(default_factory=list)
+    layout: list[tuple[str, np.dtype]] = field(default_factory=list)  # (key, dtype) of each host array
     host: HostCopy | None = None
 
     def columns(self) -> dict[str, np.ndarray]:
         cols = {"ids": self.ids, "geometry": self.geometry, "identity": self.identity}
         arrays = self.host.arrays() if self.host is not None else []
-        for (mkey, pkey), dtype, maxima, pos in zip(self.keys, self.position_dtypes, arrays[0::2],
-                                                   arrays[1::2], strict=True):
-            cols[mkey] = maxima
-            cols[pkey] = pos.astype(dtype)
+        for (key, dtype), array in zip(self.layout, arrays, strict=True):
+            cols[key] = array.astype(dtype, copy=False)
         return cols
 
     @property
@@ -95,12 +116,18 @@ class ScanState:
     and returns the batch's rows, on their way to the host."""
 
     def __init__(self, taps: list[LayerTap], top_k: int, device, maxima_dtype: str,
-                 kept: set[str] | None = None):
+                 kept: set[str] | None = None, rank_by: tuple[str, ...] = ("max",), bottom_k: int = 0,
+                 bottom_layers: set[str] | None = None, quantiles: bool = False,
+                 means: set[str] | None = None):
         self.device = torch.device(device)
-        self.layers = [LayerReducer(t, TopK(t.channels, top_k, self.device),
-                                    RunningStats(t.channels, self.device)) for t in taps]
+        bottom = set() if bottom_layers is None or bottom_k < 1 else set(bottom_layers)
+        self.layers = [LayerReducer(t, self._rankings(t, top_k, rank_by, bottom_k if t.name in bottom else 0),
+                                    RunningStats(t.channels, self.device),
+                                    PositionHistogram(t.channels, self.device) if quantiles else None)
+                       for t in taps]
         self.maxima_dtype = maxima_dtype
         self.kept = {t.name for t in taps} if kept is None else set(kept)  # layers keeping maxima
+        self.means = set() if means is None else set(means) & self.kept  # ... and their means
         self.next_batch = 0  # batches of the plan done (a shard's progress)
         self.next_image = 0  # images [0, next_image) done (a single process's progress)
         self.elapsed_seconds = 0.0
@@ -109,10 +136,17 @@ class ScanState:
         self.failures: list[tuple[int, str]] = []
         self.segments: list[dict] = []  # sealed row segments (their files and CRCs)
 
+    def _rankings(self, tap: LayerTap, k: int, rank_by, bottom_k: int) -> dict[str, TopK]:
+        out = {r: TopK(tap.channels, k, self.device) for r in ("max", "mean") if r in rank_by or r == "max"}
+        if bottom_k:
+            out["min"] = TopK(tap.channels, bottom_k, self.device)
+        return out
+
     def add_batch(self, batch_index: int, ids: torch.Tensor, geometry: torch.Tensor,
                   identity: torch.Tensor, errors: list[str], reduced: dict) -> Rows:
-        """Fold one batch in: ``reduced[layer name]`` is the readable images' ``spatial_max``;
-        ``identity`` the files' ``(size, mtime_ns, digest)`` as they were read."""
+        """Fold one batch in: ``reduced[layer name]`` is the readable images'
+        :class:`~.reducers.Reduced`; ``identity`` the files' ``(size, mtime_ns, digest)`` as
+        they were read."""
         ok = np.array([e == "" for e in errors])
         self.failures += [(i, e) for i, e in zip(ids.tolist(), errors, strict=True) if e]
         readable = None if ok.all() else torch.from_numpy(np.flatnonzero(ok)).to(self.device)
@@ -120,46 +154,52 @@ class ScanState:
         kept = []
         for layer in self.layers:
             if layer.tap.name in reduced:
-                values, index, mean = reduced[layer.tap.name]
-                best = values.amax(dim=0)
-                layer.topk.update(values, index, ok_ids, best)
-                layer.stats.update(values, mean, best)
+                layer.update(reduced[layer.tap.name], ok_ids)
             if layer.tap.name in self.kept:
                 kept += self._rows(layer, reduced.get(layer.tap.name), len(errors), readable)
         self.next_batch = batch_index + 1
         self.next_image = int(ids[-1]) + 1
-        keys, dtypes = self.row_layout()
-        return Rows(ids.numpy().copy(), geometry.numpy().copy(), identity.numpy().copy(), keys, dtypes,
+        return Rows(ids.numpy().copy(), geometry.numpy().copy(), identity.numpy().copy(), self.row_layout(),
                     HostCopy(kept) if kept else None)
 
-    def _rows(self, layer: LayerReducer, reduced, n: int, readable: torch.Tensor | None):
-        """A batch's maxima (NaN for unreadable images) and positions, on the device."""
+    def _rows(self, layer: LayerReducer, reduced: Reduced | None, n: int, readable: torch.Tensor | None):
+        """A batch's maxima (NaN for unreadable images), positions and means (when kept), on
+        the device."""
         dtype = getattr(torch, self.maxima_dtype)
+        means = layer.tap.name in self.means
         if reduced is not None and readable is None:
-            return [reduced[0].to(dtype), reduced[1]]
+            return [reduced.values.to(dtype), reduced.index] + ([reduced.mean.to(dtype)] if means else [])
         c = layer.tap.channels
-        maxima = torch.full((n, c), float("nan"), dtype=dtype, device=self.device)
-        pos = torch.zeros((n, c), dtype=torch.int64, device=self.device)
+        out = [torch.full((n, c), float("nan"), dtype=dtype, device=self.device),
+               torch.zeros((n, c), dtype=torch.int64, device=self.device)]
+        if means:
+            out.append(torch.full((n, c), float("nan"), dtype=dtype, device=self.device))
         if reduced is not None:
-            maxima.index_copy_(0, readable, reduced[0].to(dtype))
-            pos.index_copy_(0, readable, reduced[1])
-        return [maxima, pos]
+            for row, value in zip(out, (reduced.values, reduced.index, reduced.mean), strict=False):
+                row.index_copy_(0, readable, value.to(row.dtype))
+        return out
 
-    def row_layout(self) -> tuple[list[tuple[str, str]], list]:
-        """Per kept layer, the segment keys of its (maxima, positions) and the positions' dtype."""
-        kept = [(i, la) for i, la in enumerate(self.layers) if la.tap.name in self.kept]
-        return ([(_key(i, "max"), _key(i, "pos")) for i, _ in kept],
-                [position_dtype(*la.tap.shape[1:]) for _, la in kept])
+    def row_layout(self) -> list[tuple[str, np.dtype]]:
+        """The segment key and stored dtype of each per-layer row array, in the order
+        :meth:`add_batch` hands them over: per kept layer its maxima, positions and means."""
+        return [(key, dtype) for key, dtype, _ in self._row_arrays()]
+
+    def _row_arrays(self) -> list[tuple[str, np.dtype, int]]:
+        out = []
+        for layer, keys in zip(self.layers, segment_columns(len(self.layers)), strict=True):
+            if layer.tap.name not in self.kept:
+                continue
+            c, value = layer.tap.channels, np.dtype(self.maxima_dtype)
+            out += [(keys["max"], value, c), (keys["pos"], np.dtype(position_dtype(*layer.tap.shape[1:])), c)]
+            if layer.tap.name in self.means:
+                out.append((keys["mean"], value, c))
+        return out
 
     def column_dtypes(self) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
         """Every segment file's dtype and row shape."""
         cols = {"ids": (np.dtype(np.int64), ()), "geometry": (np.dtype(np.int64), (6,)),
                 "identity": (np.dtype(np.int64), (3,))}
-        for i, layer in enumerate(self.layers):
-            if layer.tap.name in self.kept:
-                c = layer.tap.channels
-                cols[_key(i, "max")] = (np.dtype(self.maxima_dtype), (c,))
-                cols[_key(i, "pos")] = (np.dtype(position_dtype(*layer.tap.shape[1:])), (c,))
+        cols.update({key: (dtype, (c,)) for key, dtype, c in self._row_arrays()})
         return cols
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -173,10 +213,13 @@ class ScanState:
                   "failure_reasons": np.array([f[1] for f in self.failures], dtype=str),
                   "segments": np.array(json.dumps(self.segments))}
         for i, layer in enumerate(self.layers):
-            for k, v in layer.topk.state().items():
-                arrays[_key(i, k)] = v
+            for ranking, topk in layer.rankings.items():
+                for k, v in topk.state().items():
+                    arrays[_key(i, RANKINGS[ranking] + k)] = v
             for k, v in layer.stats.to_stats().state().items():
                 arrays[_key(i, "stat_" + k)] = v
+            if layer.histogram is not None:
+                arrays[_key(i, "hist")] = layer.histogram.state()
         return arrays
 
     def load(self, arrays: dict[str, np.ndarray]) -> None:
@@ -190,8 +233,11 @@ class ScanState:
                                  strict=True))
         self.segments = segments_of(arrays)
         for i, layer in enumerate(self.layers):
-            layer.topk.load({k: arrays[_key(i, k)] for k in ("values", "ids", "index")})
+            for ranking, topk in layer.rankings.items():
+                topk.load({k: arrays[_key(i, RANKINGS[ranking] + k)] for k in ("values", "ids", "index")})
             layer.stats = RunningStats.from_stats(_stats(arrays, i), self.device)
+            if layer.histogram is not None:
+                layer.histogram.load(arrays[_key(i, "hist")])
 
 
 def segments_of(arrays: dict[str, np.ndarray]) -> list[dict]:
@@ -212,33 +258,51 @@ def _stats(arrays, i: int) -> ChannelStats:
                                     for k in ChannelStats.__dataclass_fields__})
 
 
-def segment_columns(n_layers: int) -> list[tuple[str, str] | None]:
-    """Per layer, the segment keys of its (maxima, positions), for a reader that checks which
-    are there (a layer whose maxima are not kept has none)."""
-    return [(_key(i, "max"), _key(i, "pos")) for i in range(n_layers)]
+def segment_columns(n_layers: int) -> list[dict[str, str]]:
+    """Per layer, the segment keys of its ``max`` (maxima), ``pos`` (positions) and ``mean``
+    (spatial means) rows, for a reader that checks which are there (a layer whose maxima are not
+    kept has none; means are kept on request)."""
+    return [{"max": _key(i, "max"), "pos": _key(i, "pos"), "mean": _key(i, "mean")} for i in range(n_layers)]
 
 
 @dataclass
 class MergedLayer:
+    """One layer's merged reducers: the top-k by maximum (``values``, ``ids``, ``index``),
+    the statistics, the other rankings (``rankings["mean"]``; ``rankings["min"]``, the bottom-k,
+    holds the signed minima, most negative first) and the histogram (``None`` when not kept)."""
+
     values: np.ndarray
     ids: np.ndarray
     index: np.ndarray
     stats: ChannelStats
+    rankings: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    histogram: np.ndarray | None = None
 
 
-def merge_states(states: list[dict[str, np.ndarray]], n_layers: int, top_k: int):
-    """Top-k, statistics and failures of several shards' states merged (order-independent).
+def merge_states(states: list[dict[str, np.ndarray]], n_layers: int, top_k: int, bottom_k: int = 0):
+    """Top-k, statistics, histograms and failures of several shards' states merged
+    (order-independent).
 
     Returns ``(layers, failure_ids, failure_reasons, scan_seconds)``: one :class:`MergedLayer`
     per layer, failures sorted by image id, and the slowest shard's scanning time."""
     layers = []
     for i in range(n_layers):
-        cat = {k: np.concatenate([s[_key(i, k)] for s in states], axis=1) for k in ("values", "ids", "index")}
-        v, d, x = merge_topk(cat["values"], cat["ids"], top_k, cat["index"])
+        rankings = {}
+        for ranking, prefix in RANKINGS.items():
+            if _key(i, prefix + "values") not in states[0]:
+                continue
+            cat = {k: np.concatenate([s[_key(i, prefix + k)] for s in states], axis=1)
+                   for k in ("values", "ids", "index")}
+            k = bottom_k if ranking == "min" else top_k
+            v, d, x = merge_topk(cat["values"], cat["ids"], k, cat["index"])
+            rankings[ranking] = (-v if ranking == "min" else v, d, x)
         stats = _stats(states[0], i)
         for s in states[1:]:
             stats = stats.merged(_stats(s, i))
-        layers.append(MergedLayer(v, d, x, stats))
+        hist = None
+        if _key(i, "hist") in states[0]:
+            hist = np.sum([s[_key(i, "hist")] for s in states], axis=0, dtype=np.int64)
+        layers.append(MergedLayer(*rankings.pop("max"), stats, rankings, hist))
     fids = np.concatenate([s["failure_ids"] for s in states]).astype(np.int64)
     freasons = np.concatenate([s["failure_reasons"].astype(str) for s in states])
     order = np.argsort(fids, kind="stable")

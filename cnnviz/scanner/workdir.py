@@ -39,7 +39,7 @@ from ..errors import CnnvizWarning, ScanError
 __all__ = ["WorkDir", "work_path", "fsync_dir", "is_disk_full", "SegmentWriter", "WORK_FORMAT"]
 
 # the version of the work folder's layout: a resume or merge refuses another
-WORK_FORMAT = 2
+WORK_FORMAT = 3
 _ARRAY_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
 _HEADER_BYTES = 4096  # a .npy header of fixed size, rewritten with the row count when sealed
 
@@ -220,8 +220,11 @@ class WorkDir:
         segments = []
         if state is not None:
             upto = progress_of(state, meta["shard"][1], meta["batch_size"])
-            segments = [s for s in segments_of(state) if s["end"] <= upto]
+            listed = segments_of(state)
+            segments = [s for s in listed if s["end"] <= upto]
             state["segments"] = np.array(json.dumps(segments))
+            if len(segments) < len(listed):  # the state on disk must not list what is removed below
+                self.save_state(**state)
         listed = {s["name"] for s in segments}
         for p in self.path.iterdir():
             if p.name.startswith(("seg-", "part-")) and p.name not in listed:

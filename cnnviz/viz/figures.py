@@ -27,7 +27,8 @@ def _plt():
 
 def patch_montage(run: str | Path, layer: str, channel: int, columns: int | None = None,
                   extra: np.ndarray | None = None, extra_label: str = "attribution",
-                  tile_inches: float = 1.35):
+                  tile_inches: float = 1.35, rank_by: str = "max", bottom: bool = False,
+                  mask: bool = False, model=None, device: str = "cpu"):
     """The top-k patches of one channel, best first, with activation and image under each.
 
     Args:
@@ -36,20 +37,27 @@ def patch_montage(run: str | Path, layer: str, channel: int, columns: int | None
         columns: tiles per row (default: up to 8).
         extra: optional ``(k, h, w, 3)`` float images (e.g. attributions) shown in a second row
             under each patch.
+        rank_by: ``"max"`` or ``"mean"`` (a ranking the scan kept); ``bottom``: the bottom-k
+            (most negative images) instead.
+        mask: outline on each patch where the channel exceeds its top-0.5 % level over all
+            positions (:mod:`cnnviz.run.masks`). The maps are recomputed for the k images shown
+            with ``model`` (default: the run's model, reloaded; needs torch).
 
     Returns:
         A ``Figure`` whose axes are the tiles in rank order (titles ``#rank``).
     """
     plt = _plt()
+    criterion = "min" if bottom else rank_by
     with RunReader(run) as r:
         layer = r.resolve_layer(layer)
         r.check_channels(layer, channel)
-        g = r.layer(layer)
-        patches = g[fmt.TOPK_PATCHES][channel]
-        acts = g[fmt.TOPK_ACTIVATION][channel]
-        ids = g[fmt.TOPK_IMAGE_ID][channel]
+        grp = r.ranking(layer, criterion)
+        patches = grp[fmt.PATCHES][channel]
+        acts = grp[fmt.ACTIVATION][channel]
+        ids = grp[fmt.IMAGE_ID][channel]
         paths = r.paths
         title = channel_title(r, layer, channel)
+        masks = _patch_masks(r, run, layer, channel, grp, model, device) if mask else None
     valid = ids >= 0
     k = int(valid.sum())
     cols = columns or min(8, max(1, k))
@@ -63,6 +71,8 @@ def patch_montage(run: str | Path, layer: str, channel: int, columns: int | None
         row, col = divmod(r, cols)
         ax = axes[row * rows_per, col]
         ax.imshow(patches[r], interpolation="nearest")
+        if masks is not None and masks[r] is not None and masks[r].any():
+            ax.contour(masks[r].astype(np.float32), levels=[0.5], colors=[MASK_COLOUR], linewidths=0.9)
         ax.set_title(f"#{r + 1}", fontsize=7, pad=2)
         name = Path(str(paths[ids[r]])).name
         ax.text(0.5, -0.04, f"{acts[r]:.3g}\n{name[:22]}", transform=ax.transAxes, ha="center",
@@ -70,9 +80,31 @@ def patch_montage(run: str | Path, layer: str, channel: int, columns: int | None
         if extra is not None:
             axes[row * rows_per + 1, col].imshow(extra[r], interpolation="nearest")
             axes[row * rows_per + 1, col].set_title(extra_label, fontsize=5.5, pad=1)
-    fig.suptitle(f"{title}: top {k}", fontsize=9)
+    what = {"max": f"top {k}", "mean": f"top {k} by spatial mean", "min": f"most negative {k}"}[criterion]
+    fig.suptitle(f"{title}: {what}" + (", masks at the top-0.5 % level" if mask else ""), fontsize=9)
     fig.tight_layout(pad=0.4, h_pad=1.6, rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     return fig
+
+
+#: The outline of a threshold mask.
+MASK_COLOUR = "#00ffff"
+
+
+def _patch_masks(r: RunReader, run, layer: str, channel: int, grp, model, device: str) -> list:
+    """Per filled slot of a ranking, the channel's threshold mask on its patch (``None`` where
+    the image cannot be read again)."""
+    from ..run.geometry import LayerGeometry
+    from ..run.masks import threshold_mask
+    from .unitmaps import unit_maps
+
+    level = float(r.mask_levels(layer)[channel])
+    ids = grp[fmt.IMAGE_ID][channel]
+    boxes = grp[fmt.PATCH_BOX][channel]
+    geometry = LayerGeometry(r.layer(layer).attrs, r.preprocessing["crop"], int(r.attrs["patch_size"]))
+    maps = unit_maps(run, layer, [int(i) for i in ids[ids >= 0]], model, device)
+    return [None if maps.get(int(i)) is None else
+            threshold_mask(maps[int(i)][channel], level, geometry, boxes[j], geometry.patch_factor)
+            for j, i in enumerate(ids[ids >= 0])]
 
 
 def layer_overview(run: str | Path, layer: str, channels=None, per_channel: int = 4,

@@ -72,9 +72,13 @@ def show(df: pd.DataFrame, run: str | Path | None = None, max_rows: int = 100, s
                          "cnnviz.top_patches (or a filter of one)")
     rows = df.head(max_rows)
     shown = [c for c in (columns or _COLUMNS) if c in rows and (columns or rows[c].astype(str).any())]
+    # rows of a per-class table (or of a ranking by mean, or a bottom-k) say where their patch is
+    rank_by = rows["rank_by"] if "rank_by" in rows else pd.Series("max", index=rows.index)
+    where = rows["patch_rank"] if "patch_rank" in rows else rows["rank"]
     with RunReader(run) as reader:
-        cells = [_patch_cell(reader, str(r.layer), int(r.channel), int(r.rank), size)
-                 for r in rows[["layer", "channel", "rank"]].itertuples()]
+        cells = [_patch_cell(reader, str(layer), int(channel), int(rank), size, str(by))
+                 for layer, channel, rank, by in zip(rows["layer"], rows["channel"], where, rank_by,
+                                                     strict=True)]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in ("patch", *shown))
     body = "".join(
         "<tr><td>" + cell + "</td>" + "".join(f"<td>{_text(v)}</td>" for v in row) + "</tr>"
@@ -85,9 +89,12 @@ def show(df: pd.DataFrame, run: str | Path | None = None, max_rows: int = 100, s
                       f"</tbody></table>{more}", len(rows))
 
 
-def _patch_cell(reader: RunReader, layer: str, channel: int, rank: int, size: int) -> str:
+def _patch_cell(reader: RunReader, layer: str, channel: int, rank: int, size: int,
+                rank_by: str = "max") -> str:
     reader.check_channels(layer, channel, "df")
-    patch = reader.layer(layer)[fmt.TOPK_PATCHES][channel, rank]
+    if rank < 0:
+        return "<small>not stored</small>"  # a class's image outside the channel's top-k
+    patch = reader.ranking(layer, rank_by)[fmt.PATCHES][channel, rank]
     scale = max(1, size // max(patch.shape[:2]))
     image = Image.fromarray(np.ascontiguousarray(patch))
     buf = io.BytesIO()
