@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["data_file", "ImageNetClass", "imagenet_classes", "label_name", "label_names", "class_indices"]
+__all__ = ["data_file", "ImageNetClass", "imagenet_classes", "label_name", "label_names", "label_class",
+           "class_indices"]
 
 _WNID = re.compile(r"n\d{8}")
 
@@ -81,6 +82,21 @@ def label_names(labels: Sequence[str] | None, class_names: Sequence[str] | None 
     cache: dict[str, str | None] = {}
     return [cache.setdefault(str(lab), label_name(lab, class_names)) if lab is not None else None
             for lab in labels]
+
+
+def label_class(label: str | None, class_names: Sequence[str] | None) -> int:
+    """The model's class a label names, or -1: a class index in range, a WordNet id of an
+    ImageNet-1k class (for a model of those 1000 classes), or a class name itself."""
+    if not label or class_names is None:
+        return -1
+    label = str(label)
+    if label.isdigit():
+        return int(label) if int(label) < len(class_names) else -1
+    match = _WNID.match(label)
+    if match and match.group(0) in _by_wnid() and len(class_names) == len(imagenet_classes()):
+        return _by_wnid()[match.group(0)].index
+    names = [str(c) for c in class_names]
+    return names.index(label) if label in names else -1
 
 
 _NUMBERS = re.compile(r"\d+(\s*-\s*\d+)?")

@@ -26,10 +26,12 @@ import torch
 from ..errors import UsageError
 from ..model.copying import without_inplace
 from ..model.precision import precision_scope
+from ..model.relevance import relevance_pass
 from ..run import format as fmt
 from ..run.reader import RunReader
 
-__all__ = ["Relevance", "layer_relevance", "explain_prediction"]
+__all__ = ["Relevance", "layer_relevance", "explain_prediction", "explain_predictions",
+           "ExplainedPredictions"]
 
 
 @dataclass
@@ -41,56 +43,45 @@ class Relevance:
     peaks: dict[str, torch.Tensor]
     targets: torch.Tensor
     probabilities: torch.Tensor
+    maps: dict[str, np.ndarray] | None = None  # (N, C, H', W') activation x gradient, on request
 
 
 def layer_relevance(module: torch.nn.Module, x: torch.Tensor, layers: Sequence[str],
-                    targets: torch.Tensor | None = None, precision: str = "fp32") -> Relevance:
+                    targets: torch.Tensor | None = None, precision: str = "fp32",
+                    keep_maps: bool = False) -> Relevance:
     """Relevance of every channel of ``layers`` for the logits ``targets`` (default: each
-    image's top-1 class), from one forward and one backward pass.
+    image's top-1 class), from one forward and one backward pass
+    (:func:`cnnviz.model.relevance.relevance_pass`, on a copy without in-place activations).
 
     Args:
-        module: the network (its in-place activations are run out of place on a copy).
+        module: the network.
         x: the normalized input batch ``(N, 3, H, W)`` on the module's device.
         layers: module names of the taps.
         targets: ``(N,)`` class indices, or ``None`` for the model's top-1 classes.
-
-    Raises:
-        UsageError: a tap whose output the network changes in place afterwards (its gradient
-            would not be the output's): tap the enclosing block instead.
     """
-    net = without_inplace(module)
-    outputs: dict[str, torch.Tensor] = {}
-    handles = [net.get_submodule(name).register_forward_hook(_keeper(outputs, name)) for name in layers]
-    try:
-        with torch.enable_grad(), precision_scope(precision, x.device):
-            logits = net(x.detach().requires_grad_(True))  # the model's weights are frozen
-            _check_unchanged(outputs)
-            chosen = logits.argmax(dim=1) if targets is None else targets.to(logits.device)
-            score = logits.gather(1, chosen[:, None]).sum()
-            grads = torch.autograd.grad(score, [outputs[n][0] for n in layers])
-    finally:
-        for h in handles:
-            h.remove()
-    sums, peaks = {}, {}
-    for name, grad in zip(layers, grads, strict=True):
-        product = (outputs[name][0] * grad).detach().float()
+    with precision_scope(precision, x.device):
+        p = relevance_pass(without_inplace(module), x, layers, targets)
+    sums, peaks, maps = {}, {}, {}
+    for name in layers:
+        product = p.products[name].float()
         flat = product.flatten(2) if product.dim() == 4 else product[:, :, None]
         sums[name], peaks[name] = flat.sum(dim=2), flat.argmax(dim=2)
-    return Relevance(sums, peaks, chosen.detach(), logits.detach().float().softmax(dim=1))
+        if keep_maps:
+            maps[name] = (product if product.dim() == 4 else product[:, :, None, None]).cpu().numpy()
+    return Relevance(sums, peaks, p.targets, p.logits.float().softmax(dim=1), maps if keep_maps else None)
 
 
-def _keeper(outputs: dict, name: str):
-    def hook(mod, inputs, output):
-        outputs[name] = (output, output._version)
-    return hook
+@dataclass
+class ExplainedPredictions:
+    """What :func:`explain_predictions` computes: the table, the crops the network saw, the
+    model's top-5 classes per image and, per ``(image, layer, channel)`` row of the table, the
+    channel's relevance map ``(H', W')``."""
 
-
-def _check_unchanged(outputs: dict) -> None:
-    changed = [n for n, (out, version) in outputs.items() if out._version != version]
-    if changed:
-        raise UsageError(f"`layers` {', '.join(changed)}: the network changes this output in place after it "
-                         "is made (a residual sum?), so its relevance is not defined; use the enclosing "
-                         "block's output")
+    table: pd.DataFrame
+    paths: list[Path]
+    crops: np.ndarray
+    predictions: list[list[tuple[int, str, float]]]
+    maps: dict[tuple[int, str, int], np.ndarray]
 
 
 def explain_prediction(image: str | Path, run: str | Path, target: int | str | None = None,
@@ -109,9 +100,9 @@ def explain_prediction(image: str | Path, run: str | Path, target: int | str | N
         examples: dataset examples per channel (the run's top-k images).
 
     Returns:
-        One row per (layer, channel): ``layer``, ``channel``, ``channel_name``, ``relevance``
-        (``R_c``), ``share`` (``R_c / sum |R|`` over the layer), ``rank`` (1 = most relevant in
-        its layer), ``y``, ``x`` (where the channel's relevance peaks), ``target``,
+        One row per (layer, channel): ``image``, ``layer``, ``channel``, ``channel_name``,
+        ``relevance`` (``R_c``), ``share`` (``R_c / sum |R|`` over the layer), ``rank`` (1 = most
+        relevant in its layer), ``y``, ``x`` (where the channel's relevance peaks), ``target``,
         ``target_name``, ``probability`` (the model's, for ``target``), ``predicted``,
         ``predicted_name``, ``examples`` (paths of the channel's dataset examples) and
         ``examples_by`` (``relevance`` when the run ranked its examples by relevance, else
@@ -121,28 +112,61 @@ def explain_prediction(image: str | Path, run: str | Path, target: int | str | N
         >>> df = explain_prediction("cat.jpg", "run.h5")                       # doctest: +SKIP
         >>> df[df.layer == "layer4.2"].head()                                  # doctest: +SKIP
     """
-    from ..images.decoding import decode_file
-    from ..labels import class_indices
+    return explain_predictions([image], run, target, layers, top, model, device, examples).table
+
+
+def explain_predictions(images: Sequence[str | Path], run: str | Path, target: int | str | None = None,
+                        layers: Sequence[str] | None = None, top: int = 10, model=None,
+                        device: str = "cpu", examples: int = 4) -> ExplainedPredictions:
+    """:func:`explain_prediction` for several images, keeping what a page shows of them."""
     from ..model.device import check_device
-    from ..viz.attribution import model_of_run
+    from ..viz.attribution import check_model_fits, model_of_run
 
     check_device(device)
+    paths = [Path(p) for p in images]
     with RunReader(run) as reader:
-        names = [n for n in reader.layers if reader.unit(n) == "map"] if layers is None else list(layers)
-        for name in names:
-            reader.check_layer(name, "layers")
+        names = [n for n in reader.layers if reader.unit(n) == "map"] if layers is None else \
+            [reader.resolve_layer(n, "layers") for n in layers]
         model = model or model_of_run(run, device=device)
-        t = None if target is None else class_indices(str(target), model.class_names, "target")[0]
-        try:
-            decoded = decode_file(image, model.preprocessing.resize)
-        except Exception as exc:  # noqa: BLE001 - any decoding failure is the user's file, named
-            raise UsageError(f"`image`: cannot read {image} ({type(exc).__name__}: {exc})") from None
-        crop = model.preprocessing.crop_uint8(decoded.image, decoded.original_size)[0]
-        x = model.preprocessing.normalize(torch.from_numpy(crop[None]).to(model.device))
-        rel = layer_relevance(model.module, x, names, None if t is None else torch.tensor([t]),
-                              precision=reader.precision)
-        frames = [_layer_rows(reader, model, name, rel, top, examples) for name in names]
-    return pd.concat(frames, ignore_index=True)
+        check_model_fits(model, reader, names)
+        t = _target(target, model)
+        crops, frames, predictions, maps = [], [], [], {}
+        for i, path in enumerate(paths):
+            crop = _crop(path, model)
+            x = model.preprocessing.normalize(torch.from_numpy(crop[None]).to(model.device))
+            rel = layer_relevance(model.module, x, names, None if t is None else torch.tensor([t]),
+                                  precision=reader.precision, keep_maps=True)
+            rows = pd.concat([_layer_rows(reader, model, name, rel, top, examples) for name in names],
+                             ignore_index=True)
+            rows.insert(0, "image", str(path))
+            for row in rows.itertuples():
+                maps[(i, row.layer, int(row.channel))] = rel.maps[row.layer][0, int(row.channel)]
+            crops.append(crop)
+            frames.append(rows)
+            predictions.append(_top5(model, rel.probabilities[0]))
+    return ExplainedPredictions(pd.concat(frames, ignore_index=True), paths, np.stack(crops), predictions,
+                                maps)
+
+
+def _target(target, model) -> int | None:
+    from ..labels import class_indices
+
+    return None if target is None else class_indices(str(target), model.class_names, "target")[0]
+
+
+def _crop(path: Path, model) -> np.ndarray:
+    from ..images.decoding import decode_file
+
+    try:
+        decoded = decode_file(path, model.preprocessing.resize)
+    except Exception as exc:  # noqa: BLE001 - any decoding failure is the user's file, named
+        raise UsageError(f"`images`: cannot read {path} ({type(exc).__name__}: {exc})") from None
+    return model.preprocessing.crop_uint8(decoded.image, decoded.original_size)[0]
+
+
+def _top5(model, probabilities: torch.Tensor) -> list[tuple[int, str, float]]:
+    values, indices = probabilities.topk(min(5, len(probabilities)))
+    return [(int(i), model.class_name(int(i)), float(v)) for v, i in zip(values, indices, strict=True)]
 
 
 def _layer_rows(reader: RunReader, model, name: str, rel: Relevance, top: int,
@@ -153,7 +177,8 @@ def _layer_rows(reader: RunReader, model, name: str, rel: Relevance, top: int,
     order = np.lexsort((np.arange(len(sums)), -sums))[:top]
     width = int(reader.layer(name).attrs["width"])
     names = reader.channel_names(name)
-    ids = reader.layer(name)[fmt.TOPK_IMAGE_ID][()]
+    by = "relevance" if "relevance" in reader.rankings(name) else "max"
+    ids = reader.ranking(name, by)[fmt.IMAGE_ID][()]
     paths = reader.paths
     target = int(rel.targets[0])
     predicted = int(rel.probabilities[0].argmax())
@@ -166,5 +191,5 @@ def _layer_rows(reader: RunReader, model, name: str, rel: Relevance, top: int,
         "probability": float(rel.probabilities[0, target]),
         "predicted": predicted, "predicted_name": model.class_name(predicted),
         "examples": [[str(paths[i]) for i in ids[c] if i >= 0][:n_examples] for c in order],
-        "examples_by": "max",
+        "examples_by": by,
     })

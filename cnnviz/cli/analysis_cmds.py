@@ -21,6 +21,13 @@ def add_explain(sub) -> None:
     p.add_argument("--model", default=None, help="the run's model (default: reloaded from the run file)")
     p.add_argument("--weights", default="DEFAULT", help=WEIGHTS_HELP)
     p.add_argument("--device", default="cpu", help="device for the forward pass (default: cpu)")
+    p.add_argument("--why", action="store_true",
+                   help="instead: the channels of each layer that contributed most to the model's "
+                        "decision (relevance: activation x gradient of the class logit; "
+                        "docs/relevance.md), beside their dataset examples")
+    p.add_argument("--target", default=None,
+                   help="with --why: the class to explain (index, name, WordNet lemma or id; default: "
+                        "the model's top-1 class)")
     p.set_defaults(func=run_explain)
 
 
@@ -42,6 +49,10 @@ def run_explain(args) -> int:
 
         model = load(args)
     layers = args.layers.split(",") if args.layers else None
+    if args.why:
+        return _why(args, layers, model)
+    if args.target is not None:
+        raise UsageError("`target` goes with `why`: the class whose decision is explained")
     result = explain_images(args.images, args.run, layers, model=model, device=args.device)
     table = result.table
     if args.csv:
@@ -66,6 +77,38 @@ def run_explain(args) -> int:
 
         index = write_explain_page(result, args.run, args.out, top=args.top)
         print(f"explain page: {index.resolve()}", file=sys.stderr if args.csv else sys.stdout)
+    return 0
+
+
+def _why(args, layers, model) -> int:
+    import pandas as pd
+
+    from ..analysis.relevance import explain_predictions
+
+    result = explain_predictions(args.images, args.run, args.target, layers, top=args.top, model=model,
+                                 device=args.device)
+    table = result.table
+    if args.csv:
+        table.assign(examples=table.examples.str.join(";")).to_csv(sys.stdout, index=False)
+    else:
+        cols = ["layer", "channel", "channel_name", "relevance", "share", "y", "x", "example"]
+        shown = table.assign(example=[e[0].rsplit("/", 1)[-1] if e else "" for e in table.examples])
+        if not shown["channel_name"].astype(bool).any():
+            cols.remove("channel_name")
+        with pd.option_context("display.width", 200, "display.max_colwidth", 48):
+            groups = shown.groupby("image", sort=False)
+            for (image, rows), seen in zip(groups, result.predictions, strict=True):
+                first = rows.iloc[0]
+                print(image)
+                print("the model sees: " + ", ".join(f"{name} {p:.1%}" for _, name, p in seen))
+                print(f"why {first.target_name} ({first.probability:.1%}): the channels that contributed "
+                      f"most, with their first dataset example (by {first.examples_by})")
+                print(rows[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"), end="\n\n")
+    if args.out:
+        from ..viz.report.analysis_pages import write_why_page
+
+        index = write_why_page(result, args.run, args.out, top=args.top)
+        print(f"why page: {index.resolve()}", file=sys.stderr if args.csv else sys.stdout)
     return 0
 
 

@@ -15,9 +15,9 @@ def add_top(sub) -> None:
     p.add_argument("--channel", type=int, default=None, help="one channel (default: all)")
     p.add_argument("--csv", action="store_true", help="CSV with every column, to stdout")
     p.add_argument("--max-rows", type=int, default=200, help="rows printed (default: 200)")
-    p.add_argument("--rank-by", default="max", choices=["max", "mean"],
-                   help="the images ranked by spatial max or by spatial mean (scans keep both by "
-                        "default) (default: max)")
+    p.add_argument("--rank-by", default="max", choices=["max", "mean", "relevance"],
+                   help="the images ranked by spatial max, by spatial mean (scans keep both by "
+                        "default) or by relevance (a scan with --rank-by ...,relevance) (default: max)")
     p.add_argument("--bottom", action="store_true",
                    help="the most negative images instead (a scan with --bottom-k)")
     p.add_argument("--label", default=None,
@@ -162,8 +162,8 @@ def add_plot(sub) -> None:
     p.add_argument("--channel", type=int, default=0, help="(montage, distribution)")
     p.add_argument("--channels", default=None, help="(overview) default: the first 64")
     p.add_argument("--out", required=True, help="image file (.png, .svg, .pdf)")
-    p.add_argument("--rank-by", default="max", choices=["max", "mean"],
-                   help="(montage) the images ranked by spatial max or mean (default: max)")
+    p.add_argument("--rank-by", default="max", choices=["max", "mean", "relevance"],
+                   help="(montage) the images ranked by spatial max, mean or relevance (default: max)")
     p.add_argument("--bottom", action="store_true", help="(montage) the most negative images instead")
     p.add_argument("--mask", action="store_true",
                    help="(montage) outline where the channel exceeds its top-0.5%% level (reloads the "

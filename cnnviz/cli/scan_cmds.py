@@ -54,10 +54,12 @@ def add_scan(sub) -> None:
                    help="keep each image's spatial mean beside its maximum, where maxima are kept "
                         "(in --maxima's dtype: two thirds more than the maxima and positions take); "
                         "the ranking by mean needs none")
-    p.add_argument("--rank-by", default="max,mean", metavar="max[,mean]",
+    p.add_argument("--rank-by", default="max,mean", metavar="max[,mean][,relevance]",
                    help="rankings kept per channel, each an exact top-k with patches: max (images by "
-                        "their spatial maximum: a strong small part, textures) and mean (by their "
-                        "spatial mean: the whole map, whole objects) (default: max,mean)")
+                        "their spatial maximum: a strong small part, textures), mean (by their "
+                        "spatial mean: the whole map, whole objects) and relevance (by the channel's "
+                        "contribution to the image's class logit, activation x gradient: a backward "
+                        "pass per batch; docs/relevance.md) (default: max,mean)")
     p.add_argument("--bottom-k", type=int, default=0, metavar="K",
                    help="also keep the K most negative images per channel (by spatial minimum), for "
                         "signed units: logits, Linear layers, taps before a ReLU; layers after a ReLU "

@@ -31,7 +31,8 @@ ATTR_LAYERS = "layers"  # JSON list
 ATTR_PREPROCESSING = "preprocessing"  # JSON dict
 ATTR_WEIGHTS_SPEC = "weights_spec"  # JSON dict; absent in files written before cnnviz 0.2
 ATTR_PRECISION = "precision"  # fp32, tf32 or amp; since cnnviz 0.4 (older files: from `amp`)
-ATTR_RANK_BY = "rank_by"  # JSON list of the rankings kept ("max", "mean"); since 0.4 (absent: ["max"])
+ATTR_RANK_BY = "rank_by"  # JSON list of the rankings kept (RANK_BY); since 0.4 (absent: ["max"])
+ATTR_RELEVANCE_TARGET = "relevance_target"  # since 0.4, with rank_by relevance: whose logit it is
 ATTR_BOTTOM_K = "bottom_k"  # entries of each bottom-k; since 0.4 (absent or 0: none)
 
 # attributes of layers/<name> (since cnnviz 0.3; absent means "map", False)
@@ -42,11 +43,15 @@ LAYER_LOGITS = "logits"  # the layer's output is the network's output: channel c
 MAXIMA = "maxima"
 POSITION = "position"
 MEANS = "means"  # since 0.4: per-image spatial means, beside the maxima (on request)
+RELEVANCE = "relevance"  # since 0.4: per-image relevance, beside the maxima (with rank_by relevance)
 STATS = "stats"
 TOPK = "topk"
 TOPK_MEAN = "topk_mean"  # since 0.4: the images ranked by spatial mean, same datasets as topk/
 BOTTOMK = "bottomk"  # since 0.4: the most negative images (by spatial minimum), same datasets
-RANKING_GROUPS = {"max": TOPK, "mean": TOPK_MEAN, "min": BOTTOMK}
+TOPK_RELEVANCE = "topk_relevance"  # since 0.4: the images ranked by relevance, same datasets as topk/
+RANKING_GROUPS = {"max": TOPK, "mean": TOPK_MEAN, "relevance": TOPK_RELEVANCE, "min": BOTTOMK}
+#: the rankings a scan may be asked for, in their order (``min`` is the bottom-k)
+RANK_BY = ("max", "mean", "relevance")
 # the datasets of each ranking group (topk/, topk_mean/, bottomk/)
 ACTIVATION = "activation"
 IMAGE_ID = "image_id"

@@ -312,7 +312,8 @@ class RunReader:
         """The group of one ranking of ``layer`` (``topk``, ``topk_mean`` or ``bottomk``); a
         ranking the run did not keep is one line saying how to get it."""
         if rank_by not in fmt.RANKING_GROUPS:
-            raise UsageError(f"`rank_by` {rank_by!r}: choose max or mean (the bottom-k: `bottom=True`)")
+            raise UsageError(f"`rank_by` {rank_by!r}: choose {', '.join(fmt.RANK_BY)} (the bottom-k: "
+                             "`bottom=True`)")
         g = self.layer(layer)
         group = fmt.RANKING_GROUPS[rank_by]
         if group not in g:
@@ -320,7 +321,7 @@ class RunReader:
                 raise UsageError(f"{self.path.name} kept no bottom-k for {layer} (scan with `bottom_k` "
                                  "and a layer that can be negative)")
             raise UsageError(f"`rank_by` {rank_by!r}: {self.path.name} ranked the images of {layer} by "
-                             f"{' and '.join(self.rankings(layer))} only (scan with `rank_by=max,mean`)")
+                             f"{' and '.join(self.rankings(layer))} only (scan with `rank_by=max,{rank_by}`)")
         return g[group]
 
     def has_quantiles(self, layer: str) -> bool:

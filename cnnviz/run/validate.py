@@ -64,8 +64,8 @@ class _Checker:
         self.k = _count(a["top_k"], "top_k", n, low=1) if n else _count(a["top_k"], "top_k")
         self.bottom_k = _count(a.get(fmt.ATTR_BOTTOM_K, 0), "bottom_k", max(n, 1))
         rank_by = json.loads(a.get(fmt.ATTR_RANK_BY, '["max"]'))
-        if not isinstance(rank_by, list) or "max" not in rank_by or not set(rank_by) <= {"max", "mean"}:
-            raise _Bad(f"its rank_by {rank_by!r} is not a list of max and mean")
+        if not isinstance(rank_by, list) or "max" not in rank_by or not set(rank_by) <= set(fmt.RANK_BY):
+            raise _Bad(f"its rank_by {rank_by!r} is not a list of {', '.join(fmt.RANK_BY)}")
         layers = json.loads(a[fmt.ATTR_LAYERS])
         if not isinstance(layers, list) or not all(isinstance(x, str) for x in layers):
             raise _Bad("its layer list is not a list of names")
@@ -141,10 +141,11 @@ class _Checker:
             raise _Bad(f"{at}{fmt.STATS} is missing")
         for stat in stats:
             self.dataset(f"{at}{fmt.STATS}/{stat}", (c,))
-        if fmt.MAXIMA in g or fmt.POSITION in g or fmt.MEANS in g:
+        if fmt.MAXIMA in g or fmt.POSITION in g or fmt.MEANS in g or fmt.RELEVANCE in g:
             self.dataset(at + fmt.MAXIMA, (self.n, c))
             self.dataset(at + fmt.POSITION, (self.n, c))
             self.dataset(at + fmt.MEANS, (self.n, c), required=False)
+            self.dataset(at + fmt.RELEVANCE, (self.n, c), required=False)
         self._optimized(g, at, c)
         self._quantiles(g, at, c)
 

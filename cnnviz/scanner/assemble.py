@@ -165,8 +165,10 @@ class _Inputs:
 def _write(f: h5py.File, inputs: _Inputs, segments, merged, fail_ids, fail_reasons, world: int) -> None:
     meta, lib = inputs.meta, inputs.lib
     write_header(f, meta, len(lib), n_failed=len(fail_ids), world=world)
-    geometry, identity = _write_images(f, lib, segments, fail_ids, fail_reasons, inputs.taps,
-                                       set(meta["maxima_layers"]), set(meta["means_layers"]))
+    kept = set(meta["maxima_layers"])
+    relevance = kept if "relevance" in meta["rank_by"] else set()
+    geometry, identity = _write_images(f, lib, segments, fail_ids, fail_reasons, inputs.taps, kept,
+                                       set(meta["means_layers"]), relevance)
     jobs = []
     for tap, layer in zip(inputs.taps, merged, strict=True):
         g = f[fmt.layer_group(tap.name)]
@@ -231,6 +233,8 @@ def write_header(f: h5py.File, meta: dict, n_images: int, n_failed: int, world: 
     a[fmt.ATTR_PRECISION] = meta.get("precision", "amp" if meta["amp"] else "fp32")
     a[fmt.ATTR_RANK_BY] = json.dumps(meta.get("rank_by", ["max"]))
     a[fmt.ATTR_BOTTOM_K] = int(meta.get("bottom_k", 0))
+    if meta.get("relevance_target"):
+        a[fmt.ATTR_RELEVANCE_TARGET] = meta["relevance_target"]
     a["world_size"] = world
     if meta.get("class_names"):
         f.create_dataset(fmt.CLASS_NAMES, data=np.array(meta["class_names"], dtype=object), dtype=_STR)
@@ -244,12 +248,12 @@ def _strings(f: h5py.File, path: str, values) -> None:
 
 
 def _write_images(f, lib, segments, fail_ids, fail_reasons, taps, kept: set[str],
-                  means: set[str] = frozenset()):
+                  means: set[str] = frozenset(), relevance: set[str] = frozenset()):
     n = len(lib)
     write_image_records(f, lib.relpaths, lib.labels, fail_ids, fail_reasons)
     geometry = np.zeros((n, 6), dtype=np.int32)
     identity = np.zeros((n, 3), dtype=np.int64)
-    dsets = create_layer_maxima(f, taps, n, kept, means)
+    dsets = create_layer_maxima(f, taps, n, kept, means, relevance)
     for work, seg in sorted(segments, key=lambda ws: ws[1]["first"]):
         ids = np.asarray(_column(work, seg, "ids"))
         geometry[ids] = _column(work, seg, "geometry")
@@ -277,9 +281,11 @@ def write_image_records(f, relpaths, labels, fail_ids, fail_reasons) -> None:
     _strings(f, fmt.FAILURE_REASON, fail_reasons)
 
 
-def create_layer_maxima(f, taps, n: int, kept: set[str], means: set[str] = frozenset()) -> list:
-    """Each layer's group, with empty ``{"max": maxima, "pos": position[, "mean": means]}``
-    datasets (row chunks of about 1 MB) where its maxima are kept, else ``None``."""
+def create_layer_maxima(f, taps, n: int, kept: set[str], means: set[str] = frozenset(),
+                        relevance: set[str] = frozenset()) -> list:
+    """Each layer's group, with empty ``{"max": maxima, "pos": position[, "mean": means]
+    [, "rel": relevance]}`` datasets (row chunks of about 1 MB) where its maxima are kept, else
+    ``None``."""
     dsets = []
     for tap in taps:
         g = f.create_group(fmt.layer_group(tap.name))
@@ -294,9 +300,10 @@ def create_layer_maxima(f, taps, n: int, kept: set[str], means: set[str] = froze
                                         fillvalue=np.nan, fletcher32=True),
                 "pos": g.create_dataset(fmt.POSITION, shape=(n, c), dtype=fmt.position_dtype(*tap.shape[1:]),
                                         chunks=(rows, c), fletcher32=True)}
-        if tap.name in means:
-            made["mean"] = g.create_dataset(fmt.MEANS, shape=(n, c), dtype=dtype, chunks=(rows, c),
-                                            fillvalue=np.nan, fletcher32=True)
+        for key, wanted, path in (("mean", means, fmt.MEANS), ("rel", relevance, fmt.RELEVANCE)):
+            if tap.name in wanted:
+                made[key] = g.create_dataset(path, shape=(n, c), dtype=dtype, chunks=(rows, c),
+                                             fillvalue=np.nan, fletcher32=True)
         dsets.append(made)
     return dsets
 

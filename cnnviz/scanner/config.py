@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ScanError, UsageError
+from ..run.format import RANK_BY
 
 __all__ = ["ScanConfig", "check_output", "check_scan_device"]
 
@@ -52,7 +53,11 @@ class ScanConfig:
         rank_by: the rankings kept per channel, each an exact top-k with patches: ``"max"``
             (images by their spatial maximum: a small strong part, textures) and ``"mean"`` (by
             their spatial mean: the whole map, whole objects); a list or ``"max,mean"``. ``max``
-            is always kept. A mean-ranked image's patch is cut around its maximum.
+            is always kept. A mean-ranked image's patch is cut around its maximum. ``"relevance"``
+            ranks by each channel's contribution to the image's class logit (activation x
+            gradient summed over positions: ``docs/relevance.md``; the class is the image's label
+            where it names one of the model's classes, else the model's top-1), its patch cut
+            where the relevance peaks; it costs a backward pass per batch.
         bottom_k: also keep the ``bottom_k`` images with the most negative spatial minimum per
             channel, with patches around that minimum (0: none), for signed units (logits,
             ``Linear`` layers, taps before a ReLU); layers whose output cannot be negative are
@@ -128,13 +133,17 @@ class ScanConfig:
         """``rank_by`` as a checked tuple in the order ``max``, ``mean``."""
         asked = self.rank_by.split(",") if isinstance(self.rank_by, str) else list(self.rank_by)
         asked = [str(r).strip() for r in asked if str(r).strip()]
-        unknown = [r for r in asked if r not in ("max", "mean")]
+        unknown = [r for r in asked if r not in RANK_BY]
         if unknown:
-            raise UsageError(f"`rank_by` {','.join(unknown)}: choose max, mean or max,mean")
+            raise UsageError(f"`rank_by` {','.join(unknown)}: choose among {', '.join(RANK_BY)} (e.g. "
+                             "max,mean)")
         if "max" not in asked:
             raise UsageError(f"`rank_by` {','.join(asked) or repr(self.rank_by)}: the ranking by max is "
                              "always kept (the run's topk); ask for max,mean")
-        return tuple(r for r in ("max", "mean") if r in asked)
+        if "relevance" in asked and self.compile:
+            raise UsageError("`rank_by` relevance needs a backward pass, which `compile=True` does not "
+                             "run: scan without `compile=True`")
+        return tuple(r for r in RANK_BY if r in asked)
 
     def bottom_named(self, taps) -> set[str] | None:
         """The layers named in ``bottom_layers`` (checked against the taps), ``None`` if none."""

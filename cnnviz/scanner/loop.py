@@ -35,6 +35,7 @@ from .checkpoint import CheckpointWriter
 from .config import ScanConfig, check_folder, check_output
 from .lock import OutputLock
 from .reducers import TapReducer
+from .relevance import TARGET_RULE
 from .space import check_space, estimate_bytes
 from .state import ScanState
 from .workdir import WORK_FORMAT, WorkDir, work_path
@@ -121,7 +122,7 @@ def _scan_share(library, model, out: Path, shard, config: ScanConfig, work: Work
                               notes=None if config.progress else plan[1:])
     try:
         with precision_scope(config.resolved_precision, device), \
-                _taps(module, names, config, model, reducer) as cap:      # 4. capture the taps
+                _taps(module, names, config, model, reducer, lib) as cap:  # 4. capture the taps
             loader = _loader(lib, model.preprocessing, [ids for _, ids in plan[0]], config.num_workers,
                              device.type == "cuda")
             _run_batches(cap, loader, model.preprocessing, plan, state, writer, config, out, reducer)
@@ -199,8 +200,15 @@ def _probe_minima(module, names: list[str], model) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def _taps(module, names: list[str], config: ScanConfig, model, reducer: TapReducer):
-    """Hooks on the taps, or (``compile=True``) the network compiled with its taps traced."""
+def _taps(module, names: list[str], config: ScanConfig, model, reducer: TapReducer, lib: ImageLibrary):
+    """Hooks on the taps; with ``rank_by`` relevance, hooks and a backward pass; or
+    (``compile=True``) the network compiled with its taps traced."""
+    if "relevance" in config.rankings:
+        from .relevance import RelevanceTaps, label_targets
+
+        targets = label_targets(lib.labels, model.class_names)
+        yield RelevanceTaps(module, names, reducer, targets, torch.device(config.device))
+        return
     if not config.compile:
         with capture(module, names, reduce=reducer, stop_early=True) as cap:
             yield cap
@@ -290,6 +298,7 @@ def scan_meta(lib: ImageLibrary, model, taps: list[LayerTap], config: ScanConfig
         "bottom_layers": [t.name for t in taps if t.name in bottom],
         "quantile_positions": config.quantile_positions if config.quantiles else None,
         "means_layers": [t.name for t in taps if t.name in means],
+        "relevance_target": TARGET_RULE if "relevance" in config.rankings else None,
     }
     return json.loads(json.dumps(meta))  # tuples -> lists, as read back from meta.json
 

@@ -98,6 +98,8 @@ class Reduced(NamedTuple):
     min: torch.Tensor | None = None
     min_index: torch.Tensor | None = None
     histogram: torch.Tensor | None = None
+    relevance: torch.Tensor | None = None  # (B, C) with rank_by relevance
+    relevance_index: torch.Tensor | None = None  # where each channel's relevance map peaks
 
 
 def bucket_keys(values: torch.Tensor, scale: BucketScale = SCALE) -> torch.Tensor:

@@ -46,6 +46,8 @@ def estimate_bytes(taps, n_images: int, config, input_size: tuple[int, int],
     checkpoints (per-image rows), the decoded top-k images the patches are cut from (at most
     one per top-k entry) and the run file side by side."""
     kept, means = config.kept_maxima(taps), config.kept_means(taps)
+    if "relevance" in config.rankings:  # its per-image rows take what means do (about)
+        means = means | kept
     value = 0 if config.maxima_dtype == "none" else np.dtype(config.maxima_dtype).itemsize
     rows = sum(tap.channels * (value + 4 + value * (tap.name in means)) for tap in taps if tap.name in kept)
     rankings = len(config.rankings)

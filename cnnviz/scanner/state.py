@@ -27,7 +27,7 @@ __all__ = ["ScanState", "LayerReducer", "Rows", "HostCopy", "merge_states", "Mer
 #: The rankings a layer may keep, and the prefix of their checkpoint keys: images by their
 #: spatial maximum (always), by their spatial mean, and the bottom-k by their spatial minimum
 #: (held as a top-k of the negated minima).
-RANKINGS = {"max": "", "mean": "mean_", "min": "min_"}
+RANKINGS = {"max": "", "mean": "mean_", "relevance": "rel_", "min": "min_"}
 
 
 def _key(layer_index: int, name: str) -> str:
@@ -57,6 +57,8 @@ class LayerReducer:
             self.rankings["mean"].update(r.mean, r.index, ids)
         if "min" in self.rankings:
             self.rankings["min"].update(-r.min, r.min_index, ids)
+        if "relevance" in self.rankings:  # its patch is cut where the relevance peaks
+            self.rankings["relevance"].update(r.relevance, r.relevance_index, ids)
         if self.histogram is not None and r.histogram is not None:
             self.histogram.update(r.histogram)
 
@@ -128,6 +130,7 @@ class ScanState:
         self.maxima_dtype = maxima_dtype
         self.kept = {t.name for t in taps} if kept is None else set(kept)  # layers keeping maxima
         self.means = set() if means is None else set(means) & self.kept  # ... and their means
+        self.relevance = self.kept if "relevance" in rank_by else set()  # ... and their relevance
         self.next_batch = 0  # batches of the plan done (a shard's progress)
         self.next_image = 0  # images [0, next_image) done (a single process's progress)
         self.elapsed_seconds = 0.0
@@ -137,7 +140,8 @@ class ScanState:
         self.segments: list[dict] = []  # sealed row segments (their files and CRCs)
 
     def _rankings(self, tap: LayerTap, k: int, rank_by, bottom_k: int) -> dict[str, TopK]:
-        out = {r: TopK(tap.channels, k, self.device) for r in ("max", "mean") if r in rank_by or r == "max"}
+        out = {r: TopK(tap.channels, k, self.device) for r in ("max", "mean", "relevance")
+               if r in rank_by or r == "max"}
         if bottom_k:
             out["min"] = TopK(tap.channels, bottom_k, self.device)
         return out
@@ -166,17 +170,20 @@ class ScanState:
         """A batch's maxima (NaN for unreadable images), positions and means (when kept), on
         the device."""
         dtype = getattr(torch, self.maxima_dtype)
-        means = layer.tap.name in self.means
+        r = reduced
+        wanted = [(r and r.values, dtype), (r and r.index, torch.int64)]
+        if layer.tap.name in self.means:
+            wanted.append((r and r.mean, dtype))
+        if layer.tap.name in self.relevance:
+            wanted.append((r and r.relevance, dtype))
         if reduced is not None and readable is None:
-            return [reduced.values.to(dtype), reduced.index] + ([reduced.mean.to(dtype)] if means else [])
-        c = layer.tap.channels
-        out = [torch.full((n, c), float("nan"), dtype=dtype, device=self.device),
-               torch.zeros((n, c), dtype=torch.int64, device=self.device)]
-        if means:
-            out.append(torch.full((n, c), float("nan"), dtype=dtype, device=self.device))
-        if reduced is not None:
-            for row, value in zip(out, (reduced.values, reduced.index, reduced.mean), strict=False):
-                row.index_copy_(0, readable, value.to(row.dtype))
+            return [value.to(d) for value, d in wanted]
+        c, out = layer.tap.channels, []
+        for value, d in wanted:
+            row = torch.full((n, c), 0 if d == torch.int64 else float("nan"), dtype=d, device=self.device)
+            if value is not None:
+                row.index_copy_(0, readable, value.to(d))
+            out.append(row)
         return out
 
     def row_layout(self) -> list[tuple[str, np.dtype]]:
@@ -193,6 +200,8 @@ class ScanState:
             out += [(keys["max"], value, c), (keys["pos"], np.dtype(position_dtype(*layer.tap.shape[1:])), c)]
             if layer.tap.name in self.means:
                 out.append((keys["mean"], value, c))
+            if layer.tap.name in self.relevance:
+                out.append((keys["rel"], value, c))
         return out
 
     def column_dtypes(self) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
@@ -262,7 +271,8 @@ def segment_columns(n_layers: int) -> list[dict[str, str]]:
     """Per layer, the segment keys of its ``max`` (maxima), ``pos`` (positions) and ``mean``
     (spatial means) rows, for a reader that checks which are there (a layer whose maxima are not
     kept has none; means are kept on request)."""
-    return [{"max": _key(i, "max"), "pos": _key(i, "pos"), "mean": _key(i, "mean")} for i in range(n_layers)]
+    return [{"max": _key(i, "max"), "pos": _key(i, "pos"), "mean": _key(i, "mean"), "rel": _key(i, "rel")}
+            for i in range(n_layers)]
 
 
 @dataclass

@@ -30,7 +30,7 @@ from .folders import writing_to
 from .pictures import patch_strip
 from .render import _environment, _render, save_png
 
-__all__ = ["write_explain_page", "write_compare_page"]
+__all__ = ["write_explain_page", "write_compare_page", "write_why_page"]
 
 
 @dataclass
@@ -57,14 +57,16 @@ def _tile_size(patch_shape) -> tuple[int, int]:
     return int(patch_shape[0]) * f, int(patch_shape[1]) * f
 
 
-def _examples(reader: RunReader, layer: str, channel: int, out: Path, name: str) -> str:
-    """The channel's dataset examples (its stored top-k patches, the part inside the network's
-    input) as one strip; written once per page."""
+def _examples(reader: RunReader, layer: str, channel: int, out: Path, name: str,
+              rank_by: str = "max") -> str:
+    """The channel's dataset examples (its stored top-k patches of the ``rank_by`` ranking, the
+    part inside the network's input) as one strip; written once per page."""
     g = reader.layer(layer)
-    k = int((g[fmt.TOPK_IMAGE_ID][channel] >= 0).sum())
-    patches = g[fmt.TOPK_PATCHES][channel][:k]
+    grp = reader.ranking(layer, rank_by)
+    k = int((grp[fmt.IMAGE_ID][channel] >= 0).sum())
+    patches = grp[fmt.PATCHES][channel][:k]
     if not (out / name).exists():
-        save_png(patch_strip(patches, g[fmt.TOPK_PATCH_BOX][channel][:k], _crop(reader), _factor(g),
+        save_png(patch_strip(patches, grp[fmt.PATCH_BOX][channel][:k], _crop(reader), _factor(g),
                              _tile_size(patches.shape[1:3])), out / name)
     return name
 
@@ -167,6 +169,70 @@ def _explain_figure(out: Path, path: Path, prediction, sections):
     fig.suptitle(f"{path.name}: where it stands against the library{said}", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def write_why_page(explained, run: str | Path, out_dir: str | Path, top: int = 5) -> Path:
+    """Write the page of :func:`cnnviz.analysis.relevance.explain_predictions`'s result: per
+    image, the model's top-5 classes and the class explained, then per layer the ``top``
+    channels that contributed most (relevance and share), each with the image's relevance map
+    for it (the box: the patch where it peaks) beside the channel's dataset examples (ranked by
+    relevance when the run kept that ranking). Written afresh; returns ``index.html``."""
+    out = Path(out_dir)
+    with writing_to(out) as folder:
+        _style(folder)
+        images = []
+        with RunReader(run) as reader:
+            for i, path in enumerate(explained.paths):
+                save_png(Image.fromarray(explained.crops[i]), folder / f"img{i}.png")
+                rows = explained.table[explained.table.image == str(path)]
+                first = rows.iloc[0]
+                target = (int(first.target), str(first.target_name), float(first.probability))
+                images.append((path, f"img{i}.png", explained.predictions[i], target,
+                               _why_sections(reader, explained, i, rows, top, folder)))
+            run_name = reader.path.name
+        _render(_environment(), "why.html", folder / "index.html", root="", run_name=run_name, images=images,
+                top=top)
+    return out / "index.html"
+
+
+def _why_sections(reader: RunReader, explained, i: int, rows: pd.DataFrame, top: int, out: Path) -> list:
+    from ...analysis.explanation import own_box
+
+    crop = explained.crops[i]
+    sections = []
+    for layer, chosen in rows.groupby("layer", sort=False):
+        shown = []
+        for row in chosen.head(top).itertuples():
+            c = int(row.channel)
+            own = f"img{i}-{_safe(layer)}-c{c}.png"
+            box = own_box(reader, layer, crop.shape, int(row.y), int(row.x))
+            save_png(relevance_overlay(crop, explained.maps[(i, layer, c)], box), out / own)
+            strip = _examples(reader, layer, c, out, f"{row.examples_by}-{_safe(layer)}-c{c}.png",
+                              row.examples_by)
+            numbers = (f"relevance {row.relevance:.3g} · {100 * row.share:.1f} % of the layer's · "
+                       f"rank {row.rank}")
+            shown.append(_Shown(layer, c, row.channel_name, numbers, strip, own))
+        sections.append((layer, str(chosen.examples_by.iloc[0]), shown))
+    return sections
+
+
+def relevance_overlay(crop: np.ndarray, rel_map: np.ndarray, box, size: int = 160) -> Image.Image:
+    """The image with a channel's positive relevance over it (red, by share of its peak; the map
+    upsampled to the input) and the box of the patch where it peaks."""
+    from PIL import ImageDraw
+
+    h, w = crop.shape[:2]
+    positive = np.clip(rel_map, 0, None)
+    peak = float(positive.max())
+    heat = np.asarray(Image.fromarray((255 * positive / peak if peak > 0 else positive).astype(np.uint8))
+                      .resize((w, h), Image.BILINEAR), dtype=np.float32) / 255.0
+    alpha = 0.6 * heat[..., None]
+    tint = crop.astype(np.float32) * (1 - alpha) + np.array([255.0, 0, 0]) * alpha
+    image = Image.fromarray(tint.clip(0, 255).astype(np.uint8))
+    y0, x0, y1, x1 = (int(v) for v in box)
+    ImageDraw.Draw(image).rectangle([max(x0, 0), max(y0, 0), min(x1, w) - 1, min(y1, h) - 1],
+                                    outline=(0, 255, 255), width=2)
+    return image.resize((size, round(size * h / w)), Image.NEAREST)
 
 
 # the compare page's per-layer table: (column, heading, one-line definition)
