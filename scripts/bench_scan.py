@@ -246,6 +246,7 @@ OPTIONS = [
     ("quantiles (100 positions)", dict(rank_by="max", quantiles=True, quantile_positions=100)),
     ("quantiles (every position)", dict(rank_by="max", quantiles=True, quantile_positions=0)),
     ("--maxima-means", dict(rank_by="max", quantiles=False, maxima_means=True)),
+    ("--rank-by max,relevance", dict(rank_by="max,relevance", quantiles=False)),
     ("the defaults (max,mean + quantiles)", dict()),
     ("signed layers, none of the views", dict(rank_by="max", quantiles=False, layers="signed")),
     ("signed layers, --bottom-k K", dict(rank_by="max", quantiles=False, layers="signed", bottom_k="K")),
@@ -324,6 +325,7 @@ REDUCER_PARTS = [
     ("hist100", "quantiles: the histogram, 100 positions (default)"),
     ("hist256", "quantiles: the histogram, 256 positions"),
     ("hist0", "quantiles: the histogram, every position"),
+    ("relevance", "--rank-by relevance: the whole pass, to the logits and back"),
     ("min", "--bottom-k (signed layers): the minimum"),
     ("bottom", "--bottom-k (signed layers): its top-k"),
 ]
@@ -336,10 +338,13 @@ def reducer_costs(model, layers: list[str], signed: list[str], batch_size: int, 
     warm: after the first batches a CPU top-k sees few candidates)."""
     import copy
 
+    from cnnviz.model.copying import without_inplace
+    from cnnviz.model.relevance import relevance_pass
     from cnnviz.model.taps import capture
     from cnnviz.scanner.reducers import TopK, position_histogram, spatial_max, spatial_min
 
     module = copy.deepcopy(model.module).to(device).to(memory_format=torch.channels_last)
+    plain = without_inplace(module)
     best: dict[str, float] = {}
     tops: dict[tuple[str, str], TopK] = {}
 
@@ -374,6 +379,10 @@ def reducer_costs(model, layers: list[str], signed: list[str], batch_size: int, 
             timed("hist100", lambda _, a, ids=ids: position_histogram(a, ids, 100), maps)
             timed("hist256", lambda _, a, ids=ids: position_histogram(a, ids, 256), maps)
             timed("hist0", lambda _, a, ids=ids: position_histogram(a, ids, 0), maps)
+            t = time.perf_counter()
+            relevance_pass(plain, x.contiguous(memory_format=torch.channels_last), layers)
+            _sync(device)
+            best["relevance"] = min(best.get("relevance", float("inf")), time.perf_counter() - t)
             maps = {n: cap.outputs[n] for n in signed}
             lows = timed("min", lambda _, a: spatial_min(a), maps)
             timed("bottom", update("min", signed, [-v for v, _ in lows], [i for _, i in lows], ids), maps)
