@@ -109,8 +109,8 @@ def class_indices(spec: str, class_names: Sequence[str] | None, what: str = "tar
     A name is matched without regard to case: the model's class name, else (ImageNet) one of the
     class's WordNet lemmas, else a part of one name only. A name that fits several classes is
     refused with their indices. ``what`` names the argument in error messages."""
+    from .channels import parse_channels
     from .errors import UsageError
-    from .viz.channels import parse_channels
 
     n = len(class_names) if class_names is not None else 1 << 30
     out: list[int] = []

@@ -20,10 +20,10 @@ import torch
 from PIL import Image
 
 import cnnviz
+from cnnviz.channels import parse_channels
 from cnnviz.images import load_rgb
 from cnnviz.model.taps import capture
 from cnnviz.optim import class_probabilities, cs231n_class_visualization, objectives, render, save_png
-from cnnviz.viz.channels import parse_channels
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TARGETS = [76, 130, 366, 683, 963]

@@ -197,7 +197,7 @@ def test_feature_map_grid_uses_captum_and_keeps_order():
     import matplotlib
 
     matplotlib.use("Agg")
-    from cnnviz.viz.channels import parse_channels
+    from cnnviz.channels import parse_channels
 
     model = load_model("resnet18", None)
     img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (240, 260, 3), dtype=np.uint8))

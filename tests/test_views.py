@@ -146,7 +146,7 @@ def test_top_patches_shows_each_ranking(views_run):
         acts = f["layers/3/topk_mean/activation"][()]
     assert by_mean.image_id.tolist() == ids[ids >= 0].tolist()
     np.testing.assert_array_equal(by_mean.activation, acts[ids >= 0])
-    with pytest.raises(UsageError, match="`rank_by` 'median': choose max or mean"):
+    with pytest.raises(UsageError, match="`rank_by` 'median': choose max, mean, relevance"):
         cnnviz.top_patches(views_run, "3", rank_by="median")
 
 
@@ -565,7 +565,7 @@ def test_older_run_files_read_as_before(views_run, tmp_path):
 def test_scan_options_are_checked_before_any_work(photo_dir, tmp_path):
     model = _tiny()
     for options, match in [({"rank_by": "mean"}, "the ranking by max is always kept"),
-                           ({"rank_by": "max,median"}, "`rank_by` median: choose max, mean"),
+                           ({"rank_by": "max,median"}, "`rank_by` median: choose among max, mean"),
                            ({"bottom_k": -1}, "`bottom_k` -1"),
                            ({"quantile_positions": -2}, "`quantile_positions`"),
                            ({"bottom_k": 1, "bottom_layers": "nope"}, "`bottom_layers` nope: not among")]:

@@ -80,8 +80,8 @@ def explain_images(images, run, layers=None, model=None, device: str = "cpu",
     """:func:`explain`, keeping the decoded crops (for patches and pages); ``param`` names the
     images' argument in errors (``explain`` when the report asks)."""
     from ..model.device import check_device
+    from ..model.loading import check_model_fits, model_of_run
     from ..scanner.loop import reduce_images
-    from ..viz.attribution import check_model_fits, model_of_run
 
     paths = [Path(images)] if isinstance(images, (str, Path)) else [Path(p) for p in images]
     if not paths:

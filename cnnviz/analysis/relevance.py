@@ -120,7 +120,7 @@ def explain_predictions(images: Sequence[str | Path], run: str | Path, target: i
                         device: str = "cpu", examples: int = 4) -> ExplainedPredictions:
     """:func:`explain_prediction` for several images, keeping what a page shows of them."""
     from ..model.device import check_device
-    from ..viz.attribution import check_model_fits, model_of_run
+    from ..model.loading import check_model_fits, model_of_run
 
     check_device(device)
     paths = [Path(p) for p in images]

@@ -33,7 +33,7 @@ def load(args):
 
 
 def channel_list(spec: str, what: str = "channels", n_channels: int = 1 << 17) -> list[int]:
-    from ..viz.channels import parse_channels
+    from ..channels import parse_channels
 
     return parse_channels(spec, n_channels, what=what)
 

@@ -21,9 +21,25 @@ def add_scan(sub) -> None:
                         "file of paths (relative to its own folder) with an optional label column, "
                         "as spreadsheets and scripts write it (README, 'List files')")
     add_model_args(p)
+    _what_args(p)
+    _how_args(p)
+    _kept_args(p)
+    _views_args(p)
+    _job_args(p)
+    add_progress_arg(p, "no progress bar: a note per checkpoint instead (images done, img/s)")
+    p.set_defaults(func=run_scan)
+
+
+def _what_args(p) -> None:
+    """What is scanned."""
     p.add_argument("--layers", default=None,
                    help="comma-separated tap names (default: the block outputs, see `cnnviz layers`)")
     p.add_argument("--top-k", type=int, default=16, help="images kept per channel (default: 16)")
+    p.add_argument("--out", required=True, help="run file to write (HDF5)")
+
+
+def _how_args(p) -> None:
+    """Where and how the network runs."""
     p.add_argument("--batch-size", type=int, default=32, help="(default: 32)")
     p.add_argument("--workers", type=int, default=None,
                    help="image-decoding processes (default: CPU count - 1, at most 8)")
@@ -36,13 +52,28 @@ def add_scan(sub) -> None:
     p.add_argument("--compile", action="store_true",
                    help="compile the network, its taps traced (torch.compile; seconds to a minute "
                         "before the first batch, then faster; torchvision models)")
-    p.add_argument("--out", required=True, help="run file to write (HDF5)")
+
+
+def _job_args(p) -> None:
+    """The overnight job: resuming, replacing, checkpoints, shards."""
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted scan of the same --out (the images listed when it "
                         "started; an interrupted --overwrite scan too)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out once the new run is complete; without --resume, "
                         "also discard an interrupted scan")
+    p.add_argument("--checkpoint-seconds", type=float, default=60.0,
+                   help="checkpoint this often: after a crash, --resume loses at most this much "
+                        "work (default: 60; the per-image maxima go to disk as they are made)")
+    p.add_argument("--checkpoint-images", type=int, default=None,
+                   help="also checkpoint after this many images (default: by time only)")
+    p.add_argument("--shard", default=None, metavar="RANK/WORLD",
+                   help="scan only this share of a distributed scan, without torchrun (e.g. to "
+                        "rerun a rank that died, with --resume); then `cnnviz merge`")
+
+
+def _kept_args(p) -> None:
+    """What the run file keeps per image."""
     p.add_argument("--maxima-dtype", "--maxima", dest="maxima_dtype", default="float32",
                    choices=["float32", "float16", "none"],
                    help="the per-image maxima (images x channels, with their positions): float32, "
@@ -54,6 +85,12 @@ def add_scan(sub) -> None:
                    help="keep each image's spatial mean beside its maximum, where maxima are kept "
                         "(in --maxima's dtype: two thirds more than the maxima and positions take); "
                         "the ranking by mean needs none")
+    p.add_argument("--patch-size", type=int, default=64,
+                   help="largest stored patch side; larger fields are downsampled (default: 64)")
+
+
+def _views_args(p) -> None:
+    """The views of a channel: rankings, bottom-k, quantiles."""
     p.add_argument("--rank-by", default="max,mean", metavar="max[,mean][,relevance]",
                    help="rankings kept per channel, each an exact top-k with patches: max (images by "
                         "their spatial maximum: a strong small part, textures), mean (by their "
@@ -72,18 +109,6 @@ def add_scan(sub) -> None:
     p.add_argument("--quantile-positions", type=int, default=100, metavar="P",
                    help="positions per image counted for the quantiles; larger maps are sampled, the "
                         "same positions of an image in any scan; 0 counts all (default: 100)")
-    p.add_argument("--patch-size", type=int, default=64,
-                   help="largest stored patch side; larger fields are downsampled (default: 64)")
-    p.add_argument("--checkpoint-seconds", type=float, default=60.0,
-                   help="checkpoint this often: after a crash, --resume loses at most this much "
-                        "work (default: 60; the per-image maxima go to disk as they are made)")
-    p.add_argument("--checkpoint-images", type=int, default=None,
-                   help="also checkpoint after this many images (default: by time only)")
-    p.add_argument("--shard", default=None, metavar="RANK/WORLD",
-                   help="scan only this share of a distributed scan, without torchrun (e.g. to "
-                        "rerun a rank that died, with --resume); then `cnnviz merge`")
-    add_progress_arg(p, "no progress bar: a note per checkpoint instead (images done, img/s)")
-    p.set_defaults(func=run_scan)
 
 
 def _parse_shard(spec: str) -> tuple[int, int]:

@@ -9,13 +9,16 @@ import multiprocessing
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import Dataset
 
-from ..model.preprocessing import Preprocessing
 from .decoding import decode_file
 from .library import ImageLibrary
+
+if TYPE_CHECKING:
+    from ..model.preprocessing import Preprocessing
 
 __all__ = ["LibraryDataset", "collate", "batch_ranges", "decode_crop", "die_with_parent"]
 

@@ -24,7 +24,7 @@ from .checkpoints import fit_state_dict, read_state_dict
 from .preprocessing import Preprocessing
 
 __all__ = ["LoadedModel", "load_model", "from_module", "available_models", "WeightsUnavailableError",
-           "imagenet_class_names", "reload_model", "weights_digest"]
+           "imagenet_class_names", "reload_model", "weights_digest", "model_of_run", "check_model_fits"]
 
 
 @dataclass(repr=False)
@@ -379,3 +379,32 @@ def weights_digest(module: nn.Module) -> str:
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def model_of_run(run: str | Path, device: str = "cpu"):
+    """Reload the model a run was made with, from its ``model`` and ``weights_spec``."""
+    from ..run.reader import RunReader
+
+    with RunReader(run) as r:
+        name, origin, spec = str(r.attrs["model"]), str(r.attrs["weights_origin"]), r.weights_spec()
+    return reload_model(name, spec, origin, device=device)
+
+
+def check_model_fits(model, reader, layers, param: str = "model") -> None:
+    """Every layer of the run named in ``layers`` is a layer of ``model``, with the run's
+    channels: a model that is not the run's (or a run naming layers no model has) is one line,
+    not an AttributeError from deep inside a forward pass."""
+    from .taps import resolve_layer
+
+    for name in layers:
+        try:
+            tap = resolve_layer(model, name)
+        except UsageError:
+            raise UsageError(f"the layer {name!r} of {reader.path.name} is not a layer of the model "
+                             f"{getattr(model, 'name', '')} ({getattr(model, 'weights_origin', '')}): give "
+                             f"the run's model with `{param}` and `weights`") from None
+        channels = int(reader.layer(name).attrs["channels"])
+        if tap.channels != channels:
+            raise UsageError(f"the layer {name!r} has {channels} channels in {reader.path.name} and "
+                             f"{tap.channels} in the model {getattr(model, 'name', '')}: give the run's "
+                             f"model with `{param}` and `weights`")

@@ -157,22 +157,27 @@ def render(model, objective: Objective, batch: int = 1, steps: int = 256, lr: fl
             if step == redirect_steps + 1:
                 for m in redirected:
                     m.active = False
-            opt.zero_grad(set_to_none=True)
-            img = param.image()
-            seen = tf(img, gen) if tf is not None else img
-            if fixed_size and tuple(seen.shape[-2:]) != size:
-                seen = _centre_fit(seen, size)
-            x = model.preprocessing.standardize(seen)
-            logits = cap.forward(x)
-            values = objective(cap.outputs, logits, x)
-            (-values.sum()).backward()
-            opt.step()
-            history.append(values.detach().cpu().numpy())
+            history.append(_step(model, objective, cap, param, opt, tf, gen, size if fixed_size else None))
             if snapshot_every and step % snapshot_every == 0:
                 result.snapshots.append((step, param.image().detach().cpu()))
     result.images = param.image().detach()
     result.history = np.stack(history) if history else None
     return result
+
+
+def _step(model, objective: Objective, cap, param, opt, tf, gen, size) -> np.ndarray:
+    """One Adam step of the modern recipe; returns the objective's values before it."""
+    opt.zero_grad(set_to_none=True)
+    img = param.image()
+    seen = tf(img, gen) if tf is not None else img
+    if size is not None and tuple(seen.shape[-2:]) != size:
+        seen = _centre_fit(seen, size)
+    x = model.preprocessing.standardize(seen)
+    logits = cap.forward(x)
+    values = objective(cap.outputs, logits, x)
+    (-values.sum()).backward()
+    opt.step()
+    return values.detach().cpu().numpy()
 
 
 def _centre_fit(x: torch.Tensor, size: tuple[int, int], value: float = 0.5) -> torch.Tensor:

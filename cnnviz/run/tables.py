@@ -66,36 +66,12 @@ def top_patches(run: str | Path, layer: str | None = None, channel: int | None =
     criterion = "min" if bottom else rank_by
     frames = []
     with RunReader(run) as r:
-        paths, labels, patch_errors = r.paths, r.labels, r.patch_errors
-        names = r.label_names()
         members = None if label is None else _class_members(r, label)
         for name in r.check_layer(layer):
             if channel is not None:
                 r.check_channels(name, channel)
             rows = _class_rows(r, name, members) if members is not None else _stored_rows(r, name, criterion)
-            ids = rows["image_id"]
-            c_n, k = ids.shape
-            chan = np.repeat(np.arange(c_n), k)
-            rank = np.tile(np.arange(k), c_n)
-            flat_ids = ids.reshape(-1)
-            cols = {
-                "layer": np.full(c_n * k, name, dtype=object), "channel": chan, "rank": rank,
-                "activation": rows["activation"].reshape(-1), "image_id": flat_ids,
-                "image_path": np.where(flat_ids >= 0, paths[np.maximum(flat_ids, 0)], ""),
-                "label": _per_image(labels, flat_ids),
-                "label_name": _per_image(names, flat_ids),
-                "channel_name": _per_channel(r.channel_names(name), chan),
-                "unit": np.full(c_n * k, r.unit(name), dtype=object),
-                "y": rows["y"].reshape(-1), "x": rows["x"].reshape(-1),
-                "patch_error": _per_image(patch_errors, flat_ids),
-                "rank_by": np.full(c_n * k, "max" if members is not None else criterion, dtype=object),
-                "patch_rank": rows["patch_rank"].reshape(-1),
-            }
-            for prefix, key in (("rf", fmt.RF_BOX), ("patch", fmt.PATCH_BOX), ("orig", fmt.ORIG_BOX)):
-                box = rows[key].reshape(-1, 4)
-                for j, side in enumerate(("y0", "x0", "y1", "x1")):
-                    cols[f"{prefix}_{side}"] = box[:, j]
-            df = pd.DataFrame(cols)
+            df = _rows_frame(r, name, rows, "max" if members is not None else criterion)
             df = df[df.image_id >= 0]
             if channel is not None:
                 df = df[df.channel == channel]
@@ -106,6 +82,32 @@ def top_patches(run: str | Path, layer: str | None = None, channel: int | None =
         out[col] = out[col].astype(str)
     out.attrs["run"] = str(Path(run).resolve())  # for cnnviz.show(df): where the patches are
     return out
+
+
+def _rows_frame(r: RunReader, name: str, rows: dict[str, np.ndarray], rank_by: str) -> pd.DataFrame:
+    """One layer's ranking datasets ``(C, k)`` as a table of one row per slot."""
+    ids = rows["image_id"]
+    c_n, k = ids.shape
+    chan = np.repeat(np.arange(c_n), k)
+    flat_ids = ids.reshape(-1)
+    cols = {
+        "layer": np.full(c_n * k, name, dtype=object), "channel": chan, "rank": np.tile(np.arange(k), c_n),
+        "activation": rows["activation"].reshape(-1), "image_id": flat_ids,
+        "image_path": np.where(flat_ids >= 0, r.paths[np.maximum(flat_ids, 0)], ""),
+        "label": _per_image(r.labels, flat_ids),
+        "label_name": _per_image(r.label_names(), flat_ids),
+        "channel_name": _per_channel(r.channel_names(name), chan),
+        "unit": np.full(c_n * k, r.unit(name), dtype=object),
+        "y": rows["y"].reshape(-1), "x": rows["x"].reshape(-1),
+        "patch_error": _per_image(r.patch_errors, flat_ids),
+        "rank_by": np.full(c_n * k, rank_by, dtype=object),
+        "patch_rank": rows["patch_rank"].reshape(-1),
+    }
+    for prefix, key in (("rf", fmt.RF_BOX), ("patch", fmt.PATCH_BOX), ("orig", fmt.ORIG_BOX)):
+        box = rows[key].reshape(-1, 4)
+        for j, side in enumerate(("y0", "x0", "y1", "x1")):
+            cols[f"{prefix}_{side}"] = box[:, j]
+    return pd.DataFrame(cols)
 
 
 def _stored_rows(r: RunReader, layer: str, rank_by: str) -> dict[str, np.ndarray]:

@@ -49,7 +49,7 @@ def update_run(run: str | Path, write: Callable[[h5py.File], None], extra_bytes:
         OutputError: the disk is (or became) full.
         RunFileError: another process holds the run file open for writing, or ``write`` failed.
     """
-    from ..scanner.lock import OutputLock  # one writer per run file, a scan's included
+    from .lock import OutputLock  # one writer per run file, a scan's included
 
     run = Path(run)
     tmp = run.with_name(f".{run.name}.{os.getpid()}.update")

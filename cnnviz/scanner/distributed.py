@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ScanError, UsageError
+from ..run.lock import OutputLock, lock_path
 from .assemble import assemble_run
 from .config import ScanConfig, check_output
-from .lock import OutputLock, lock_path
 from .workdir import WorkDir, work_path
 
 __all__ = ["torchrun_env", "scan_distributed", "merge"]

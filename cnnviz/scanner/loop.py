@@ -30,10 +30,10 @@ from ..model.copying import inference_copy
 from ..model.loading import weights_digest
 from ..model.precision import precision_scope
 from ..model.taps import LayerTap, capture, require_fields, resolve_layers
+from ..run.lock import OutputLock
 from .assemble import assemble_run, tap_record
 from .checkpoint import CheckpointWriter
 from .config import ScanConfig, check_folder, check_output
-from .lock import OutputLock
 from .reducers import TapReducer
 from .relevance import TARGET_RULE
 from .space import check_space, estimate_bytes

@@ -19,6 +19,7 @@ from ..errors import UsageError
 from ..images.decoding import decode_file
 from ..images.patches import cut_patch
 from ..model.copying import without_inplace
+from ..model.loading import check_model_fits, model_of_run  # noqa: F401 - also imported from here
 from ..model.precision import precision_scope
 from ..run import format as fmt
 from ..run.reader import RunReader
@@ -76,44 +77,55 @@ def neuron_attribution_maps(model, run: str | Path, layer: str, channel: int,
         ids = g[fmt.TOPK_IMAGE_ID][channel]
         ys, xs = g[fmt.TOPK_Y][channel], g[fmt.TOPK_X][channel]
         check_model_fits(model, r, [layer], "model")
-        valid = [k for k in range(len(ids)) if ids[k] >= 0]
-        files = {k: r.image_file(int(ids[k]), library_root) for k in valid}
-        if any(f is None for f in files.values()):
-            raise UsageError(f"attributions need the photos of {r.path.name}, which records no image "
-                             "identities (it was written before cnnviz 0.2), so cnnviz opens them only "
-                             "in a folder you name: pass `library_root` (the library's folder)")
-        pixels = {}
-        for k in valid:
-            try:
-                decoded = decode_file(files[k], model.preprocessing.resize)
-            except Exception:  # noqa: BLE001 - a photo gone or unreadable now gets no attribution
-                continue
-            if r.identity_matches(int(ids[k]), decoded.identity):  # else: another picture now
-                pixels[k] = decoded
+        pixels = _top_photos(r, model, ids, library_root)
     module = without_inplace(model.module).to(model.device)
-    target = module.get_submodule(layer)
-    attributor = METHODS[method](module, target)
+    attributor = METHODS[method](module, module.get_submodule(layer))
     out: list[np.ndarray | None] = [None] * len(ids)
     valid = sorted(pixels)
-    device = model.device
     for start in range(0, len(valid), batch_size):
         ranks = valid[start: start + batch_size]
-        x = torch.cat([model.preprocessing.normalize(torch.from_numpy(model.preprocessing.crop_uint8(
-            pixels[k].image, pixels[k].original_size)[0]).unsqueeze(0)) for k in ranks]).to(device)
-        pos_y = torch.tensor([int(ys[r]) for r in ranks], device=device)
-        pos_x = torch.tensor([int(xs[r]) for r in ranks], device=device)
-        rows = torch.arange(len(ranks), device=device)
-
-        def select(layer_out, rows=rows, pos_y=pos_y, pos_x=pos_x):
-            return layer_out[rows, channel, pos_y, pos_x]
-
-        with warnings.catch_warnings(), precision_scope("fp32", device):
-            warnings.simplefilter("ignore", UserWarning)  # Captum announces its ReLU hooks every call
-            attr = attributor.attribute(x.requires_grad_(), neuron_selector=select)
-        attr = attr.detach().permute(0, 2, 3, 1).cpu().numpy()
-        for j, r in enumerate(ranks):
-            out[r] = attr[j]
+        attr = _attribute(attributor, model, [pixels[k] for k in ranks], channel,
+                          [int(ys[k]) for k in ranks], [int(xs[k]) for k in ranks])
+        for j, k in enumerate(ranks):
+            out[k] = attr[j]
     return out
+
+
+def _top_photos(r: RunReader, model, ids: np.ndarray, library_root) -> dict:
+    """The decoded photos of the filled slots whose bytes are still those scanned."""
+    valid = [k for k in range(len(ids)) if ids[k] >= 0]
+    files = {k: r.image_file(int(ids[k]), library_root) for k in valid}
+    if any(f is None for f in files.values()):
+        raise UsageError(f"attributions need the photos of {r.path.name}, which records no image "
+                         "identities (it was written before cnnviz 0.2), so cnnviz opens them only "
+                         "in a folder you name: pass `library_root` (the library's folder)")
+    pixels = {}
+    for k in valid:
+        try:
+            decoded = decode_file(files[k], model.preprocessing.resize)
+        except Exception:  # noqa: BLE001 - a photo gone or unreadable now gets no attribution
+            continue
+        if r.identity_matches(int(ids[k]), decoded.identity):  # else: another picture now
+            pixels[k] = decoded
+    return pixels
+
+
+def _attribute(attributor, model, photos: list, channel: int, ys: list[int], xs: list[int]) -> np.ndarray:
+    """Attributions ``(n, H, W, 3)`` of unit ``(channel, y, x)`` of each photo."""
+    device = model.device
+    pre = model.preprocessing
+    x = torch.cat([pre.normalize(torch.from_numpy(pre.crop_uint8(p.image, p.original_size)[0]).unsqueeze(0))
+                   for p in photos]).to(device)
+    pos_y, pos_x = torch.tensor(ys, device=device), torch.tensor(xs, device=device)
+    rows = torch.arange(len(photos), device=device)
+
+    def select(layer_out):
+        return layer_out[rows, channel, pos_y, pos_x]
+
+    with warnings.catch_warnings(), precision_scope("fp32", device):
+        warnings.simplefilter("ignore", UserWarning)  # Captum announces its ReLU hooks every call
+        attr = attributor.attribute(x.requires_grad_(), neuron_selector=select)
+    return attr.detach().permute(0, 2, 3, 1).cpu().numpy()
 
 
 def attribution_image(attr: np.ndarray, percentile: float = 99.0) -> np.ndarray:
@@ -127,32 +139,3 @@ def attribution_image(attr: np.ndarray, percentile: float = 99.0) -> np.ndarray:
         scale = np.percentile(magnitude[magnitude > 0], percentile) if (magnitude > 0).any() else 0.0
         out[i] = 0.5 + 0.5 * a / scale if scale > 0 else 0.5
     return np.clip(out, 0, 1)
-
-
-def model_of_run(run: str | Path, device: str = "cpu"):
-    """Reload the model a run was made with, from its ``model`` and ``weights_spec``."""
-    from ..model.loading import reload_model
-
-    with RunReader(run) as r:
-        name, origin, spec = str(r.attrs["model"]), str(r.attrs["weights_origin"]), r.weights_spec()
-    return reload_model(name, spec, origin, device=device)
-
-
-def check_model_fits(model, reader: RunReader, layers, param: str = "model") -> None:
-    """Every layer of the run named in ``layers`` is a layer of ``model``, with the run's
-    channels: a model that is not the run's (or a run naming layers no model has) is one line,
-    not an AttributeError from deep inside a forward pass."""
-    from ..model.taps import resolve_layer
-
-    for name in layers:
-        try:
-            tap = resolve_layer(model, name)
-        except UsageError:
-            raise UsageError(f"the layer {name!r} of {reader.path.name} is not a layer of the model "
-                             f"{getattr(model, 'name', '')} ({getattr(model, 'weights_origin', '')}): give "
-                             f"the run's model with `{param}` and `weights`") from None
-        channels = int(reader.layer(name).attrs["channels"])
-        if tap.channels != channels:
-            raise UsageError(f"the layer {name!r} has {channels} channels in {reader.path.name} and "
-                             f"{tap.channels} in the model {getattr(model, 'name', '')}: give the run's "
-                             f"model with `{param}` and `weights`")

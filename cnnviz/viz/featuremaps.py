@@ -9,9 +9,9 @@ import torch
 from captum.attr import LayerActivation
 from PIL import Image
 
+from ..channels import parse_channels
 from ..model.precision import precision_scope
 from ..model.taps import resolve_layer
-from .channels import parse_channels
 
 __all__ = ["layer_activation", "feature_map_grid", "parse_channels"]
 

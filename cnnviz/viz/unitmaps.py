@@ -24,7 +24,7 @@ def unit_maps(run: str | Path, layer: str, image_ids, model=None, device: str = 
     them (the run's preprocessing and precision, its model reloaded when ``model`` is
     ``None``); ``None`` for an image whose file is gone, unreadable or changed since the scan
     (the run vouches for the bytes it scanned only)."""
-    from .attribution import check_model_fits, model_of_run
+    from ..model.loading import check_model_fits, model_of_run
 
     with RunReader(run) as reader:
         reader.check_layer(layer)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..errors import UsageError
+from .errors import UsageError
 
 __all__ = ["parse_channels"]
 
