@@ -68,7 +68,7 @@ def _layers(a: RunReader, b: RunReader, layers) -> list[str]:
                          f"({', '.join(a.layers)} vs {', '.join(b.layers)})")
     for name in names:
         b.check_layer(name, "layers")
-        ca, cb = int(a.layer(name).attrs["channels"]), int(b.layer(name).attrs["channels"])
+        ca, cb = int(a.layer(name).attrs[fmt.LAYER_CHANNELS]), int(b.layer(name).attrs[fmt.LAYER_CHANNELS])
         if ca != cb:
             raise UsageError(f"`layers`: {name} has {ca} channels in {a.path.name} and {cb} in "
                              f"{b.path.name}: only layers of one architecture can be compared")
@@ -102,7 +102,7 @@ def _stat_columns(a: RunReader, b: RunReader, layer: str) -> pd.DataFrame:
     """The stored statistics of both runs (read from their ``stats`` groups: the per-image
     maxima that :func:`channel_stats` reads for class selectivity are not needed here)."""
     ga, gb = a.layer(layer)[fmt.STATS], b.layer(layer)[fmt.STATS]
-    n = int(a.layer(layer).attrs["channels"])
+    n = int(a.layer(layer).attrs[fmt.LAYER_CHANNELS])
     names = a.channel_names(layer)
     cols = {"layer": layer, "channel": np.arange(n),
             "channel_name": names.astype(str) if names is not None else ""}

@@ -145,7 +145,7 @@ def _library_ids(reader: RunReader, identities, model) -> np.ndarray:
     from ..model.loading import weights_digest
 
     ids = np.full(len(identities), -1, np.int64)
-    recorded = reader.attrs.get("weights_digest")
+    recorded = reader.attrs.get(fmt.ATTR_WEIGHTS_DIGEST)
     if fmt.IMAGE_IDENTITY not in reader.file or recorded is None or recorded != weights_digest(model.module):
         return ids
     table = reader.file[fmt.IMAGE_IDENTITY][()]
@@ -163,7 +163,7 @@ def _use_recorded(reader: RunReader, layer: str, library_ids: np.ndarray, values
         return
     rows = np.flatnonzero(library_ids >= 0)
     g = reader.layer(layer)
-    cells = int(g.attrs["height"]) * int(g.attrs["width"])
+    cells = int(g.attrs[fmt.LAYER_HEIGHT]) * int(g.attrs[fmt.LAYER_WIDTH])
     for j in rows:
         recorded = reader.maxima_dataset(layer, positions=True)[int(library_ids[j])]
         if (recorded >= cells).any():  # positions are read per image, not checked on open
@@ -177,7 +177,7 @@ def _layer_table(reader: RunReader, layer: str, paths: list[Path], library_ids: 
                  values: np.ndarray, index: np.ndarray) -> pd.DataFrame:
     g = reader.layer(layer)
     n_img, n_ch = values.shape
-    width = int(g.attrs["width"])
+    width = int(g.attrs[fmt.LAYER_WIDTH])
     stats_max = g[fmt.STATS]["max_max"][()]
     constant = g[fmt.STATS]["std_max"][()] <= 0  # e.g. a dead ReLU: every image ties
     if reader.has_maxima(layer):
@@ -190,7 +190,7 @@ def _layer_table(reader: RunReader, layer: str, paths: list[Path], library_ids: 
         ties = np.full((n_img, n_ch), -1, np.int64)
         percentile = np.full((n_img, n_ch), np.nan)
         responds = values > 0
-        readable = int(reader.attrs["n_images"]) - int(reader.attrs["n_failed"])
+        readable = int(reader.attrs[fmt.ATTR_N_IMAGES]) - int(reader.attrs[fmt.ATTR_N_FAILED])
     channel_names = reader.channel_names(layer)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = values / stats_max[None, :]
@@ -249,17 +249,16 @@ def _best_first(df: pd.DataFrame, n_img: int, n_ch: int, logits: bool) -> np.nda
 
 def layer_field(reader: RunReader, layer: str) -> ReceptiveField:
     """The receptive field of a run's layer, from its attributes."""
-    a = reader.layer(layer).attrs
-    return ReceptiveField(*(AxisField(int(a["rf_size"][i]), int(a["rf_stride"][i]), int(a["rf_offset"][i]))
-                            for i in (0, 1)))
+    m = reader.layer_meta(layer)
+    return ReceptiveField(*(AxisField(m.rf_size[i], m.rf_stride[i], m.rf_offset[i]) for i in (0, 1)))
 
 
 def own_box(reader: RunReader, layer: str, crop_shape: tuple[int, int], y: int, x: int) -> tuple[int, ...]:
     """The box (network-input pixels) of the patch of unit ``(y, x)``, as the scan cut the run's."""
-    return patch_box(layer_field(reader, layer), y, x, tuple(crop_shape[:2]), int(reader.attrs["patch_size"]))
+    return patch_box(layer_field(reader, layer), y, x, tuple(crop_shape[:2]), reader.header.patch_size)
 
 
 def own_patch(reader: RunReader, layer: str, crop: np.ndarray, y: int, x: int) -> np.ndarray:
     """The patch of unit ``(y, x)`` cut from ``crop`` as the scan cut the run's patches."""
     a = reader.layer(layer).attrs
-    return cut_patch(crop, own_box(reader, layer, crop.shape, y, x), int(a["patch_factor"]))
+    return cut_patch(crop, own_box(reader, layer, crop.shape, y, x), int(a[fmt.LAYER_PATCH_FACTOR]))

@@ -175,7 +175,7 @@ def _layer_rows(reader: RunReader, model, name: str, rel: Relevance, top: int,
     peaks = rel.peaks[name][0].cpu().numpy()
     total = float(np.abs(sums).sum()) or 1.0
     order = np.lexsort((np.arange(len(sums)), -sums))[:top]
-    width = int(reader.layer(name).attrs["width"])
+    width = int(reader.layer(name).attrs[fmt.LAYER_WIDTH])
     names = reader.channel_names(name)
     by = "relevance" if "relevance" in reader.rankings(name) else "max"
     ids = reader.ranking(name, by)[fmt.IMAGE_ID][()]

@@ -188,7 +188,7 @@ def _check_run_takes(run: str, tap, extra_bytes: int) -> None:
 
     with RunReader(run) as r:
         r.check_layer(tap.name, "layer")
-        channels = int(r.layer(tap.name).attrs["channels"])
+        channels = r.layer_meta(tap.name).channels
     if channels != tap.channels:
         raise UsageError(f"`run` {run}: its layer {tap.name} has {channels} channels, this model's "
                          f"{tap.channels}: is it the run of this model?")

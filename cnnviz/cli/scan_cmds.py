@@ -177,7 +177,7 @@ def _print_summary(path: Path) -> None:
     from .run_cmds import failure_summary
 
     with RunReader(path) as r:
-        n, failed = int(r.attrs["n_images"]), int(r.attrs["n_failed"])
+        n, failed = r.header.n_images, r.header.n_failed
         timing = scan_timing(r)
     print(f"wrote {path}: {n} images, {failed} unreadable, precision {timing['precision']}")
     for line in timing_lines(timing, n):
@@ -192,14 +192,11 @@ def _print_summary(path: Path) -> None:
 
 def scan_timing(reader) -> dict:
     """The scan's time and what it waited for, as recorded in the run file (0 in older files)."""
-    a = reader.attrs
-    kept = sum(int(reader.layer(n).attrs["channels"]) for n in reader.layers if reader.has_maxima(n))
-    dtype = str(a["maxima_dtype"])
-    itemsize = 0 if dtype == "none" else 2 + (2 if dtype == "float16" else 4)  # value + position
-    return {"precision": reader.precision, "seconds": float(a.get("scan_seconds", 0.0)),
-            "wait_data": float(a.get("scan_wait_data_seconds", 0.0)),
-            "wait_disk": float(a.get("scan_wait_disk_seconds", 0.0)),
-            "row_bytes": kept * itemsize, "assemble": float(a.get("assemble_seconds", 0.0))}
+    h = reader.header
+    kept = sum(reader.layer_meta(n).channels for n in reader.layers if reader.has_maxima(n))
+    itemsize = 0 if h.maxima_dtype == "none" else 2 + (2 if h.maxima_dtype == "float16" else 4)  # + position
+    return {"precision": reader.precision, "seconds": h.scan_seconds, "wait_data": h.wait_data_seconds,
+            "wait_disk": h.wait_disk_seconds, "row_bytes": kept * itemsize, "assemble": h.assemble_seconds}
 
 
 def timing_lines(t: dict, n: int, share: float = 0.1) -> list[str]:

@@ -386,7 +386,7 @@ def model_of_run(run: str | Path, device: str = "cpu"):
     from ..run.reader import RunReader
 
     with RunReader(run) as r:
-        name, origin, spec = str(r.attrs["model"]), str(r.attrs["weights_origin"]), r.weights_spec()
+        name, origin, spec = r.header.model, r.header.weights_origin, r.weights_spec()
     return reload_model(name, spec, origin, device=device)
 
 
@@ -403,7 +403,7 @@ def check_model_fits(model, reader, layers, param: str = "model") -> None:
             raise UsageError(f"the layer {name!r} of {reader.path.name} is not a layer of the model "
                              f"{getattr(model, 'name', '')} ({getattr(model, 'weights_origin', '')}): give "
                              f"the run's model with `{param}` and `weights`") from None
-        channels = int(reader.layer(name).attrs["channels"])
+        channels = reader.layer_meta(name).channels
         if tap.channels != channels:
             raise UsageError(f"the layer {name!r} has {channels} channels in {reader.path.name} and "
                              f"{tap.channels} in the model {getattr(model, 'name', '')}: give the run's "

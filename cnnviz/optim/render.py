@@ -323,7 +323,7 @@ def store_in_run(run: str | Path, layer: str, channels: Sequence[int], images: t
 
     def write(f) -> None:
         g = f[fmt.layer_group(layer)]
-        n_ch = int(g.attrs["channels"])
+        n_ch = int(g.attrs[fmt.LAYER_CHANNELS])
         if fmt.OPTIMIZED_IMAGES in g and g[fmt.OPTIMIZED_IMAGES].shape[1:] != arr.shape[1:]:
             del g[fmt.OPTIMIZED]
         if fmt.OPTIMIZED_IMAGES not in g:
@@ -335,6 +335,6 @@ def store_in_run(run: str | Path, layer: str, channels: Sequence[int], images: t
         for c, a in zip(channels, arr, strict=True):
             g[fmt.OPTIMIZED_IMAGES][c] = a
             g[fmt.OPTIMIZED_DONE][c] = True
-        g[fmt.OPTIMIZED].attrs["recipe"] = recipe
+        g[fmt.OPTIMIZED].attrs[fmt.OPTIMIZED_RECIPE] = recipe
 
     update_run(run, write, extra_bytes=arr.nbytes, what="the optimized images")

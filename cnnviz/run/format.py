@@ -34,10 +34,44 @@ ATTR_PRECISION = "precision"  # fp32, tf32 or amp; since cnnviz 0.4 (older files
 ATTR_RANK_BY = "rank_by"  # JSON list of the rankings kept (RANK_BY); since 0.4 (absent: ["max"])
 ATTR_RELEVANCE_TARGET = "relevance_target"  # since 0.4, with rank_by relevance: whose logit it is
 ATTR_BOTTOM_K = "bottom_k"  # entries of each bottom-k; since 0.4 (absent or 0: none)
+ATTR_CNNVIZ_VERSION = "cnnviz_version"
+ATTR_CREATED = "created"
+ATTR_FINISHED = "finished"
+ATTR_SCAN_SECONDS = "scan_seconds"
+ATTR_ASSEMBLE_SECONDS = "assemble_seconds"
+ATTR_WAIT_DATA_SECONDS = "scan_wait_data_seconds"  # since 0.4
+ATTR_WAIT_DISK_SECONDS = "scan_wait_disk_seconds"  # since 0.4
+ATTR_MODEL = "model"
+ATTR_WEIGHTS_ORIGIN = "weights_origin"
+ATTR_WEIGHTS_DIGEST = "weights_digest"  # since 0.2
+ATTR_TOP_K = "top_k"
+ATTR_BATCH_SIZE = "batch_size"
+ATTR_LIBRARY = "library"
+ATTR_LIBRARY_ROOT = "library_root"
+ATTR_LIBRARY_FINGERPRINT = "library_fingerprint"
+ATTR_N_IMAGES = "n_images"
+ATTR_N_FAILED = "n_failed"
+ATTR_N_PATCH_ERRORS = "n_patch_errors"  # since 0.2
+ATTR_MAXIMA_DTYPE = "maxima_dtype"
+ATTR_PATCH_SIZE = "patch_size"
+ATTR_AMP = "amp"
+ATTR_WORLD_SIZE = "world_size"
+ATTR_SYNTHETIC = "synthetic"  # written by cnnviz.scanner.synthetic only
 
-# attributes of layers/<name> (since cnnviz 0.3; absent means "map", False)
-LAYER_UNIT = "unit"  # "map": a spatial map; "image": one value per image (whole-image unit)
-LAYER_LOGITS = "logits"  # the layer's output is the network's output: channel c is class c
+# attributes of layers/<name>
+LAYER_TYPE = "type"
+LAYER_CHANNELS = "channels"
+LAYER_HEIGHT = "height"
+LAYER_WIDTH = "width"
+LAYER_RF_SIZE = "rf_size"
+LAYER_RF_STRIDE = "rf_stride"
+LAYER_RF_OFFSET = "rf_offset"
+LAYER_PATCH_SHAPE = "patch_shape"
+LAYER_PATCH_FACTOR = "patch_factor"
+LAYER_MAXIMA_KEPT = "maxima_kept"  # since 0.2
+LAYER_UNIT = "unit"  # since 0.3 (absent: "map"); "image": one value per image (whole-image unit)
+LAYER_LOGITS = "logits"  # since 0.3 (absent: false): the layer's output is the network's output
+OPTIMIZED_RECIPE = "recipe"  # attribute of layers/<name>/optimized
 
 # inside layers/<name>/
 MAXIMA = "maxima"

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..images.patches import patch_box
+from . import format as fmt
 
 __all__ = ["LayerGeometry"]
 
@@ -49,9 +50,9 @@ class LayerGeometry:
         size, stride, offset = (tuple(int(v) for v in attrs[k])
                                 for k in ("rf_size", "rf_stride", "rf_offset"))
         self.field = _Field(_Axis(size[0], stride[0], offset[0]), _Axis(size[1], stride[1], offset[1]))
-        self.map_shape = (int(attrs["height"]), int(attrs["width"]))
-        self.patch_shape = tuple(int(v) for v in attrs["patch_shape"])
-        self.patch_factor = int(attrs["patch_factor"])
+        self.map_shape = (int(attrs[fmt.LAYER_HEIGHT]), int(attrs[fmt.LAYER_WIDTH]))
+        self.patch_shape = tuple(int(v) for v in attrs[fmt.LAYER_PATCH_SHAPE])
+        self.patch_factor = int(attrs[fmt.LAYER_PATCH_FACTOR])
         self.crop = (int(crop[0]), int(crop[1]))
         self.patch_size = int(patch_size)
 

@@ -13,6 +13,7 @@ import json
 import os
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -22,7 +23,7 @@ from ..errors import RunFileError, UsageError
 from . import format as fmt
 from .validate import validate_run
 
-__all__ = ["open_run", "RunReader"]
+__all__ = ["open_run", "RunReader", "RunHeader", "LayerMeta"]
 
 _INDEX = re.compile(r"\[(\w+)\]")  # layer2[0].conv3 -> layer2.0.conv3, as the scan's taps read it
 
@@ -110,6 +111,81 @@ def _legacy_weights_spec(origin: str) -> dict | None:
     return {"weights": None, "seed": int(seed.group(1))} if seed else None
 
 
+@dataclass(frozen=True)
+class RunHeader:
+    """A run file's root attributes, typed (``docs/run-file-format.md``; defaults for the ones
+    older files lack)."""
+
+    model: str
+    weights_origin: str
+    weights_digest: str
+    n_images: int
+    n_failed: int
+    top_k: int
+    batch_size: int
+    patch_size: int
+    maxima_dtype: str
+    library: str
+    library_root: str
+    created: str
+    finished: str
+    cnnviz_version: str
+    world_size: int
+    scan_seconds: float
+    assemble_seconds: float
+    wait_data_seconds: float
+    wait_disk_seconds: float
+    n_patch_errors: int
+
+    @classmethod
+    def of(cls, attrs) -> RunHeader:
+        def get(name: str, kind, default):
+            return kind(attrs[name]) if name in attrs else default
+
+        return cls(get(fmt.ATTR_MODEL, str, ""), get(fmt.ATTR_WEIGHTS_ORIGIN, str, ""),
+                   get(fmt.ATTR_WEIGHTS_DIGEST, str, ""), get(fmt.ATTR_N_IMAGES, int, 0),
+                   get(fmt.ATTR_N_FAILED, int, 0), get(fmt.ATTR_TOP_K, int, 0),
+                   get(fmt.ATTR_BATCH_SIZE, int, 0),
+                   get(fmt.ATTR_PATCH_SIZE, int, 0), get(fmt.ATTR_MAXIMA_DTYPE, str, "float32"),
+                   get(fmt.ATTR_LIBRARY, str, ""), get(fmt.ATTR_LIBRARY_ROOT, str, ""),
+                   get(fmt.ATTR_CREATED, str, ""), get(fmt.ATTR_FINISHED, str, ""),
+                   get(fmt.ATTR_CNNVIZ_VERSION, str, ""), get(fmt.ATTR_WORLD_SIZE, int, 1),
+                   get(fmt.ATTR_SCAN_SECONDS, float, 0.0), get(fmt.ATTR_ASSEMBLE_SECONDS, float, 0.0),
+                   get(fmt.ATTR_WAIT_DATA_SECONDS, float, 0.0), get(fmt.ATTR_WAIT_DISK_SECONDS, float, 0.0),
+                   get(fmt.ATTR_N_PATCH_ERRORS, int, 0))
+
+
+@dataclass(frozen=True)
+class LayerMeta:
+    """A layer group's attributes, typed."""
+
+    name: str
+    type: str
+    channels: int
+    height: int
+    width: int
+    rf_size: tuple[int, int]
+    rf_stride: tuple[int, int]
+    rf_offset: tuple[int, int]
+    patch_shape: tuple[int, int]
+    patch_factor: int
+    unit: str
+    logits: bool
+    maxima_kept: bool
+
+    @classmethod
+    def of(cls, name: str, attrs) -> LayerMeta:
+        def pair(key: str) -> tuple[int, int]:
+            return tuple(int(v) for v in attrs[key]) if key in attrs else (0, 0)
+
+        return cls(name, str(attrs.get(fmt.LAYER_TYPE, "")), int(attrs[fmt.LAYER_CHANNELS]),
+                   int(attrs.get(fmt.LAYER_HEIGHT, 1)), int(attrs.get(fmt.LAYER_WIDTH, 1)),
+                   pair(fmt.LAYER_RF_SIZE), pair(fmt.LAYER_RF_STRIDE), pair(fmt.LAYER_RF_OFFSET),
+                   pair(fmt.LAYER_PATCH_SHAPE), int(attrs.get(fmt.LAYER_PATCH_FACTOR, 1)),
+                   str(attrs.get(fmt.LAYER_UNIT, "map")), bool(attrs.get(fmt.LAYER_LOGITS, False)),
+                   bool(attrs.get(fmt.LAYER_MAXIMA_KEPT, fmt.MAXIMA in attrs)))
+
+
 class RunReader:
     """A run file open for reading; use as a context manager.
 
@@ -138,6 +214,18 @@ class RunReader:
     @property
     def attrs(self):
         return self.file.attrs
+
+    @property
+    def header(self) -> RunHeader:
+        """The root attributes, typed."""
+        if "header" not in self._cache:
+            self._cache["header"] = RunHeader.of(self.attrs)
+        return self._cache["header"]
+
+    def layer_meta(self, layer: str) -> LayerMeta:
+        """A layer's attributes, typed (``layer`` spelled as the scan accepted it)."""
+        name = self.resolve_layer(layer)
+        return LayerMeta.of(name, self.layer(name).attrs)
 
     @property
     def layers(self) -> list[str]:
@@ -170,7 +258,7 @@ class RunReader:
 
     def check_channels(self, layer: str, channels, param: str = "channel") -> None:
         """Every channel index is one of the layer's."""
-        n = int(self.layer(layer).attrs["channels"])
+        n = int(self.layer(layer).attrs[fmt.LAYER_CHANNELS])
         bad = [c for c in ([channels] if isinstance(channels, int) else channels) if not 0 <= c < n]
         if bad:
             raise UsageError(f"`{param}` {bad[:5]}: {layer} has channels 0-{n - 1}")
@@ -231,7 +319,7 @@ class RunReader:
         classes = self.class_names
         if not bool(g.attrs.get(fmt.LAYER_LOGITS, False)) or classes is None:
             return None
-        return classes if len(classes) == int(g.attrs["channels"]) else None
+        return classes if len(classes) == int(g.attrs[fmt.LAYER_CHANNELS]) else None
 
     @property
     def precision(self) -> str:
@@ -239,11 +327,11 @@ class RunReader:
         recorded only ``amp`` (and ran float32 scans in whatever TF32 mode torch had)."""
         if fmt.ATTR_PRECISION in self.attrs:
             return str(self.attrs[fmt.ATTR_PRECISION])
-        return "amp" if bool(self.attrs.get("amp", False)) else "fp32"
+        return "amp" if bool(self.attrs.get(fmt.ATTR_AMP, False)) else "fp32"
 
     @property
     def library_root(self) -> Path:
-        return Path(str(self.attrs["library_root"]))
+        return Path(str(self.attrs[fmt.ATTR_LIBRARY_ROOT]))
 
     @property
     def has_identity(self) -> bool:
@@ -287,7 +375,7 @@ class RunReader:
                                    "is not one cnnviz writes); give the run's model with `model` and "
                                    "`weights`")
             return spec
-        return _legacy_weights_spec(str(self.attrs.get("weights_origin", "")))
+        return _legacy_weights_spec(str(self.attrs.get(fmt.ATTR_WEIGHTS_ORIGIN, "")))
 
     @property
     def rank_by(self) -> list[str]:

@@ -141,7 +141,7 @@ def _class_rows(r: RunReader, layer: str, members: np.ndarray) -> dict[str, np.n
     """The top-k of every channel among the images ``members``, ranked by (-maximum, id) from
     the per-image maxima, with the boxes the scan would have written."""
     g = r.layer(layer)
-    k = int(r.attrs["top_k"])
+    k = int(r.attrs[fmt.ATTR_TOP_K])
     maxima = r.maxima_dataset(layer)[()][members].astype(np.float32)  # (M, C), rows in id order
     where = r.maxima_dataset(layer, positions=True)[()][members].astype(np.int64)
     key = np.where(np.isnan(maxima) | (maxima == -np.inf), np.inf, -maxima.astype(np.float64))
@@ -154,9 +154,9 @@ def _class_rows(r: RunReader, layer: str, members: np.ndarray) -> dict[str, np.n
     pos = np.pad(np.where(filled, where[order, chan].T, 0), pad)
     filled = ids >= 0
     c_n = ids.shape[0]
-    width = int(g.attrs["width"])
+    width = int(g.attrs[fmt.LAYER_WIDTH])
     y, x = np.where(filled, pos // width, -1), np.where(filled, pos % width, -1)
-    geo = LayerGeometry(g.attrs, r.preprocessing["crop"], int(r.attrs["patch_size"]))
+    geo = LayerGeometry(g.attrs, r.preprocessing["crop"], int(r.attrs[fmt.ATTR_PATCH_SIZE]))
     rf, patch = geo.boxes(y, x)
     geometry = r.file[fmt.IMAGE_GEOMETRY][()][np.maximum(ids, 0).reshape(-1)]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -343,7 +343,7 @@ def class_table(run: str | Path, layer: str, channel: int | None = None) -> pd.D
         channels = None if channel is None else [channel]
         codes, uniques = pd.factorize(pd.Series(labels))
         codes[labels == ""] = -1
-        n_c = len(channels) if channels else int(r.layer(layer).attrs["channels"])
+        n_c = len(channels) if channels else int(r.layer(layer).attrs[fmt.LAYER_CHANNELS])
         sums, fires, counts = (np.zeros((len(uniques), n_c)) for _ in range(3))
         start = 0
         for m in r.maxima_blocks(layer, channels, dtype=np.float64):

@@ -59,9 +59,9 @@ class _Checker:
 
     def check(self) -> None:
         a = self.f.attrs
-        n = self.n = _count(a["n_images"], "n_images")
-        _count(a.get("n_failed", 0), "n_failed", n)
-        self.k = _count(a["top_k"], "top_k", n, low=1) if n else _count(a["top_k"], "top_k")
+        n = self.n = _count(a[fmt.ATTR_N_IMAGES], "n_images")
+        _count(a.get(fmt.ATTR_N_FAILED, 0), "n_failed", n)
+        self.k = _count(a[fmt.ATTR_TOP_K], "top_k", n, low=1) if n else _count(a[fmt.ATTR_TOP_K], "top_k")
         self.bottom_k = _count(a.get(fmt.ATTR_BOTTOM_K, 0), "bottom_k", max(n, 1))
         rank_by = json.loads(a.get(fmt.ATTR_RANK_BY, '["max"]'))
         if not isinstance(rank_by, list) or "max" not in rank_by or not set(rank_by) <= set(fmt.RANK_BY):
@@ -121,11 +121,12 @@ class _Checker:
             raise _Bad(f"its layer {name!r} has no group {key}")
         g = self.f[key]
         a = g.attrs
-        c = _count(a["channels"], f"{name}: channels", low=1)
-        h = _count(a["height"], f"{name}: height", MAX_SIDE, low=1)
-        w = _count(a["width"], f"{name}: width", MAX_SIDE, low=1)
-        ph, pw = (_count(v, f"{name}: patch side", MAX_SIDE, low=1) for v in _pair(a["patch_shape"], name))
-        _count(a["patch_factor"], f"{name}: patch_factor", MAX_SIDE, low=1)
+        c = _count(a[fmt.LAYER_CHANNELS], f"{name}: channels", low=1)
+        h = _count(a[fmt.LAYER_HEIGHT], f"{name}: height", MAX_SIDE, low=1)
+        w = _count(a[fmt.LAYER_WIDTH], f"{name}: width", MAX_SIDE, low=1)
+        ph, pw = (_count(v, f"{name}: patch side", MAX_SIDE, low=1)
+                  for v in _pair(a[fmt.LAYER_PATCH_SHAPE], name))
+        _count(a[fmt.LAYER_PATCH_FACTOR], f"{name}: patch_factor", MAX_SIDE, low=1)
         for attr in ("rf_size", "rf_stride", "rf_offset"):
             _pair(a[attr], name)
         at = f"{key}/"

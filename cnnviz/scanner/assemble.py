@@ -114,10 +114,10 @@ def assemble_run(works: list[WorkDir], out: Path, keep_work: bool = False,
 
     def write(f: h5py.File) -> None:
         _write(f, inputs, segments, merged, fail_ids, fail_reasons, len(works))
-        f.attrs["scan_seconds"] = scan_seconds
+        f.attrs[fmt.ATTR_SCAN_SECONDS] = scan_seconds
         for key in ("wait_data_seconds", "wait_disk_seconds"):
             f.attrs[f"scan_{key}"] = max(float(st[key]) for st in states)
-        f.attrs["assemble_seconds"] = time.monotonic() - started
+        f.attrs[fmt.ATTR_ASSEMBLE_SECONDS] = time.monotonic() - started
 
     try:
         outcome, detail = write_isolated(write, tmp, "w")
@@ -188,8 +188,8 @@ def _write(f: h5py.File, inputs: _Inputs, segments, merged, fail_ids, fail_reaso
     finally:
         store.close()
     _strings(f, fmt.IMAGE_PATCH_ERROR, [store.errors.get(i, "") for i in range(len(lib))])
-    f.attrs["n_patch_errors"] = len(store.errors)
-    f.attrs["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    f.attrs[fmt.ATTR_N_PATCH_ERRORS] = len(store.errors)
+    f.attrs[fmt.ATTR_FINISHED] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def _check_shards_match(metas: list[dict], works: list[WorkDir]) -> None:
@@ -211,31 +211,31 @@ def write_header(f: h5py.File, meta: dict, n_images: int, n_failed: int, world: 
     a = f.attrs
     a[fmt.ATTR_FORMAT] = fmt.FORMAT
     a[fmt.ATTR_VERSION] = fmt.FORMAT_VERSION
-    a["cnnviz_version"] = meta["cnnviz_version"]
-    a["created"] = meta["started"]
-    a["model"] = meta["model"]
-    a["weights_origin"] = meta["weights_origin"]
+    a[fmt.ATTR_CNNVIZ_VERSION] = meta["cnnviz_version"]
+    a[fmt.ATTR_CREATED] = meta["started"]
+    a[fmt.ATTR_MODEL] = meta["model"]
+    a[fmt.ATTR_WEIGHTS_ORIGIN] = meta["weights_origin"]
     if meta.get("weights_spec") is not None:
         a[fmt.ATTR_WEIGHTS_SPEC] = json.dumps(meta["weights_spec"])
-    a["weights_digest"] = meta["weights_digest"]
+    a[fmt.ATTR_WEIGHTS_DIGEST] = meta["weights_digest"]
     a[fmt.ATTR_PREPROCESSING] = json.dumps(meta["preprocessing"])
     a[fmt.ATTR_LAYERS] = json.dumps(meta["layers"])
-    a["top_k"] = meta["top_k"]
-    a["batch_size"] = meta["batch_size"]
-    a["library"] = meta["library_source"]
-    a["library_root"] = meta["library_root"]
-    a["library_fingerprint"] = meta["library_fingerprint"]
-    a["n_images"] = n_images
-    a["n_failed"] = n_failed
-    a["maxima_dtype"] = meta["maxima_dtype"]
-    a["patch_size"] = meta["patch_size"]
-    a["amp"] = meta["amp"]
+    a[fmt.ATTR_TOP_K] = meta["top_k"]
+    a[fmt.ATTR_BATCH_SIZE] = meta["batch_size"]
+    a[fmt.ATTR_LIBRARY] = meta["library_source"]
+    a[fmt.ATTR_LIBRARY_ROOT] = meta["library_root"]
+    a[fmt.ATTR_LIBRARY_FINGERPRINT] = meta["library_fingerprint"]
+    a[fmt.ATTR_N_IMAGES] = n_images
+    a[fmt.ATTR_N_FAILED] = n_failed
+    a[fmt.ATTR_MAXIMA_DTYPE] = meta["maxima_dtype"]
+    a[fmt.ATTR_PATCH_SIZE] = meta["patch_size"]
+    a[fmt.ATTR_AMP] = meta["amp"]
     a[fmt.ATTR_PRECISION] = meta.get("precision", "amp" if meta["amp"] else "fp32")
     a[fmt.ATTR_RANK_BY] = json.dumps(meta.get("rank_by", ["max"]))
     a[fmt.ATTR_BOTTOM_K] = int(meta.get("bottom_k", 0))
     if meta.get("relevance_target"):
         a[fmt.ATTR_RELEVANCE_TARGET] = meta["relevance_target"]
-    a["world_size"] = world
+    a[fmt.ATTR_WORLD_SIZE] = world
     if meta.get("class_names"):
         f.create_dataset(fmt.CLASS_NAMES, data=np.array(meta["class_names"], dtype=object), dtype=_STR)
 
@@ -289,12 +289,12 @@ def create_layer_maxima(f, taps, n: int, kept: set[str], means: set[str] = froze
     dsets = []
     for tap in taps:
         g = f.create_group(fmt.layer_group(tap.name))
-        g.attrs["maxima_kept"] = tap.name in kept
+        g.attrs[fmt.LAYER_MAXIMA_KEPT] = tap.name in kept
         if tap.name not in kept:
             dsets.append(None)
             continue
         c = tap.channels
-        dtype = f.attrs["maxima_dtype"]
+        dtype = f.attrs[fmt.ATTR_MAXIMA_DTYPE]
         rows = int(max(1, min(n, (1 << 20) // max(1, c * np.dtype(dtype).itemsize))))
         made = {"max": g.create_dataset(fmt.MAXIMA, shape=(n, c), dtype=dtype, chunks=(rows, c),
                                         fillvalue=np.nan, fletcher32=True),
@@ -334,10 +334,11 @@ def write_topk(g, tap: LayerTap, layer: MergedLayer, input_size, patch_size, geo
                           geometry)
     rf = tap.rf
     g.attrs.update({
-        "type": tap.type, "channels": tap.channels, "height": tap.shape[1], "width": tap.shape[2],
-        "rf_size": list(rf.size), "rf_stride": list(rf.stride), "rf_offset": list(rf.offset),
-        "patch_shape": list(patch_shape(rf, input_size, patch_size)),
-        "patch_factor": patch_factor(rf, input_size, patch_size),
+        fmt.LAYER_TYPE: tap.type, fmt.LAYER_CHANNELS: tap.channels, fmt.LAYER_HEIGHT: tap.shape[1],
+        fmt.LAYER_WIDTH: tap.shape[2], fmt.LAYER_RF_SIZE: list(rf.size), fmt.LAYER_RF_STRIDE: list(rf.stride),
+        fmt.LAYER_RF_OFFSET: list(rf.offset),
+        fmt.LAYER_PATCH_SHAPE: list(patch_shape(rf, input_size, patch_size)),
+        fmt.LAYER_PATCH_FACTOR: patch_factor(rf, input_size, patch_size),
         fmt.LAYER_UNIT: tap.unit, fmt.LAYER_LOGITS: tap.logits,
     })
     return p_box

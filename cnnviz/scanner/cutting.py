@@ -105,11 +105,11 @@ def write_patches(f, jobs, store: CropStore, block_bytes: int = 128 << 20) -> No
     :func:`cnnviz.images.patches.cut_patch` does), at a fraction of the memory traffic."""
     for tap, group, ids, boxes in jobs:
         g = f[fmt.layer_group(tap.name)]  # (ids and boxes from memory: a full disk may lose writes)
-        ph, pw = (int(v) for v in g.attrs["patch_shape"])
+        ph, pw = (int(v) for v in g.attrs[fmt.LAYER_PATCH_SHAPE])
         c_total, k = ids.shape
         ds = g.create_dataset(f"{group}/{fmt.PATCHES}", shape=(c_total, k, ph, pw, 3), dtype=np.uint8,
                               chunks=(1, k, ph, pw, 3), fletcher32=True)
-        cutter = _PatchCutter(store, int(g.attrs["patch_factor"]), (ph, pw), boxes[ids >= 0])
+        cutter = _PatchCutter(store, int(g.attrs[fmt.LAYER_PATCH_FACTOR]), (ph, pw), boxes[ids >= 0])
         channel_block = max(1, block_bytes // (k * ph * pw * 3))
         for c0 in range(0, c_total, channel_block):
             c1 = min(c_total, c0 + channel_block)

@@ -48,7 +48,7 @@ def write_synthetic_run(path: str | Path, taps: list[LayerTap], n_images: int, t
     geometry = np.tile(np.array([375, 500, 232, 309, 4, 42], dtype=np.int32), (n_images, 1))
     with h5py.File(path, "w") as f:
         write_header(f, meta, n_images, n_failed=0, world=1)
-        f.attrs["synthetic"] = True
+        f.attrs[fmt.ATTR_SYNTHETIC] = True
         write_image_records(f, relpaths, labels, np.zeros(0, np.int64), [])
         f.create_dataset(fmt.IMAGE_GEOMETRY, data=geometry)
         f.create_dataset(fmt.IMAGE_IDENTITY, data=np.zeros((n_images, 3), np.int64))
@@ -65,10 +65,10 @@ def write_synthetic_run(path: str | Path, taps: list[LayerTap], n_images: int, t
             write_quantiles(g, layer.histogram, 256)
             for group in (fmt.TOPK, fmt.TOPK_MEAN):
                 _flat_patches(g, group, tap, top_k, patch_size, input_size)
-        f.attrs["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        f.attrs[fmt.ATTR_FINISHED] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         for key in ("scan_seconds", "assemble_seconds", "scan_wait_data_seconds", "scan_wait_disk_seconds"):
             f.attrs[key] = 0.0
-        f.attrs["n_patch_errors"] = 0
+        f.attrs[fmt.ATTR_N_PATCH_ERRORS] = 0
     return path
 
 

@@ -44,8 +44,8 @@ def neuron_attributions(model, run: str | Path, layer: str, channel: int,
     with RunReader(run) as r:
         g = r.layer(layer)
         boxes = g[fmt.TOPK_PATCH_BOX][channel]
-        ph, pw = (int(v) for v in g.attrs["patch_shape"])
-        factor = int(g.attrs["patch_factor"])
+        ph, pw = (int(v) for v in g.attrs[fmt.LAYER_PATCH_SHAPE])
+        factor = int(g.attrs[fmt.LAYER_PATCH_FACTOR])
     out = np.zeros((len(maps), ph, pw, 3), dtype=np.float32)
     for r, m in enumerate(maps):
         if m is not None:

@@ -100,7 +100,7 @@ def _patch_masks(r: RunReader, run, layer: str, channel: int, grp, model, device
     level = float(r.mask_levels(layer)[channel])
     ids = grp[fmt.IMAGE_ID][channel]
     boxes = grp[fmt.PATCH_BOX][channel]
-    geometry = LayerGeometry(r.layer(layer).attrs, r.preprocessing["crop"], int(r.attrs["patch_size"]))
+    geometry = LayerGeometry(r.layer(layer).attrs, r.preprocessing["crop"], int(r.attrs[fmt.ATTR_PATCH_SIZE]))
     maps = unit_maps(run, layer, [int(i) for i in ids[ids >= 0]], model, device)
     return [None if maps.get(int(i)) is None else
             threshold_mask(maps[int(i)][channel], level, geometry, boxes[j], geometry.patch_factor)
@@ -115,7 +115,7 @@ def layer_overview(run: str | Path, layer: str, channels=None, per_channel: int 
     with RunReader(run) as r:
         layer = r.resolve_layer(layer)
         g = r.layer(layer)
-        n_ch = g.attrs["channels"]
+        n_ch = g.attrs[fmt.LAYER_CHANNELS]
         channels = list(range(min(64, n_ch))) if channels is None else list(channels)
         r.check_channels(layer, channels, "channels")
         patches = g[fmt.TOPK_PATCHES]
