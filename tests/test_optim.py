@@ -16,7 +16,7 @@ from cnnviz.optim import (
     store_in_run,
     to_uint8,
 )
-from cnnviz.optim.render import _gaussian_blur, _jitter
+from cnnviz.optim.transforms import gaussian_blur, roll
 
 PRE = Preprocessing(resize=None, crop=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
@@ -75,11 +75,11 @@ def test_cs231n_recipe_reaches_the_class_and_keeps_pixels_valid():
 def test_blur_matches_scipy_and_jitter_is_undone():
     scipy_ndimage = pytest.importorskip("scipy.ndimage")
     x = torch.rand(1, 3, 17, 23, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    ours = _gaussian_blur(x, 0.5).numpy()
+    ours = gaussian_blur(x, 0.5).numpy()
     ref = scipy_ndimage.gaussian_filter1d(x.numpy(), 0.5, axis=2)
     ref = scipy_ndimage.gaussian_filter1d(ref, 0.5, axis=3)
     np.testing.assert_allclose(ours, ref, atol=1e-12)
-    assert torch.equal(_jitter(_jitter(x, 5, 3), -5, -3), x)
+    assert torch.equal(roll(roll(x, 5, 3), -5, -3), x)
 
 
 def test_objective_arithmetic_on_known_activations():
@@ -198,11 +198,11 @@ def test_redirection_lasts_the_first_steps_and_the_network_sees_one_size():
 
 
 def test_centre_fit_cuts_and_pads_about_the_centre():
-    from cnnviz.optim.render import _centre_fit
+    from cnnviz.optim.transforms import centre_fit
 
     x = torch.arange(2 * 3 * 7 * 9, dtype=torch.float32).view(2, 3, 7, 9)
-    assert torch.equal(_centre_fit(x, (5, 5)), x[..., 1:6, 2:7])
-    padded = _centre_fit(x, (9, 11))
+    assert torch.equal(centre_fit(x, (5, 5)), x[..., 1:6, 2:7])
+    padded = centre_fit(x, (9, 11))
     assert torch.equal(padded[..., 1:8, 1:10], x)
     assert (padded[..., 0, :] == 0.5).all() and (padded[..., :, 0] == 0.5).all()
 

@@ -16,7 +16,7 @@ import torch
 import cnnviz
 from cnnviz import Preprocessing, from_module, load_model, scan
 from cnnviz.errors import ScanError, UsageError
-from cnnviz.model.precision import _tf32_switches, precision_scope
+from cnnviz.model.precision import precision_scope, tf32_switches
 from cnnviz.model.taps import capture, resolve_layers
 from cnnviz.scanner import scan_shard
 from cnnviz.scanner.reducers import TapReducer, TopK
@@ -68,7 +68,7 @@ def test_topk_equals_a_full_sort_with_ties_nan_and_signed_zeros(sparse):
 # -- precision ---------------------------------------------------------------------------------
 
 def _switches() -> list:
-    return [getattr(owner, name) for owner, name, _ in _tf32_switches()]
+    return [getattr(owner, name) for owner, name, _ in tf32_switches()]
 
 
 class _Recorder(torch.nn.Module):

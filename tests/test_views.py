@@ -624,12 +624,12 @@ def test_spatial_min_is_the_first_minimum_in_every_layout(layout):
 def test_the_gpu_histogram_counts_what_the_cpu_one_counts():
     """The device path (integer keys and one index_add_ into a fixed-size tensor, run here on
     the CPU) and the CPU's numpy path give the same counts, NaN, zeros and infinities included."""
-    from cnnviz.scanner.reducers import _histogram_numpy, _histogram_torch
+    from cnnviz.scanner.reducers import histogram_numpy, histogram_torch
 
     gen = torch.Generator().manual_seed(0)
     rows = torch.randn(7, 50, 6, generator=gen) * 10.0 ** torch.randint(-8, 8, (7, 50, 6), generator=gen)
     rows[0, 0, 0], rows[1, 1, 1], rows[2, 2, 2], rows[3, 3, 3] = float("nan"), 0.0, -0.0, float("-inf")
     width = SCALE.n_buckets + 1
-    device = _histogram_torch(rows, SCALE, width).numpy()
-    np.testing.assert_array_equal(device, _histogram_numpy(rows.numpy(), SCALE, width))
+    device = histogram_torch(rows, SCALE, width).numpy()
+    np.testing.assert_array_equal(device, histogram_numpy(rows.numpy(), SCALE, width))
     assert device.sum() == rows.numel() - 1  # NaN is not counted

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import MissingDependencyError, UsageError, WeightsUnavailableError
 from .checkpoints import fit_state_dict, read_state_dict
+from .copying import copy_module
 from .preprocessing import Preprocessing
 
 __all__ = ["LoadedModel", "load_model", "from_module", "available_models", "WeightsUnavailableError",
@@ -66,6 +67,7 @@ class LoadedModel:
         return p.device if p is not None else torch.device("cpu")
 
     def to(self, device) -> LoadedModel:
+        """Move cnnviz's copy of the network (never the module given to :func:`from_module`)."""
         self.module.to(device)
         return self
 
@@ -103,7 +105,9 @@ def from_module(
     weights_origin: str = "user module",
     name: str | None = None,
 ) -> LoadedModel:
-    """Wrap any classification ``nn.Module``.
+    """Wrap any classification ``nn.Module``. cnnviz works on its own copy (in eval mode, its
+    parameters frozen, moved by :meth:`LoadedModel.to`): the caller's module keeps its mode, its
+    gradients, its device and its hooks.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
@@ -112,7 +116,7 @@ def from_module(
         (32, 32)
     """
     return LoadedModel(
-        module=_freeze(module),
+        module=_freeze(copy_module(module)),
         preprocessing=preprocessing or Preprocessing(),
         class_names=list(class_names) if class_names is not None else None,
         weights_origin=weights_origin,

@@ -24,7 +24,8 @@ import torch
 
 from ..errors import UsageError
 
-__all__ = ["PRECISIONS", "check_precision", "resolve_precision", "precision_scope", "autocast"]
+__all__ = ["PRECISIONS", "check_precision", "resolve_precision", "precision_scope", "autocast",
+           "tf32_switches"]
 
 PRECISIONS = ("fp32", "tf32", "amp")
 
@@ -46,8 +47,9 @@ def resolve_precision(precision: str | None, amp: bool) -> str:
     return precision
 
 
-def _tf32_switches() -> list[tuple[object, str, object]]:
-    """``(owner, attribute, value meaning IEEE float32)`` of torch's TF32 switches, through the
+def tf32_switches() -> list[tuple[object, str, object]]:
+    """``(owner, attribute, value meaning IEEE float32)`` (what :func:`precision_scope` sets and
+    restores; ``getattr(owner, attribute)`` reads the current setting) of torch's TF32 switches, through the
     API this torch has: since 2.9 ``fp32_precision`` (mixing it with the older ``allow_tf32``
     flags is an error there), before that ``allow_tf32``."""
     cudnn_conv = getattr(torch.backends.cudnn, "conv", None)
@@ -67,7 +69,7 @@ def precision_scope(precision: str, device) -> Iterator[None]:
     """Forward passes inside run in ``precision`` on ``device``; torch's TF32 switches are
     restored on exit."""
     check_precision(precision)
-    switches = _tf32_switches()
+    switches = tf32_switches()
     saved = [getattr(owner, name) for owner, name, _ in switches]
     try:
         for owner, name, ieee in switches:

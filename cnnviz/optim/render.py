@@ -33,7 +33,7 @@ from ..run import format as fmt
 from . import seeding
 from .objectives import Objective, class_logits
 from .param import FourierImage, PixelImage
-from .transforms import standard_transforms
+from .transforms import centre_fit, gaussian_blur, roll, standard_transforms
 
 __all__ = ["RenderResult", "render", "cs231n_class_visualization", "to_uint8", "save_png",
            "class_probabilities", "store_in_run"]
@@ -171,46 +171,13 @@ def _step(model, objective: Objective, cap, param, opt, tf, gen, size) -> np.nda
     img = param.image()
     seen = tf(img, gen) if tf is not None else img
     if size is not None and tuple(seen.shape[-2:]) != size:
-        seen = _centre_fit(seen, size)
+        seen = centre_fit(seen, size)
     x = model.preprocessing.standardize(seen)
     logits = cap.forward(x)
     values = objective(cap.outputs, logits, x)
     (-values.sum()).backward()
     opt.step()
     return values.detach().cpu().numpy()
-
-
-def _centre_fit(x: torch.Tensor, size: tuple[int, int], value: float = 0.5) -> torch.Tensor:
-    """``x`` cut to ``size`` about its centre, padded with ``value`` where it is smaller. (A
-    resize instead would show the network every feature at about 0.94 of its size and cost
-    a tenth of the reached activation at the image's own size.)"""
-    pads = []
-    for dim, want in ((3, size[1]), (2, size[0])):
-        have = x.shape[dim]
-        lo = (have - want) // 2
-        pads += [-lo, -(have - want - lo)]
-    return F.pad(x, pads, value=value)
-
-
-def _jitter(x: torch.Tensor, ox: int, oy: int) -> torch.Tensor:
-    """cs231n's jitter: a circular shift by ``ox`` columns and ``oy`` rows."""
-    return torch.roll(x, shifts=(oy, ox), dims=(2, 3))
-
-
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """scipy.ndimage.gaussian_filter1d along rows then columns (truncate 4, mode 'reflect')."""
-    radius = int(4.0 * sigma + 0.5)
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    for dim in (2, 3):
-        first = x.narrow(dim, 0, radius).flip(dim)
-        last = x.narrow(dim, x.shape[dim] - radius, radius).flip(dim)
-        xp = torch.cat([first, x, last], dim=dim)
-        weight = k.view(1, 1, -1, 1) if dim == 2 else k.view(1, 1, 1, -1)
-        x = F.conv2d(xp, weight.expand(c, 1, *weight.shape[2:]), groups=c)
-    return x
 
 
 @torch.enable_grad()
@@ -254,7 +221,7 @@ def cs231n_class_visualization(model, targets: int | Sequence[int], l2_reg: floa
                       unit="step"):
             ox, oy = seeding.randint(max_jitter + 1, 2, gen)
             with torch.no_grad():
-                img.copy_(_jitter(img, ox, oy))
+                img.copy_(roll(img, ox, oy))
             # d(score)/dI from Captum; the L2 penalty's gradient is 2 * l2_reg * I.
             grad = saliency.attribute(img, target=targets, abs=False).detach()
             history.append(score({}, seen["logits"].detach(), img).cpu().numpy())
@@ -262,11 +229,11 @@ def cs231n_class_visualization(model, targets: int | Sequence[int], l2_reg: floa
                 grad -= 2.0 * l2_reg * img
                 norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
                 img += lr * grad / norms
-                img.copy_(_jitter(img, -ox, -oy))
+                img.copy_(roll(img, -ox, -oy))
             param.clamp_()
             if t % blur_every == 0:
                 with torch.no_grad():
-                    img.copy_(_gaussian_blur(img, sigma))
+                    img.copy_(gaussian_blur(img, sigma))
             if snapshot_every and (t + 1) % snapshot_every == 0:
                 result.snapshots.append((t + 1, param.image().detach().cpu()))
     result.images = param.image().detach()

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from .seeding import choice, randint
 
-__all__ = ["pad", "jitter", "random_scale", "random_rotate", "compose", "standard_transforms"]
+__all__ = ["pad", "jitter", "random_scale", "random_rotate", "compose", "standard_transforms",
+           "centre_fit", "roll", "gaussian_blur"]
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -75,3 +76,36 @@ def compose(transforms: Sequence[Transform]) -> Transform:
 def standard_transforms() -> Transform:
     return compose([pad(12), jitter(8), random_scale([1 + (i - 5) / 50 for i in range(11)]),
                     random_rotate(list(range(-10, 11))), jitter(4)])
+
+
+def centre_fit(x: torch.Tensor, size: tuple[int, int], value: float = 0.5) -> torch.Tensor:
+    """``x`` cut to ``size`` about its centre, padded with ``value`` where it is smaller. (A
+    resize instead would show the network every feature at about 0.94 of its size and cost
+    a tenth of the reached activation at the image's own size.)"""
+    pads = []
+    for dim, want in ((3, size[1]), (2, size[0])):
+        have = x.shape[dim]
+        lo = (have - want) // 2
+        pads += [-lo, -(have - want - lo)]
+    return F.pad(x, pads, value=value)
+
+
+def roll(x: torch.Tensor, ox: int, oy: int) -> torch.Tensor:
+    """cs231n's jitter: a circular shift by ``ox`` columns and ``oy`` rows."""
+    return torch.roll(x, shifts=(oy, ox), dims=(2, 3))
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """scipy.ndimage.gaussian_filter1d along rows then columns (truncate 4, mode 'reflect')."""
+    radius = int(4.0 * sigma + 0.5)
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    for dim in (2, 3):
+        first = x.narrow(dim, 0, radius).flip(dim)
+        last = x.narrow(dim, x.shape[dim] - radius, radius).flip(dim)
+        xp = torch.cat([first, x, last], dim=dim)
+        weight = k.view(1, 1, -1, 1) if dim == 2 else k.view(1, 1, 1, -1)
+        x = F.conv2d(xp, weight.expand(c, 1, *weight.shape[2:]), groups=c)
+    return x

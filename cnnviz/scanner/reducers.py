@@ -21,9 +21,9 @@ import torch.nn.functional as F
 
 from ..run.quantiles import SCALE, BucketScale
 
-__all__ = ["spatial_max", "spatial_min", "TopK", "ChannelStats", "RunningStats", "merge_topk",
-           "Reduced", "TapReducer", "bucket_keys", "sample_positions", "position_histogram",
-           "PositionHistogram"]
+__all__ = ["histogram_numpy", "histogram_torch", "spatial_max", "spatial_min", "TopK", "ChannelStats",
+           "RunningStats", "merge_topk", "Reduced", "TapReducer", "bucket_keys", "sample_positions",
+           "position_histogram", "PositionHistogram"]
 
 
 def spatial_max(act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -158,13 +158,13 @@ def position_histogram(act: torch.Tensor, ids: torch.Tensor, positions: int,
         rows = rows.float().numpy()
         if idx is not None:
             rows = rows[np.arange(n)[:, None], idx.numpy()]
-        return torch.from_numpy(_histogram_numpy(rows, scale, width))
+        return torch.from_numpy(histogram_numpy(rows, scale, width))
     if idx is not None:
         rows = rows[torch.arange(n, device=act.device)[:, None], idx]  # (n, positions, c)
-    return _histogram_torch(rows, scale, width)
+    return histogram_torch(rows, scale, width)
 
 
-def _histogram_torch(rows: torch.Tensor, scale: BucketScale, width: int) -> torch.Tensor:
+def histogram_torch(rows: torch.Tensor, scale: BucketScale, width: int) -> torch.Tensor:
     """The counts of ``(..., C)`` rows on any device, in fixed shapes: :func:`bucket_keys` offset
     by channel (int32: no int64 copy of a batch's keys) and one ``index_add_`` of ones into a
     zeroed ``C x width`` tensor."""
@@ -176,7 +176,7 @@ def _histogram_torch(rows: torch.Tensor, scale: BucketScale, width: int) -> torc
     return counts.view(c, width)[:, :-1]
 
 
-def _histogram_numpy(rows: np.ndarray, scale: BucketScale, width: int) -> np.ndarray:
+def histogram_numpy(rows: np.ndarray, scale: BucketScale, width: int) -> np.ndarray:
     """:func:`bucket_keys` and the counts in numpy, for ``(..., C)`` float32 rows on the CPU
     (``bincount`` is 3x faster than torch's); the sign and NaN are handled only where the rows
     hold any (a map after a ReLU holds neither)."""
