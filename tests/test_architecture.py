@@ -91,6 +91,11 @@ def _run_file_attribute_names() -> set[str]:
         {fmt.OPTIMIZED_RECIPE}
 
 
+def _is_attrs_update(node: ast.AST) -> bool:
+    return (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "update"
+            and "attrs" in ast.unparse(node.func.value) and bool(node.args) and isinstance(node.args[0], ast.Dict))
+
+
 def test_run_file_attribute_names_are_spelled_in_format_py_only():
     names = _run_file_attribute_names()
     offenders = []
@@ -106,8 +111,7 @@ def test_run_file_attribute_names_are_spelled_in_format_py_only():
                     and isinstance(node.args[0], ast.Constant):
                 base = ast.unparse(node.func.value)
                 key = node.args[0].value if "attrs" in base or base == "a" else None
-            elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "update" and \
-                    "attrs" in ast.unparse(node.func.value) and node.args and isinstance(node.args[0], ast.Dict):
+            elif _is_attrs_update(node):
                 offenders += [f"{path.relative_to(PACKAGE)}:{node.lineno} {k.value}"
                               for k in node.args[0].keys if isinstance(k, ast.Constant) and k.value in names]
             if isinstance(key, str) and key in names:
