@@ -93,7 +93,8 @@ def _run_file_attribute_names() -> set[str]:
 
 def _is_attrs_update(node: ast.AST) -> bool:
     return (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "update"
-            and "attrs" in ast.unparse(node.func.value) and bool(node.args) and isinstance(node.args[0], ast.Dict))
+            and "attrs" in ast.unparse(node.func.value) and bool(node.args)
+            and isinstance(node.args[0], ast.Dict))
 
 
 def test_run_file_attribute_names_are_spelled_in_format_py_only():
