@@ -24,7 +24,7 @@ import torch
 
 from cnnviz import load_model
 from cnnviz.optim import objectives, render
-from cnnviz.optim.render import REDIRECT_STEPS
+from cnnviz.optim.ascent import REDIRECT_STEPS
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

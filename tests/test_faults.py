@@ -418,7 +418,7 @@ def test_storing_images_on_a_full_disk_leaves_the_run_file_as_it_was(photo_dir, 
     import cnnviz.run.update as update
     from cnnviz.cli import main
     from cnnviz.errors import OutputError
-    from cnnviz.optim.render import store_in_run
+    from cnnviz.optim import store_in_run
 
     run = small_disk / "run.h5"
     # one ranking: the run file and its copy fit the 24 MB disk together (two would not)
@@ -461,7 +461,7 @@ def test_a_run_file_another_process_holds_open_is_named_busy_not_broken(photo_di
     """HDF5 locks an open file: reading one a notebook writes, or storing optimized images into
     one a notebook writes, says so, not that the file is no HDF5 file. A process that only reads
     it does not stop a store (which writes a copy and swaps it in)."""
-    from cnnviz.optim.render import store_in_run
+    from cnnviz.optim import store_in_run
 
     run = scan(photo_dir, load_model("resnet18", None), tmp_path / "run.h5", **KW)
     for attempt in (lambda: cnnviz.top_patches(run, layer="layer3.0"),

@@ -20,7 +20,6 @@ from ..errors import RunFileError, ScanError
 from ..images.library import ImageLibrary
 from ..images.patches import patch_box, patch_factor, patch_shape
 from ..model.preprocessing import Preprocessing, boxes_to_original
-from ..model.receptive_field import AxisField, ReceptiveField
 from ..model.taps import LayerTap
 from ..run import format as fmt
 from ..run.isolated import durable_replace, write_isolated
@@ -28,30 +27,13 @@ from ..run.quantiles import LEVELS, MASK_LEVEL, SCALE, quantiles_from_histogram
 from .config import default_workers
 from .cutting import CropStore, write_patches
 from .space import check_space, run_file_bytes
-from .state import MergedLayer, merge_states, segment_columns, segments_of
+from .state import MergedLayer, merge_states, segment_columns, segments_of, tap_from_record
 from .workdir import WorkDir, check_work_format
 
-__all__ = ["assemble_run", "tap_record", "tap_from_record", "write_header", "write_image_records",
+__all__ = ["assemble_run", "write_header", "write_image_records",
            "create_layer_maxima", "write_topk", "write_ranking", "write_quantiles", "write_stats"]
 
 _STR = h5py.string_dtype()
-
-
-def tap_record(tap: LayerTap) -> dict:
-    """A tap's geometry as JSON-ready data (recorded in a work folder's meta)."""
-    rf = tap.rf
-    record = {"name": tap.name, "type": tap.type, "shape": list(tap.shape),
-              "rf_size": list(rf.size), "rf_stride": list(rf.stride), "rf_offset": list(rf.offset)}
-    if tap.whole_image:  # only then: a map layer's record stays what older work folders hold
-        record.update(unit=tap.unit, logits=tap.logits)
-    return record
-
-
-def tap_from_record(rec: dict) -> LayerTap:
-    rf = ReceptiveField(*(AxisField(rec["rf_size"][i], rec["rf_stride"][i], rec["rf_offset"][i])
-                          for i in (0, 1)))
-    return LayerTap(rec["name"], rec["type"], tuple(rec["shape"]), rf, 1,
-                    unit=rec.get("unit", "map"), logits=rec.get("logits", False))
 
 
 def _contiguous_runs(ids: np.ndarray):

@@ -31,13 +31,13 @@ from ..model.loading import weights_digest
 from ..model.precision import precision_scope
 from ..model.taps import LayerTap, capture, require_fields, resolve_layers
 from ..run.lock import OutputLock
-from .assemble import assemble_run, tap_record
+from .assemble import assemble_run
 from .checkpoint import CheckpointWriter
 from .config import ScanConfig, check_folder, check_output
 from .reducers import TapReducer
 from .relevance import TARGET_RULE
 from .space import check_space, estimate_bytes
-from .state import ScanState
+from .state import ScanState, tap_record
 from .workdir import WORK_FORMAT, WorkDir, work_path
 
 __all__ = ["scan", "scan_shard", "ScanConfig", "reduce_images"]
@@ -65,7 +65,7 @@ def scan(library: str | Path | ImageLibrary, model, out: str | Path, layers=None
     out = Path(out)
     check_folder(out)
     with OutputLock(out, str(out)):  # one writer for the run file and its work folder
-        work = scan_shard(library, model, out, (0, 1), layers, config, _locked=True, **options)
+        work = _scan_work(library, model, out, (0, 1), _checked(config, layers, options))
         try:
             workers = _with_options(config, layers, options).num_workers
             return assemble_run([WorkDir(work)], out, workers=workers)
@@ -76,25 +76,32 @@ def scan(library: str | Path | ImageLibrary, model, out: str | Path, layers=None
 
 
 def scan_shard(library: str | Path | ImageLibrary, model, out: str | Path, shard: tuple[int, int],
-               layers=None, config: ScanConfig | None = None, _locked: bool = False, **options) -> Path:
+               layers=None, config: ScanConfig | None = None, **options) -> Path:
     """Scan one share ``(rank, world_size)`` of the library into its work folder (batch ``b``
     goes to rank ``b % world_size``); returns the folder. :func:`scan` is the one-share case;
     :func:`cnnviz.scanner.merge` writes the run file from all shares."""
     out = Path(out)
-    config = _with_options(config, layers, options)
-    config.validate()
+    config = _checked(config, layers, options)
     rank, world = shard
     if not 0 <= rank < world:
         raise UsageError(f"`shard` {rank}/{world}: the rank must be in 0..{world - 1}")
     check_folder(out)
-    work = WorkDir(work_path(out, rank, world))
-    with contextlib.ExitStack() as stack:
-        if not _locked:
-            stack.enter_context(OutputLock(work.path, f"{out} (shard {rank}/{world})"))
-        return _scan_share(library, model, out, shard, config, work)
+    with OutputLock(work_path(out, rank, world), f"{out} (shard {rank}/{world})"):
+        return _scan_work(library, model, out, shard, config)
 
 
-def _scan_share(library, model, out: Path, shard, config: ScanConfig, work: WorkDir) -> Path:
+def _checked(config: ScanConfig | None, layers, options: dict) -> ScanConfig:
+    config = _with_options(config, layers, options)
+    config.validate()
+    return config
+
+
+def _scan_work(library, model, out: Path, shard: tuple[int, int], config: ScanConfig) -> Path:
+    """The scan of one share into its work folder, its lock held by the caller."""
+    return _scan_into(library, model, Path(out), shard, config, WorkDir(work_path(Path(out), *shard)))
+
+
+def _scan_into(library, model, out: Path, shard, config: ScanConfig, work: WorkDir) -> Path:
     resuming = config.resume and work.exists()              # 1. validate everything first
     check_output(out, config.overwrite or (resuming and work.read_meta().get("overwrite_output", False)))
     lib = _library(library, work if resuming else None)

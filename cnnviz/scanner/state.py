@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..model.receptive_field import AxisField, ReceptiveField
 from ..model.taps import LayerTap
 from ..run.format import position_dtype
 from .reducers import ChannelStats, PositionHistogram, Reduced, RunningStats, TopK, merge_topk
 
 __all__ = ["ScanState", "LayerReducer", "Rows", "HostCopy", "merge_states", "MergedLayer",
-           "segment_columns", "progress_of", "RANKINGS"]
+           "segment_columns", "progress_of", "RANKINGS", "tap_record", "tap_from_record"]
 
 #: The rankings a layer may keep, and the prefix of their checkpoint keys: images by their
 #: spatial maximum (always), by their spatial mean, and the bottom-k by their spatial minimum
@@ -318,3 +319,20 @@ def merge_states(states: list[dict[str, np.ndarray]], n_layers: int, top_k: int,
     order = np.argsort(fids, kind="stable")
     scan_seconds = max(float(s["elapsed_seconds"]) for s in states)
     return layers, fids[order], freasons[order], scan_seconds
+
+
+def tap_record(tap: LayerTap) -> dict:
+    """A tap's geometry as JSON-ready data (recorded in a work folder's meta)."""
+    rf = tap.rf
+    record = {"name": tap.name, "type": tap.type, "shape": list(tap.shape),
+              "rf_size": list(rf.size), "rf_stride": list(rf.stride), "rf_offset": list(rf.offset)}
+    if tap.whole_image:  # only then: a map layer's record stays what older work folders hold
+        record.update(unit=tap.unit, logits=tap.logits)
+    return record
+
+
+def tap_from_record(rec: dict) -> LayerTap:
+    rf = ReceptiveField(*(AxisField(rec["rf_size"][i], rec["rf_stride"][i], rec["rf_offset"][i])
+                          for i in (0, 1)))
+    return LayerTap(rec["name"], rec["type"], tuple(rec["shape"]), rf, 1,
+                    unit=rec.get("unit", "map"), logits=rec.get("logits", False))

@@ -74,7 +74,7 @@ def write_synthetic_run(path: str | Path, taps: list[LayerTap], n_images: int, t
 
 def _meta(taps, n_images: int, top_k: int, patch_size: int, input_size, maxima_dtype: str) -> dict:
     from .. import __version__
-    from .assemble import tap_record
+    from .state import tap_record
 
     return {
         "cnnviz_version": __version__, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

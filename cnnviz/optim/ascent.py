@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,14 +28,12 @@ from captum.attr import Saliency
 from ..model.copying import copy_module
 from ..model.precision import precision_scope
 from ..model.taps import capture, resolve_layer
-from ..run import format as fmt
 from . import seeding
 from .objectives import Objective, class_logits
 from .param import FourierImage, PixelImage
 from .transforms import centre_fit, gaussian_blur, roll, standard_transforms
 
-__all__ = ["RenderResult", "render", "cs231n_class_visualization", "to_uint8", "save_png",
-           "class_probabilities", "store_in_run"]
+__all__ = ["RenderResult", "render", "cs231n_class_visualization", "REDIRECT_STEPS"]
 
 
 @dataclass
@@ -239,69 +236,3 @@ def cs231n_class_visualization(model, targets: int | Sequence[int], l2_reg: floa
     result.images = param.image().detach()
     result.history = np.stack(history) if history else None
     return result
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """RGB in [0, 1], ``(batch, 3, H, W)`` -> uint8 ``(batch, H, W, 3)``."""
-    return (images.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def save_png(images: torch.Tensor, paths: Sequence[str | Path]) -> list[Path]:
-    """Write each image of the batch as an 8-bit PNG."""
-    from PIL import Image
-
-    out = []
-    for arr, p in zip(to_uint8(images), paths, strict=True):
-        p = Path(p)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            Image.fromarray(arr).save(p)
-        except BaseException:
-            p.unlink(missing_ok=True)  # a full disk leaves no 0-byte image behind
-            raise
-        out.append(p)
-    return out
-
-
-@torch.no_grad()
-def class_probabilities(model, images_uint8: np.ndarray) -> torch.Tensor:
-    """Softmax of the model for uint8 ``(batch, H, W, 3)`` images fed as they are (no resize)."""
-    x = model.preprocessing.normalize(torch.from_numpy(images_uint8).to(model.device))
-    with precision_scope("fp32", model.device):
-        return model.module(x).softmax(dim=1)
-
-
-def store_in_run(run: str | Path, layer: str, channels: Sequence[int], images: torch.Tensor,
-                 recipe: str) -> None:
-    """Add optimized images of some channels to a run file (``layers/<layer>/optimized``), so
-    the report shows each beside its dataset examples. Images of another size than those the
-    layer holds replace them all.
-
-    The run file is never damaged: the images are written into a copy (by a separate process)
-    that replaces it once complete (:func:`cnnviz.run.update.update_run`); a full disk leaves it
-    as it was."""
-    from ..run.reader import RunReader
-    from ..run.update import update_run
-
-    with RunReader(run) as r:  # format and version check
-        layer = r.resolve_layer(layer)
-        r.check_channels(layer, list(channels), "channels")
-    arr = to_uint8(images)
-
-    def write(f) -> None:
-        g = f[fmt.layer_group(layer)]
-        n_ch = int(g.attrs[fmt.LAYER_CHANNELS])
-        if fmt.OPTIMIZED_IMAGES in g and g[fmt.OPTIMIZED_IMAGES].shape[1:] != arr.shape[1:]:
-            del g[fmt.OPTIMIZED]
-        if fmt.OPTIMIZED_IMAGES not in g:
-            # explicit fill values: without one HDF5 leaves new space as it finds it, and space
-            # freed by replaced images would read as `done` flags
-            g.create_dataset(fmt.OPTIMIZED_IMAGES, shape=(n_ch, *arr.shape[1:]), dtype=np.uint8,
-                             chunks=(1, *arr.shape[1:]), fillvalue=0)
-            g.create_dataset(fmt.OPTIMIZED_DONE, shape=(n_ch,), dtype=bool, fillvalue=False)
-        for c, a in zip(channels, arr, strict=True):
-            g[fmt.OPTIMIZED_IMAGES][c] = a
-            g[fmt.OPTIMIZED_DONE][c] = True
-        g[fmt.OPTIMIZED].attrs[fmt.OPTIMIZED_RECIPE] = recipe
-
-    update_run(run, write, extra_bytes=arr.nbytes, what="the optimized images")
