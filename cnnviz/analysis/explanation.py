@@ -8,7 +8,6 @@ image that was in the library gets the value the scan recorded for it and its ex
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from ..images.patches import cut_patch, patch_box
 from ..model.receptive_field import AxisField, ReceptiveField
 from ..run import format as fmt
 from ..run.reader import RunReader
+from ..types import DeviceSpec, ImageSpec, LayerSpec, RunSpec
 
 __all__ = ["explain", "ExplainedImages", "explain_images", "layer_field"]
 
@@ -36,8 +36,8 @@ class ExplainedImages:
     predictions: list[list[tuple[int, str, float]]] | None = None  # per image: the model's top-5
 
 
-def explain(images: Sequence[str | Path] | str | Path, run: str | Path, layers: Sequence[str] | None = None,
-            model=None, device: str = "cpu", batch_size: int = 16) -> pd.DataFrame:
+def explain(images: ImageSpec, run: RunSpec, layers: LayerSpec = None, *, model=None,
+            device: DeviceSpec = "cpu", batch_size: int = 16) -> pd.DataFrame:
     """Where each image stands, per channel, among the library a run scanned.
 
     Args:
@@ -88,6 +88,8 @@ def explain_images(images, run, layers=None, model=None, device: str = "cpu",
         raise UsageError(f"`{param}`: give at least one image file")
     check_device(device)
     with RunReader(run) as reader:
+        if isinstance(layers, str):
+            layers = [n for n in layers.split(",") if n.strip()]
         names = reader.layers if layers is None else [reader.resolve_layer(n, "layers") for n in layers]
         names = list(dict.fromkeys(names))
         if model is None:

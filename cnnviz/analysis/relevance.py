@@ -29,6 +29,7 @@ from ..model.precision import precision_scope
 from ..model.relevance import relevance_pass
 from ..run import format as fmt
 from ..run.reader import RunReader
+from ..types import ClassSpec, DeviceSpec, ImageSpec, LayerSpec, RunSpec
 
 __all__ = ["Relevance", "layer_relevance", "explain_prediction", "explain_predictions",
            "ExplainedPredictions"]
@@ -84,9 +85,9 @@ class ExplainedPredictions:
     maps: dict[tuple[int, str, int], np.ndarray]
 
 
-def explain_prediction(image: str | Path, run: str | Path, target: int | str | None = None,
-                       layers: Sequence[str] | None = None, top: int = 10, model=None,
-                       device: str = "cpu", examples: int = 4) -> pd.DataFrame:
+def explain_prediction(image: str | Path, run: RunSpec, target: ClassSpec | None = None, *,
+                       layers: LayerSpec = None, top: int = 10, model=None, device: DeviceSpec = "cpu",
+                       examples: int = 4) -> pd.DataFrame:
     """The channels of each of the run's layers that contributed most to the model's decision
     about ``image`` (or to ``target``), beside the channels' dataset examples from the run.
 
@@ -112,20 +113,23 @@ def explain_prediction(image: str | Path, run: str | Path, target: int | str | N
         >>> df = explain_prediction("cat.jpg", "run.h5")                       # doctest: +SKIP
         >>> df[df.layer == "layer4.2"].head()                                  # doctest: +SKIP
     """
-    return explain_predictions([image], run, target, layers, top, model, device, examples).table
+    return explain_predictions([image], run, target, layers=layers, top=top, model=model, device=device,
+                               examples=examples).table
 
 
-def explain_predictions(images: Sequence[str | Path], run: str | Path, target: int | str | None = None,
-                        layers: Sequence[str] | None = None, top: int = 10, model=None,
-                        device: str = "cpu", examples: int = 4) -> ExplainedPredictions:
+def explain_predictions(images: ImageSpec, run: RunSpec, target: ClassSpec | None = None, *,
+                        layers: LayerSpec = None, top: int = 10, model=None, device: DeviceSpec = "cpu",
+                        examples: int = 4) -> ExplainedPredictions:
     """:func:`explain_prediction` for several images, keeping what a page shows of them."""
     from ..model.device import check_device
     from ..model.loading import check_model_fits, model_of_run
 
     check_device(device)
-    paths = [Path(p) for p in images]
+    paths = [Path(images)] if isinstance(images, (str, Path)) else [Path(p) for p in images]
     with RunReader(run) as reader:
-        names = [n for n in reader.layers if reader.unit(n) == "map"] if layers is None else \
+        if isinstance(layers, str):
+            layers = [n for n in layers.split(",") if n.strip()]
+        names = [n for n in reader.layers if reader.unit(n) == "map"] if not layers else \
             [reader.resolve_layer(n, "layers") for n in layers]
         model = model or model_of_run(run, device=device)
         check_model_fits(model, reader, names)

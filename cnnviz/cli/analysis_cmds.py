@@ -85,7 +85,7 @@ def _why(args, layers, model) -> int:
 
     from ..analysis.relevance import explain_predictions
 
-    result = explain_predictions(args.images, args.run, args.target, layers, top=args.top, model=model,
+    result = explain_predictions(args.images, args.run, args.target, layers=layers, top=args.top, model=model,
                                  device=args.device)
     table = result.table
     if args.csv:

@@ -125,8 +125,11 @@ def from_module(
 
 
 def imagenet_class_names() -> list[str]:
-    """The 1000 ImageNet-1k class names in torchvision's order (works offline)."""
-    return list(torchvision.models.ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
+    """The 1000 ImageNet-1k class names in torchvision's order (works offline): the package's
+    one class index (:func:`cnnviz.labels.imagenet_classes`)."""
+    from ..labels import imagenet_classes
+
+    return [c.name for c in imagenet_classes()]
 
 
 def available_models() -> list[str]:

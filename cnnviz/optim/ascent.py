@@ -104,7 +104,7 @@ REDIRECT_STEPS = 32
 
 
 @torch.enable_grad()
-def render(model, objective: Objective, batch: int = 1, steps: int = 256, lr: float = 0.05,
+def render(model, objective: Objective, *, batch: int = 1, steps: int = 256, lr: float = 0.05,
            size: tuple[int, int] | None = None, transforms="standard", seed: int = 0,
            snapshot_every: int | None = None, progress: bool = True, device=None,
            redirected_relu: bool | int = REDIRECT_STEPS, fixed_size: bool = True) -> RenderResult:
@@ -178,7 +178,7 @@ def _step(model, objective: Objective, cap, param, opt, tf, gen, size) -> np.nda
 
 
 @torch.enable_grad()
-def cs231n_class_visualization(model, targets: int | Sequence[int], l2_reg: float = 1e-3,
+def cs231n_class_visualization(model, targets: int | Sequence[int], *, l2_reg: float = 1e-3,
                                lr: float = 25.0, steps: int = 100, blur_every: int = 10,
                                max_jitter: int = 16, sigma: float = 0.5, seed: int = 0,
                                snapshot_every: int | None = 25, progress: bool = True,

@@ -15,6 +15,7 @@ import pandas as pd
 from ..errors import UsageError
 from ..images.patches import boxes_to_original
 from ..labels import label_names
+from ..types import RunSpec
 from . import format as fmt
 from .geometry import LayerGeometry
 from .quantiles import BucketScale, quantiles_from_histogram
@@ -31,7 +32,7 @@ def run_layers(run: str | Path) -> list[str]:
         return r.layers
 
 
-def top_patches(run: str | Path, layer: str | None = None, channel: int | None = None,
+def top_patches(run: RunSpec, layer: str | None = None, channel: int | None = None, *,
                 rank_by: str = "max", bottom: bool = False, label: str | None = None) -> pd.DataFrame:
     """One row per (layer, channel, rank) of the top-k.
 
