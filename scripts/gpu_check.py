@@ -14,6 +14,7 @@ real SqueezeNet weights and photos of ``../shared`` (skipped when absent):
 3. explain, the report's activation maps, attributions, featuremaps and classify against the CPU;
 4. ``scan --compile`` against the eager scan;
 5. a scan started on the device and resumed on the CPU, and the reverse, against the CPU scan;
+   the ranking by relevance (a backward pass per batch) and ``explain --why`` against the CPU;
 6. ``torchrun`` with one process (NCCL on a GPU) against the single-process scan;
 7. a CUDA out-of-memory error: named with the batch size, the checkpoint kept, a smaller batch
    resumes it;
@@ -379,6 +380,40 @@ def views(device: str, tmp: Path, n: int) -> None:
            f"{with_views:.1f} s / {plain:.1f} s = {with_views / plain:.2f} ({n} photos, batch 64)")
 
 
+@check("relevance")
+def relevance(device: str, tmp: Path, n: int) -> None:
+    """rank_by relevance (a backward pass per batch) and explain --why on the device, against
+    the CPU in fp32."""
+    import time as _time
+
+    import numpy as np
+
+    from cnnviz.analysis.relevance import explain_prediction
+
+    lib = library(tmp, n)
+    kw = dict(layers="features.9,features.12", rank_by="max,relevance")
+    started = _time.monotonic()
+    on_cpu = scan_to(lib, tmp / "rel-cpu.h5", "cpu", **kw)
+    cpu_s = _time.monotonic() - started
+    started = _time.monotonic()
+    on_dev = scan_to(lib, tmp / "rel-dev.h5", device, **kw)
+    dev_s = _time.monotonic() - started
+    import h5py
+
+    with h5py.File(on_cpu, "r") as a, h5py.File(on_dev, "r") as b:
+        same = min(float((a[f"layers/{k}/topk_relevance/image_id"][()] ==
+                          b[f"layers/{k}/topk_relevance/image_id"][()]).all(axis=1).mean())
+                   for k in ("features.9", "features.12"))
+    report(f"relevance ranking on {device} equals the CPU's", same == 1.0,
+           f"identical lists {same:.1%} (worst layer); scans {cpu_s:.0f} s (CPU), {dev_s:.0f} s ({device})")
+    photo = sorted(PHOTOS.glob("*.jpg"))[n]
+    ta = explain_prediction(photo, on_cpu, model=squeezenet("cpu"), top=5)
+    tb = explain_prediction(photo, on_cpu, model=squeezenet(device), device=device, top=5)
+    diff = float(np.max(np.abs(ta.relevance.to_numpy() - tb.relevance.to_numpy())))
+    report(f"explain --why on {device} equals the CPU", ta.channel.tolist() == tb.channel.tolist(),
+           f"relevance to {diff:.1e}")
+
+
 @check("throughput")
 def throughput(device: str, images: int, workers: int) -> None:
     bench = REPO / "scripts" / "bench_scan.py"
@@ -443,6 +478,7 @@ def main() -> int:
         resume_across(args.device, tmp, args.photos)
         torchrun(args.device, tmp, args.photos)
         out_of_memory(args.device, tmp)
+        relevance(args.device, tmp, args.photos)
         views(args.device, tmp, args.photos)
         if not args.skip_bench:
             throughput(args.device, args.bench_images, args.workers)
