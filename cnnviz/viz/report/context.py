@@ -11,6 +11,7 @@ weights that cannot be loaded) the tiles show the photo and the box only.
 
 from __future__ import annotations
 
+import functools
 import textwrap
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -235,14 +236,31 @@ def context_tile(photo: _Photo | None, box: tuple[float, float, float, float] | 
     return np.asarray(tile)
 
 
+@functools.cache
+def _inferno_table() -> np.ndarray:
+    from matplotlib import colormaps
+
+    cmap = colormaps["inferno"]
+    return cmap(np.arange(cmap.N))
+
+
+def inferno(level: np.ndarray) -> np.ndarray:
+    """matplotlib's inferno colours (RGBA floats) of ``level`` in [0, 1], as its colormap picks
+    them (the entry ``floor(level * N)``), from a table built once: a colormap that
+    matplotlib's registry hands out is a fresh copy that builds its table at its first call,
+    once per tile of a report's thousands."""
+    table = _inferno_table()
+    n = len(table)
+    level = np.nan_to_num(np.asarray(level, dtype=np.float64), nan=0.0)
+    return table[np.clip((level * n).astype(np.int64), 0, n - 1)]
+
+
 def _overlay(picture: Image.Image, photo: _Photo, activation: np.ndarray, vmax: float) -> Image.Image:
     """A spotlight: inside the network's crop each pixel keeps ``0.3 + 0.7 * level`` of its
     brightness (level = the square root of the activation there / ``vmax``, bilinear between
     units: the root lifts the mid-levels a reader would otherwise not see) and takes an inferno
     tint as strong as the level; outside the crop (never seen by the network) it is dimmed to a
     half."""
-    from matplotlib import colormaps
-
     y0, x0, y1, x1 = (round(v * photo.scale) for v in photo.crop_box)
     # the crop lies on the photo: no larger than a few tiles (a crafted geometry cannot size it)
     w, h = min(max(1, x1 - x0), 4 * TILE), min(max(1, y1 - y0), 4 * TILE)
@@ -255,7 +273,7 @@ def _overlay(picture: Image.Image, photo: _Photo, activation: np.ndarray, vmax: 
     if sy1 > sy0 and sx1 > sx0:
         lv = level[sy0 - y0: sy1 - y0, sx0 - x0: sx1 - x0]
         seen = np.asarray(picture, dtype=np.float32)[sy0:sy1, sx0:sx1] * (0.3 + 0.7 * lv)
-        tint = colormaps["inferno"](lv[..., 0])[..., :3] * 255
+        tint = inferno(lv[..., 0])[..., :3] * 255
         pixels[sy0:sy1, sx0:sx1] = seen * (1 - 0.35 * lv) + tint * 0.35 * lv
     return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
 
@@ -336,8 +354,6 @@ def map_strip(ctx: Context, reader: RunReader, layer: str, channel: int) -> np.n
     at the layer's own resolution: a browser enlarges it smoothly over the photo): the
     context tiles' inferno tint, as opaque as the level (square root of the activation / the
     top-1 value). ``None`` when no map was computed."""
-    from matplotlib import colormaps
-
     g = reader.layer(layer)
     ids = g[fmt.TOPK_IMAGE_ID][channel]
     ids = ids[ids >= 0]
@@ -349,7 +365,7 @@ def map_strip(ctx: Context, reader: RunReader, layer: str, channel: int) -> np.n
     tiles = []
     for m in maps:
         level = np.zeros(shape) if m is None or vmax <= 0 else np.sqrt(np.clip(m / vmax, 0, 1))
-        rgba = colormaps["inferno"](level)
+        rgba = inferno(level)
         rgba[..., 3] = 0.75 * level
         tiles.append((rgba * 255).round().astype(np.uint8))
     return np.concatenate(tiles, axis=1)
