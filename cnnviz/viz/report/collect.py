@@ -20,7 +20,8 @@ from ...run.reader import RunReader
 from ...run.tables import SILENT_SHARE, channel_stats
 
 __all__ = ["RunInfo", "LayerInfo", "ChannelInfo", "Order", "ORDERS", "STATISTICS", "run_info", "layer_info",
-           "layer_stats", "channels_of", "stat_rows", "safe_name"]
+           "layer_stats", "channels_of", "stat_rows", "safe_name", "ClassBar", "class_charts", "Similar",
+           "similar_of"]
 
 
 def safe_name(name: str) -> str:
@@ -328,3 +329,86 @@ def _named_labels(reader: RunReader) -> np.ndarray | None:
 def layer_stats(reader: RunReader, layer: str) -> pd.DataFrame:
     """The layer's :func:`channel_stats`, read once for its index orders and channel pages."""
     return channel_stats(reader.path, layer)
+
+
+@dataclass
+class ClassBar:
+    """One class on a channel's chart (a row of :func:`class_table`)."""
+
+    label: str
+    name: str  # its class name ('' when the label is one)
+    mean_max: float
+    count: int
+    fire_rate: float
+    width: float = 0.0  # of its bar, 0-1 of the chart's
+    own: bool = False  # the channel's own class (a logits layer)
+
+    @property
+    def shown_name(self) -> str:
+        return self.name or self.label
+
+
+def class_charts(reader: RunReader, layer: LayerInfo, n: int = 10) -> dict[int, list[ClassBar]] | str:
+    """Per shown channel, its ``n`` best classes (:func:`class_table`: the mean of its per-image
+    maxima over each class's images), or one line saying why the run has none."""
+    from ...run.tables import class_table
+
+    if reader.labels is None or not (reader.labels.astype(str) != "").any():
+        return "the library has no labels (no class folders or label column): no classes to show"
+    if not reader.has_maxima(layer.name):
+        return "not kept in this run (scanned without per-image maxima): no classes to show"
+    table = class_table(reader.path, layer.name)
+    table = table[table["channel"].isin(layer.shown)]
+    names = layer.channel_names
+    out: dict[int, list[ClassBar]] = {c: [] for c in layer.shown}
+    for c, rows in table.groupby("channel", sort=False):
+        bars = [ClassBar(str(r.label), str(r.label_name), float(r.mean_max), int(r.count), float(r.fire_rate),
+                         own=bool(names) and str(r.label_name or r.label) == names[int(c)])
+                for r in rows.head(n).itertuples()]
+        peak = max((b.mean_max for b in bars), default=0.0)
+        for b in bars:
+            b.width = max(b.mean_max, 0.0) / peak if peak > 0 else 0.0
+        out[int(c)] = bars
+    return out
+
+
+@dataclass
+class Similar:
+    """A channel whose per-image maxima rise and fall with another's."""
+
+    channel: int
+    spearman: float
+
+
+def similar_of(reader: RunReader, layer: LayerInfo, n: int = 8) -> dict[int, list[Similar]] | str:
+    """Per shown channel, :func:`~cnnviz.run.tables.similar_channels` (Spearman over the per-image
+    maxima, most similar first), for all of them at once: the layer's maxima ranked once, each
+    shown channel's correlations one matrix product (a call per channel would rank them every
+    time); or one line saying why the run has none."""
+    if not reader.has_maxima(layer.name):
+        return "not kept in this run (scanned without per-image maxima): no correlations to show"
+    maxima = np.concatenate(list(reader.maxima_blocks(layer.name, dtype=np.float32)))
+    maxima = maxima[~np.isnan(maxima).any(axis=1)]  # unreadable images: rows of NaN
+    if len(maxima) < 3:
+        return {c: [] for c in layer.shown}
+    ranks = pd.DataFrame(maxima).rank(method="average").to_numpy(copy=True)
+    del maxima
+    ranks -= ranks.mean(axis=0)
+    norms = np.sqrt((ranks ** 2).sum(axis=0))
+    out = {}
+    for start in range(0, len(layer.shown), 256):
+        block = layer.shown[start: start + 256]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corr = np.clip(ranks.T @ ranks[:, block] / (norms[:, None] * norms[block][None, :]), -1.0, 1.0)
+        for j, c in enumerate(block):
+            out[c] = _most_similar(corr[:, j], c, n)
+    return out
+
+
+def _most_similar(corr: np.ndarray, channel: int, n: int) -> list[Similar]:
+    """The ``n`` highest correlations but the channel's own (stable: ties by index); a dead
+    channel correlates with nothing (NaN)."""
+    corr = corr.copy()
+    corr[channel] = np.nan
+    order = np.argsort(-np.nan_to_num(corr, nan=-np.inf), kind="stable")
+    return [Similar(int(o), float(corr[o])) for o in order[:n] if not np.isnan(corr[o])]
