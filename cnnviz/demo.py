@@ -71,8 +71,10 @@ def demo_photos(folder: str | Path) -> list[Path]:
 def run_demo(out_dir: str | Path = "cnnviz-demo", model_name: str = "efficientnet_lite0",
              weights: str | None = "DEFAULT", top_k: int = 4, progress: bool = True) -> dict:
     """Classify the bundled photos, draw a feature-map grid for each, scan them (the block
-    outputs and the class logits, labels from the manifest) into a run file and write its HTML
-    report with an explain page for a photo left out of the scan. Returns the paths written."""
+    outputs and the class logits, labels from the manifest; every view: rankings by max and by
+    mean, the logits' most negative images, quantiles) into a run file and write its HTML
+    report (each channel's rankings, mask outlines, top classes and similar channels) with an
+    explain page for a photo left out of the scan. Returns the paths written."""
     import matplotlib.pyplot as plt
 
     from .images.decoding import load_rgb
@@ -103,8 +105,10 @@ def run_demo(out_dir: str | Path = "cnnviz-demo", model_name: str = "efficientne
         plt.close(fig)
     print(f"\nfeature-map grids ({grid_layer}, 8x8 channels): {grids}/")
     library, held_out = _library_file(out_dir, photos)
+    # the logits are signed: their most negative images too (the report's "most negative" tab)
     run = scan(library, model, out_dir / "run.h5", layers=[t.name for t in layers] + ["logits"],
-               top_k=top_k, batch_size=8, workers=0, overwrite=True, progress=progress)
+               top_k=top_k, bottom_k=top_k, bottom_layers="logits", batch_size=8, workers=0, overwrite=True,
+               progress=progress)
     print(f"run file: {run} (layout: docs/run-file-format.md)")
     top = top_patches(run)
     best = top[top["rank"] == 0].sort_values("activation", ascending=False).head(5)
@@ -117,6 +121,8 @@ def run_demo(out_dir: str | Path = "cnnviz-demo", model_name: str = "efficientne
                           model=model, progress=False, explain=[held_out, photos[0]])
     print(f"\nreport (16 channels per layer, the logits as whole-image units, an explain page for "
           f"{held_out.name}, which the scan left out; open in a browser): {report.resolve()}")
+    print("each channel page: its images by max, by mean (and the logits' most negative), the masks "
+          "where it passes its top-0.5 % level outlined, its top classes and its similar channels")
     return {"photos": photos, "featuremaps": grids, "run": run, "report": report,
             "explain": report.parent / "explain" / "index.html"}
 

@@ -101,7 +101,9 @@ def test_report_reads_each_layers_maxima_in_row_blocks(run, tmp_path, monkeypatc
     assert reads, "the report shows distributions of the maxima"
     for name, key in reads:
         assert isinstance(key, slice) and key.step is None, (name, key)
-    assert len(reads) <= 2 * len(LAYERS.split(","))  # row blocks: here one per layer (+ selectivity)
+    # row blocks: here one per layer for each of selectivity, the histograms, the class charts
+    # and the similar channels
+    assert len(reads) <= 4 * len(LAYERS.split(","))
 
 
 def _chromium() -> str | None:
@@ -181,15 +183,20 @@ def test_report_opens_in_headless_chromium_without_errors(run, model, tmp_path):
     broken = site / "broken.html"
     broken.write_text('<!DOCTYPE html><html><body><img src="missing.png"></body></html>')
     assert _problems(_check_in_chromium(broken, tmp_path / "b.png", tmp_path / "p0")) == ["missing.png"]
-    # the index: 6 thumbnails of 2 layers; a channel page: its context, activation-map and
-    # attribution strips and each photo its patches are cut from (and enlarged on a click); a
-    # layer ordered by fire rate: its 6 thumbnails
-    with h5py.File(run, "r") as f:
-        photos = len(set(f["layers/layer3.0/topk/image_id"][0].tolist()) - {-1})
-    assert sorted(p.name for p in (site / "photos").iterdir()) == sorted(f"{i}.jpg" for i in set(
-        cnnviz.top_patches(run).query("channel < 6").image_id))
+    # the index: 6 thumbnails of 2 layers; a channel page: per ranking (by max, by mean) its
+    # context, activation-map and mask strips, the attribution strip, each photo its patches are
+    # cut from (and enlarged on a click) and the thumbnails of its similar channels; a layer
+    # ordered by fire rate: its 6 thumbnails
+    ranked = [cnnviz.top_patches(run, rank_by=key).query("channel < 6") for key in ("max", "mean")]
+    assert sorted(p.name for p in (site / "photos").iterdir()) == sorted(
+        f"{i}.jpg" for i in set(ranked[0].image_id) | set(ranked[1].image_id))
+    first = [df.query("layer == 'layer3.0' and channel == 0") for df in ranked]
+    photos = len(set(first[0].image_id) | set(first[1].image_id))
+    similar = len(cnnviz.similar_channels(run, "layer3.0", 0, n=8))
+    masks = len(list((site / "layer3.0").glob("c0*-masks.png")))
     for page, shot, sprites in ((index, "index.png", 12),
-                                (site / "layer3.0" / "c0.html", "channel.png", 3 + photos),
+                                (site / "layer3.0" / "c0.html", "channel.png",
+                                 2 * 2 + masks + 1 + photos + similar),
                                 (site / "layer3.0" / "by-fire-rate.html", "order.png", 6)):
         result = _check_in_chromium(page, tmp_path / shot, tmp_path / f"profile-{shot}")
         assert not _problems(result), result
@@ -283,7 +290,8 @@ def test_a_photo_changed_since_the_scan_is_not_shown_in_context(photo_dir, tmp_p
 def test_context_box_is_the_orig_box_and_the_map_is_a_forward_pass(run, model):
     """Each context tile draws ``topk/orig_box`` (found as the pixels the box changed) and lights
     the photo where the channel's recomputed map (equal to a forward pass of that photo) is high;
-    each photo goes through the network once (photos decoded by a worker process, batches of 3)."""
+    each photo of either ranking (by max, by mean) goes through the network once (photos decoded
+    by a worker process, batches of 3)."""
     from cnnviz.run.reader import RunReader
     from cnnviz.viz.report.context import TILE, context_tile, gather_context
 
@@ -296,7 +304,9 @@ def test_context_box_is_the_orig_box_and_the_map_is_a_forward_pass(run, model):
             ids = reader.layer("layer3.0")["topk/image_id"][()]
             boxes = reader.layer("layer3.0")["topk/orig_box"][()]
             first = reader.layer("layer1.1")["topk/image_id"][0]
-            unique = {int(i) for i in ids[:3].ravel() if i >= 0} | {int(i) for i in first if i >= 0}
+            by_mean = reader.layer("layer3.0")["topk_mean/image_id"][:3].ravel()
+            first_mean = reader.layer("layer1.1")["topk_mean/image_id"][0]
+            unique = {int(i) for i in np.concatenate([ids[:3].ravel(), first, by_mean, first_mean]) if i >= 0}
             paths = reader.paths
             root = reader.library_root
     finally:

@@ -19,8 +19,9 @@ from ...run import format as fmt
 from ...run.reader import RunReader
 from ...run.tables import SILENT_SHARE, channel_stats
 
-__all__ = ["RunInfo", "LayerInfo", "ChannelInfo", "Order", "ORDERS", "STATISTICS", "run_info", "layer_info",
-           "layer_stats", "channels_of", "stat_rows", "safe_name"]
+__all__ = ["RunInfo", "LayerInfo", "ChannelInfo", "Ranking", "Order", "ORDERS", "STATISTICS", "RANKINGS",
+           "IMAGE_RANKINGS", "run_info", "layer_info", "layer_stats", "channels_of", "stat_rows", "safe_name",
+           "ranking_meaning", "shown_rankings", "ClassBar", "class_charts", "Similar", "similar_of"]
 
 
 def safe_name(name: str) -> str:
@@ -95,11 +96,13 @@ class LayerInfo:
     unit: str = "map"  # or "image": a whole-image unit (thumbnails)
     channel_names: list[str] | None = None  # class names of a logits layer's channels
     orders: list[Order] = ()
-    top_classes: dict[int, str] | None = None  # channel -> its top class, 'armadillo (3 of 8)'
+    top_classes: dict[int, str] | None = None  # every channel -> its top class, 'armadillo (3 of 8)'
     silent: frozenset[int] = frozenset()  # nearly silent channels (tables.nearly_silent)
     logits: bool = False
     crop: tuple[int, int] = (0, 0)  # the network's input (the patches' boxes are inside or past it)
     patch_factor: int = 1
+    rankings: list[str] = ("max",)  # the rankings its pages show (shown_rankings)
+    mask_levels: np.ndarray | None = None  # per channel, its top-0.5 % level (None: no quantiles)
 
     @property
     def tile_h(self) -> int:
@@ -133,12 +136,61 @@ class LayerInfo:
         return f"channel {channel}" + (f" · top class {top}" if top else "")
 
 
+# What each ranking of a channel's images means: (its tab, the name of its value, one line). A
+# ranking the run has and this table lacks is named from its key (ranking_meaning).
+RANKINGS = {
+    "max": ("by max", "max", "the images whose strongest unit responds most (their spatial maximum), "
+            "strongest first: a small, strong part (a texture, a part of an object)"),
+    "mean": ("by mean", "mean", "the images the channel covers most (the mean over its whole map), "
+             "strongest first: whole objects; each patch is cut around the image's maximum, and its "
+             "photo shows the whole map"),
+    "min": ("most negative", "min", "the images with the most negative unit (their spatial minimum), most "
+            "negative first: what a signed unit (a logit, a map before its ReLU) speaks against; each "
+            "patch is cut around that unit, and its photo shows where the map is negative"),
+}
+
+
+# the same for a whole-image unit (one value per image: no map, no position)
+IMAGE_RANKINGS = {
+    "max": ("by max", "max", "the images where the unit is highest, highest first"),
+    "min": ("most negative", "min", "the images where the unit is most negative, most negative first: what "
+            "it speaks against (a logit's counter-examples)"),
+}
+
+
+def ranking_meaning(key: str, activations: np.ndarray, unit: str = "map") -> tuple[str, str, str]:
+    """``(tab, value name, one-line definition)`` of a ranking of a layer of ``unit`` (``map``
+    or ``image``); one this report does not know (a newer scan's) is named from its key, its
+    order read from its values."""
+    if unit == "image" and key in IMAGE_RANKINGS:
+        return IMAGE_RANKINGS[key]
+    if key in RANKINGS:
+        return RANKINGS[key]
+    words = key.replace("_", " ")
+    values = activations[~np.isnan(activations)]
+    rising = len(values) > 1 and bool(np.all(np.diff(values) >= 0)) and values[-1] > values[0]
+    return (f"by {words}", words, f"the images ranked by their {words} as the scan kept them, "
+            f"{'lowest' if rising else 'highest'} first")
+
+
+def shown_rankings(reader: RunReader, layer: str) -> list[str]:
+    """The rankings of ``layer`` a page shows: every one the run kept (``max`` first), except the
+    mean of a whole-image unit (one value per image: its mean is its max)."""
+    keys = reader.rankings(layer)
+    if reader.unit(layer) == "image":
+        keys = [k for k in keys if k != "mean"]
+    return keys
+
+
 @dataclass
-class ChannelInfo:
-    layer: str
-    channel: int
-    name: str  # class name of a logits layer's channel, else ''
-    activations: np.ndarray  # (k,) of the filled slots, best first
+class Ranking:
+    """One ranking of a channel's images (its filled slots, best first)."""
+
+    key: str  # max, mean, min, or a newer scan's
+    title: str  # its tab: "by max", "most negative"...
+    value: str  # what its activations are: "max", "mean", "min"...
+    definition: str
+    activations: np.ndarray  # (k,)
     image_ids: np.ndarray  # (k,) their images
     orig_boxes: np.ndarray  # (k, 4) each patch's box in its photo, original pixels
     patch_boxes: np.ndarray  # (k, 4) each patch's box in the network's input
@@ -146,14 +198,49 @@ class ChannelInfo:
     labels: list[str] | None  # label, with its class name when it is a class index or WordNet id
     patch_errors: list[str]  # why a patch is missing ('' when it is there)
     patches: np.ndarray  # uint8 (k, h, w, 3)
+
+    @property
+    def k(self) -> int:
+        return len(self.activations)
+
+    @property
+    def suffix(self) -> str:
+        """Its files' suffix (``c12-mean.png``); the max ranking's files keep their names."""
+        return "" if self.key == "max" else f"-{safe_name(self.key)}"
+
+    @property
+    def negative(self) -> bool:
+        """Its images are the most negative: their photos show where the map is below 0."""
+        return self.key == "min"
+
+
+@dataclass
+class ChannelInfo:
+    layer: str
+    channel: int
+    name: str  # class name of a logits layer's channel, else ''
+    rankings: list[Ranking]  # by max first
     stats: pd.Series
     maxima: np.ndarray | None  # float64 (images,), NaN for unreadable images; None: not kept
     optimized: np.ndarray | None
     optimized_recipe: str | None
 
     @property
+    def top(self) -> Ranking:
+        """The ranking by max (its top-k: thumbnails, attributions, the histogram's marks)."""
+        return self.rankings[0]
+
+    @property
+    def activations(self) -> np.ndarray:
+        return self.top.activations
+
+    @property
+    def image_ids(self) -> np.ndarray:
+        return self.top.image_ids
+
+    @property
     def k(self) -> int:
-        return len(self.activations)
+        return self.top.k
 
 
 def run_info(reader: RunReader, layers: Sequence[str] | None) -> RunInfo:
@@ -195,8 +282,10 @@ def layer_info(reader: RunReader, layer: str, channels, min_scale: int, stats: p
                      tuple(int(v) for v in g.attrs["rf_stride"]), patch_shape, scale, reader.unit(layer),
                      None if names is None else [str(n) for n in names],
                      _orders(stats.drop(columns=[c for c in hidden if c in stats]), shown),
-                     _top_classes(stats, shown, filled), _silent(stats), logits,
-                     tuple(int(v) for v in reader.preprocessing["crop"]), int(g.attrs.get("patch_factor", 1)))
+                     _top_classes(stats, list(range(n_ch)), filled), _silent(stats), logits,
+                     tuple(int(v) for v in reader.preprocessing["crop"]), int(g.attrs.get("patch_factor", 1)),
+                     shown_rankings(reader, layer),
+                     reader.mask_levels(layer) if reader.has_quantiles(layer) else None)
 
 
 def hidden_statistics(unit: str, logits: bool) -> set[str]:
@@ -212,7 +301,7 @@ def hidden_statistics(unit: str, logits: bool) -> set[str]:
 
 
 def _top_classes(stats: pd.DataFrame, shown: list[int], filled: np.ndarray) -> dict[int, str] | None:
-    """Per shown channel, its top class as ``armadillo (3 of 8)``; '' when no label comes twice
+    """Per channel of ``shown``, its top class as ``armadillo (3 of 8)``; '' when no label comes twice
     among its top-k (the first of eight labels seen once says nothing) or it is nearly silent
     (its top-k are its few weak responses, or ties at 0). ``filled``: per channel, its filled
     top-k slots."""
@@ -255,22 +344,32 @@ def channels_of(reader: RunReader, layer: LayerInfo, stats: pd.DataFrame) -> Ite
     # what a reader needs beside the patches: statistics that repeat nothing shown elsewhere
     stats = stats.drop(columns=[c for c in ("layer", "channel_name") if c in stats])
     maxima = reader.maxima_columns(layer.name, layer.shown) if reader.has_maxima(layer.name) else None
-    paths, errors = reader.paths, reader.patch_errors
-    labels = _named_labels(reader)
+    images = (reader.paths, _named_labels(reader), reader.patch_errors)
+    groups = [(key, reader.ranking(layer.name, key)) for key in layer.rankings]
+    images = (*images, layer.unit)
     done = g[fmt.OPTIMIZED_DONE][()] if fmt.OPTIMIZED_DONE in g else None
     for j, c in enumerate(layer.shown):
-        ids = g[fmt.TOPK_IMAGE_ID][c]
-        k = int((ids >= 0).sum())
-        ids = ids[:k]
         optimized = g[fmt.OPTIMIZED_IMAGES][c] if done is not None and done[c] else None
         yield ChannelInfo(
             layer.name, c, layer.channel_names[c] if layer.channel_names else "",
-            g[fmt.TOPK_ACTIVATION][c][:k], ids, g[fmt.TOPK_ORIG_BOX][c][:k], g[fmt.TOPK_PATCH_BOX][c][:k],
-            [Path(str(paths[i])).name for i in ids],
-            [str(labels[i]) for i in ids] if labels is not None else None,
-            [str(errors[i]) if errors is not None else "" for i in ids],
-            g[fmt.TOPK_PATCHES][c][:k], stats.loc[c], None if maxima is None else maxima[:, j], optimized,
+            [_ranking(key, grp, c, images) for key, grp in groups], stats.loc[c],
+            None if maxima is None else maxima[:, j], optimized,
             str(g[fmt.OPTIMIZED].attrs.get("recipe", "?")) if optimized is not None else None)
+
+
+def _ranking(key: str, grp, c: int, images: tuple) -> Ranking:
+    """Channel ``c``'s filled slots of one ranking group; ``images``: per image its path, named
+    label (or ``None``) and patch error (or ``None``), and the layer's kind of unit."""
+    paths, labels, errors, unit = images
+    ids = grp[fmt.IMAGE_ID][c]
+    k = int((ids >= 0).sum())
+    ids = ids[:k]
+    activations = grp[fmt.ACTIVATION][c][:k]
+    title, value, definition = ranking_meaning(key, activations, unit)
+    return Ranking(key, title, value, definition, activations, ids, grp[fmt.ORIG_BOX][c][:k],
+                   grp[fmt.PATCH_BOX][c][:k], [Path(str(paths[i])).name for i in ids],
+                   [str(labels[i]) for i in ids] if labels is not None else None,
+                   [str(errors[i]) if errors is not None else "" for i in ids], grp[fmt.PATCHES][c][:k])
 
 
 def stat_rows(stats: pd.Series, layer: LayerInfo) -> list[tuple[str, str, str]]:
@@ -328,3 +427,86 @@ def _named_labels(reader: RunReader) -> np.ndarray | None:
 def layer_stats(reader: RunReader, layer: str) -> pd.DataFrame:
     """The layer's :func:`channel_stats`, read once for its index orders and channel pages."""
     return channel_stats(reader.path, layer)
+
+
+@dataclass
+class ClassBar:
+    """One class on a channel's chart (a row of :func:`class_table`)."""
+
+    label: str
+    name: str  # its class name ('' when the label is one)
+    mean_max: float
+    count: int
+    fire_rate: float
+    width: float = 0.0  # of its bar, 0-1 of the chart's
+    own: bool = False  # the channel's own class (a logits layer)
+
+    @property
+    def shown_name(self) -> str:
+        return self.name or self.label
+
+
+def class_charts(reader: RunReader, layer: LayerInfo, n: int = 10) -> dict[int, list[ClassBar]] | str:
+    """Per shown channel, its ``n`` best classes (:func:`class_table`: the mean of its per-image
+    maxima over each class's images), or one line saying why the run has none."""
+    from ...run.tables import class_table
+
+    if reader.labels is None or not (reader.labels.astype(str) != "").any():
+        return "the library has no labels (no class folders or label column): no classes to show"
+    if not reader.has_maxima(layer.name):
+        return "not kept in this run (scanned without per-image maxima): no classes to show"
+    table = class_table(reader.path, layer.name)
+    table = table[table["channel"].isin(layer.shown)]
+    names = layer.channel_names
+    out: dict[int, list[ClassBar]] = {c: [] for c in layer.shown}
+    for c, rows in table.groupby("channel", sort=False):
+        bars = [ClassBar(str(r.label), str(r.label_name), float(r.mean_max), int(r.count), float(r.fire_rate),
+                         own=bool(names) and str(r.label_name or r.label) == names[int(c)])
+                for r in rows.head(n).itertuples()]
+        peak = max((b.mean_max for b in bars), default=0.0)
+        for b in bars:
+            b.width = max(b.mean_max, 0.0) / peak if peak > 0 else 0.0
+        out[int(c)] = bars
+    return out
+
+
+@dataclass
+class Similar:
+    """A channel whose per-image maxima rise and fall with another's."""
+
+    channel: int
+    spearman: float
+
+
+def similar_of(reader: RunReader, layer: LayerInfo, n: int = 8) -> dict[int, list[Similar]] | str:
+    """Per shown channel, :func:`~cnnviz.run.tables.similar_channels` (Spearman over the per-image
+    maxima, most similar first), for all of them at once: the layer's maxima ranked once, each
+    shown channel's correlations one matrix product (a call per channel would rank them every
+    time); or one line saying why the run has none."""
+    if not reader.has_maxima(layer.name):
+        return "not kept in this run (scanned without per-image maxima): no correlations to show"
+    maxima = np.concatenate(list(reader.maxima_blocks(layer.name, dtype=np.float32)))
+    maxima = maxima[~np.isnan(maxima).any(axis=1)]  # unreadable images: rows of NaN
+    if len(maxima) < 3:
+        return {c: [] for c in layer.shown}
+    ranks = pd.DataFrame(maxima).rank(method="average").to_numpy(copy=True)
+    del maxima
+    ranks -= ranks.mean(axis=0)
+    norms = np.sqrt((ranks ** 2).sum(axis=0))
+    out = {}
+    for start in range(0, len(layer.shown), 256):
+        block = layer.shown[start: start + 256]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corr = np.clip(ranks.T @ ranks[:, block] / (norms[:, None] * norms[block][None, :]), -1.0, 1.0)
+        for j, c in enumerate(block):
+            out[c] = _most_similar(corr[:, j], c, n)
+    return out
+
+
+def _most_similar(corr: np.ndarray, channel: int, n: int) -> list[Similar]:
+    """The ``n`` highest correlations but the channel's own (stable: ties by index); a dead
+    channel correlates with nothing (NaN)."""
+    corr = corr.copy()
+    corr[channel] = np.nan
+    order = np.argsort(-np.nan_to_num(corr, nan=-np.inf), kind="stable")
+    return [Similar(int(o), float(corr[o])) for o in order[:n] if not np.isnan(corr[o])]

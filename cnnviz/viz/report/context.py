@@ -11,6 +11,7 @@ weights that cannot be loaded) the tiles show the photo and the box only.
 
 from __future__ import annotations
 
+import functools
 import textwrap
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -23,8 +24,8 @@ from ...images.decoding import decode_file
 from ...run import format as fmt
 from ...run.reader import RunReader
 
-__all__ = ["Context", "gather_context", "context_tile", "context_strip", "map_strip", "patch_view",
-           "enlarged", "TILE", "VIEW", "BOX_COLOUR"]
+__all__ = ["Context", "gather_context", "context_tile", "context_strip", "map_strip", "map_scale",
+           "patch_view", "enlarged", "TILE", "VIEW", "BOX_COLOUR"]
 
 TILE = 150  # side of a context tile, pixels
 VIEW = 1024  # longest side of a photo's file in the report (most photos are smaller: their own size)
@@ -55,7 +56,8 @@ class Context:
 def gather_context(reader: RunReader, wanted: dict[str, list[int]], model=None, device: str | None = None,
                    progress: bool = False, workers: int | None = None, batch_size: int = 16,
                    library: str | Path | None = None, photo_dir: Path | None = None) -> Context:
-    """Photos and maps for the top-k of the channels ``wanted[layer]``.
+    """Photos and maps for every ranking (top-k by max, by mean, bottom-k...) of the channels
+    ``wanted[layer]``.
 
     Photos are decoded by ``workers`` processes (``None``: as many as a scan uses; 0: inline)
     and go through the network ``batch_size`` at a time, each once. A photo whose bytes are not
@@ -74,12 +76,7 @@ def gather_context(reader: RunReader, wanted: dict[str, list[int]], model=None, 
     from ...model.taps import capture
     from ...scanner.config import default_workers
 
-    need: dict[int, list[tuple[str, int]]] = defaultdict(list)
-    for layer, channels in wanted.items():
-        ids = reader.layer(layer)[fmt.TOPK_IMAGE_ID][()]
-        for c in channels:
-            for i in ids[c][ids[c] >= 0]:
-                need[int(i)].append((layer, c))
+    need = _needed(reader, wanted)
     ctx = Context(with_maps=model is not None)
     photos = _Photos(reader, sorted(need), None if model is None else model.preprocessing, library,
                      views=photo_dir is not None)
@@ -116,6 +113,19 @@ def gather_context(reader: RunReader, wanted: dict[str, list[int]], model=None, 
         bar.update(len(items))
     bar.close()
     return ctx
+
+
+def _needed(reader: RunReader, wanted: dict[str, list[int]]) -> dict[int, list[tuple[str, int]]]:
+    """Per image id, the ``(layer, channel)`` pairs whose rankings (every one the run kept) show
+    it, each once."""
+    need: dict[int, dict[tuple[str, int], None]] = defaultdict(dict)
+    for layer, channels in wanted.items():
+        for key in reader.rankings(layer):
+            ids = reader.ranking(layer, key)[fmt.IMAGE_ID][()]
+            for c in channels:
+                for i in ids[c][ids[c] >= 0]:
+                    need[int(i)][(layer, c)] = None
+    return {i: list(pairs) for i, pairs in need.items()}
 
 
 def _as_list(items: list) -> list:
@@ -210,10 +220,12 @@ def _photo(image: Image.Image, original_size: tuple[int, int], geometry: np.ndar
 
 
 def context_tile(photo: _Photo | None, box: tuple[float, float, float, float] | None,
-                 activation: np.ndarray | None = None, vmax: float = 1.0, note: str = "") -> np.ndarray:
+                 activation: np.ndarray | None = None, vmax: float = 1.0, note: str = "",
+                 mask: np.ndarray | None = None) -> np.ndarray:
     """A ``TILE x TILE`` picture: the photo letterboxed, ``activation`` (the unit's map over the
     network input, shown where > 0, scaled by ``vmax``) laid over the part of the photo the
-    network saw, and ``box`` (original-photo pixels ``y0, x0, y1, x1``) drawn on it."""
+    network saw, ``mask`` (bool, over the network's input pixels) outlined there, and ``box``
+    (original-photo pixels ``y0, x0, y1, x1``) drawn on it."""
     tile = Image.new("RGB", (TILE, TILE), _BACKGROUND)
     if photo is None:
         draw = ImageDraw.Draw(tile)
@@ -227,6 +239,8 @@ def context_tile(photo: _Photo | None, box: tuple[float, float, float, float] | 
     if activation is not None:
         picture = _overlay(picture, photo, activation, vmax)
     tile.paste(picture, (ox, oy))
+    if mask is not None:
+        tile = _outlined(tile, photo, (oy, ox), mask)
     if box is not None and np.isfinite(box).all():
         y0, x0, y1, x1 = (float(np.clip(v * photo.scale, -TILE, 2 * TILE)) for v in box)
         # a small field on a downscaled photo can be under a pixel: draw at least one
@@ -235,14 +249,48 @@ def context_tile(photo: _Photo | None, box: tuple[float, float, float, float] | 
     return np.asarray(tile)
 
 
+def _outlined(tile: Image.Image, photo: _Photo, offset: tuple[int, int], mask: np.ndarray) -> Image.Image:
+    """``tile`` with ``mask`` (over the network's input) outlined on the photo's crop."""
+    from .outlines import draw, outline
+
+    y0, x0, y1, x1 = (round(v * photo.scale) for v in photo.crop_box)
+    w, h = min(max(1, x1 - x0), 4 * TILE), min(max(1, y1 - y0), 4 * TILE)
+    shrunk = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.BILINEAR)) > 127
+    pixels = np.array(tile)
+    ph, pw = photo.pixels.shape[:2]
+    # on the photo only (a crop past its edge has nothing under it)
+    line = outline(shrunk)
+    inside = np.zeros_like(line)
+    inside[max(-y0, 0): ph - y0, max(-x0, 0): pw - x0] = True
+    draw(pixels, line & inside, offset[0] + y0, offset[1] + x0)
+    return Image.fromarray(pixels)
+
+
+@functools.cache
+def _inferno_table() -> np.ndarray:
+    from matplotlib import colormaps
+
+    cmap = colormaps["inferno"]
+    return cmap(np.arange(cmap.N))
+
+
+def inferno(level: np.ndarray) -> np.ndarray:
+    """matplotlib's inferno colours (RGBA floats) of ``level`` in [0, 1], as its colormap picks
+    them (the entry ``floor(level * N)``), from a table built once: a colormap that
+    matplotlib's registry hands out is a fresh copy that builds its table at its first call,
+    once per tile of a report's thousands."""
+    table = _inferno_table()
+    n = len(table)
+    level = np.nan_to_num(np.asarray(level, dtype=np.float64), nan=0.0)
+    return table[np.clip((level * n).astype(np.int64), 0, n - 1)]
+
+
 def _overlay(picture: Image.Image, photo: _Photo, activation: np.ndarray, vmax: float) -> Image.Image:
     """A spotlight: inside the network's crop each pixel keeps ``0.3 + 0.7 * level`` of its
     brightness (level = the square root of the activation there / ``vmax``, bilinear between
     units: the root lifts the mid-levels a reader would otherwise not see) and takes an inferno
     tint as strong as the level; outside the crop (never seen by the network) it is dimmed to a
     half."""
-    from matplotlib import colormaps
-
     y0, x0, y1, x1 = (round(v * photo.scale) for v in photo.crop_box)
     # the crop lies on the photo: no larger than a few tiles (a crafted geometry cannot size it)
     w, h = min(max(1, x1 - x0), 4 * TILE), min(max(1, y1 - y0), 4 * TILE)
@@ -255,21 +303,38 @@ def _overlay(picture: Image.Image, photo: _Photo, activation: np.ndarray, vmax: 
     if sy1 > sy0 and sx1 > sx0:
         lv = level[sy0 - y0: sy1 - y0, sx0 - x0: sx1 - x0]
         seen = np.asarray(picture, dtype=np.float32)[sy0:sy1, sx0:sx1] * (0.3 + 0.7 * lv)
-        tint = colormaps["inferno"](lv[..., 0])[..., :3] * 255
+        tint = inferno(lv[..., 0])[..., :3] * 255
         pixels[sy0:sy1, sx0:sx1] = seen * (1 - 0.35 * lv) + tint * 0.35 * lv
     return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
 
 
-def context_strip(ctx: Context, reader: RunReader, layer: str, channel: int) -> np.ndarray:
-    """The context tiles of a channel's filled top-k slots side by side, uint8 ``(TILE, k*TILE, 3)``."""
-    g = reader.layer(layer)
-    ids = g[fmt.TOPK_IMAGE_ID][channel]
+def context_strip(ctx: Context, reader: RunReader, layer: str, channel: int, rank_by: str = "max",
+                  masks: dict[int, np.ndarray] | None = None) -> np.ndarray:
+    """The context tiles of the filled slots of one of a channel's rankings side by side, uint8
+    ``(TILE, k*TILE, 3)``; ``masks``: per image id, a mask to outline (bool, over the network's
+    input)."""
+    grp = reader.ranking(layer, rank_by)
+    ids = grp[fmt.IMAGE_ID][channel]
     ids = ids[ids >= 0]
-    boxes = g[fmt.TOPK_ORIG_BOX][channel]
-    vmax = float(np.nan_to_num(g[fmt.TOPK_ACTIVATION][channel][0], nan=0.0))
-    tiles = [context_tile(ctx.photos.get(int(i)), tuple(boxes[r]), ctx.maps.get((layer, channel, int(i))),
-                          vmax, ctx.notes.get(int(i), "")) for r, i in enumerate(ids)]
+    boxes = grp[fmt.ORIG_BOX][channel]
+    sign, vmax = map_scale(reader, layer, channel, rank_by)
+    masks = masks or {}
+    tiles = []
+    for r, i in enumerate(ids):
+        m = ctx.maps.get((layer, channel, int(i)))
+        tiles.append(context_tile(ctx.photos.get(int(i)), tuple(boxes[r]), None if m is None else sign * m,
+                                  vmax, ctx.notes.get(int(i), ""), masks.get(int(i))))
     return np.concatenate(tiles, axis=1) if tiles else np.zeros((TILE, TILE, 3), np.uint8)
+
+
+def map_scale(reader: RunReader, layer: str, channel: int, rank_by: str = "max") -> tuple[int, float]:
+    """How a ranking's photos show a channel's map: ``(sign, vmax)``, the map times ``sign``
+    scaled to ``vmax``. The most negative images show where the map is below 0, scaled to the
+    most negative value; every other ranking where it is above 0, scaled to the channel's top-1
+    (so that its rankings' photos compare)."""
+    if rank_by == "min":
+        return -1, -float(np.nan_to_num(reader.ranking(layer, "min")[fmt.ACTIVATION][channel][0], nan=0.0))
+    return 1, float(np.nan_to_num(reader.layer(layer)[fmt.TOPK_ACTIVATION][channel][0], nan=0.0))
 
 
 def _place(cut_before: bool, cut_after: bool, free: float) -> float:
@@ -288,9 +353,10 @@ def patch_view(photo: _Photo | None, box, patch_box, crop: tuple[int, int], side
     (``topk/orig_box``), ``patch_box`` the whole patch in the input ``crop`` ``(H, W)``
     (``topk/patch_box``: where it passes the input, the field went on). Returns ``inner`` (CSS
     of the picture inside the tile: place, size, background size and position; the rest of the
-    tile is a hatched margin on the side where the field was cut), ``cut`` and ``pixelated``
-    (magnified more than 2.5x: pixels shown as squares); ``None`` when the photo's file was not
-    written or the box is empty."""
+    tile is a hatched margin on the side where the field was cut), ``cut``, ``pixelated``
+    (magnified more than 2.5x: pixels shown as squares) and ``place`` (``left, top, width,
+    height`` of the picture in the tile); ``None`` when the photo's file was not written or the
+    box is empty."""
     if photo is None or photo.view_size == (0, 0) or box is None or not np.isfinite(box).all():
         return None
     cy0, cx0, cy1, cx1 = photo.crop_box
@@ -309,7 +375,7 @@ def patch_view(photo: _Photo | None, box, patch_box, crop: tuple[int, int], side
              f"background-size:{vw * s:.1f}px {vh * s:.1f}px;"
              f"background-position:{-ix0 * vs * s:.1f}px {-iy0 * vs * s:.1f}px")
     cut = py0 < 0 or px0 < 0 or py1 > crop[0] or px1 > crop[1]
-    return {"inner": inner, "cut": cut, "pixelated": s > 2.5}
+    return {"inner": inner, "cut": cut, "pixelated": s > 2.5, "place": (left, top, w, h)}
 
 
 def enlarged(photo: _Photo | None, box) -> dict | None:
@@ -331,25 +397,23 @@ def enlarged(photo: _Photo | None, box) -> dict | None:
             "box": css(*(float(v) for v in box)) if finite else None}
 
 
-def map_strip(ctx: Context, reader: RunReader, layer: str, channel: int) -> np.ndarray | None:
-    """The channel's activation maps over its top-k photos side by side, as RGBA uint8 (each map
-    at the layer's own resolution: a browser enlarges it smoothly over the photo): the
-    context tiles' inferno tint, as opaque as the level (square root of the activation / the
-    top-1 value). ``None`` when no map was computed."""
-    from matplotlib import colormaps
-
-    g = reader.layer(layer)
-    ids = g[fmt.TOPK_IMAGE_ID][channel]
+def map_strip(ctx: Context, reader: RunReader, layer: str, channel: int,
+              rank_by: str = "max") -> np.ndarray | None:
+    """The channel's activation maps over the photos of one of its rankings side by side, as
+    RGBA uint8 (each map at the layer's own resolution: a browser enlarges it smoothly over the
+    photo): the context tiles' inferno tint, as opaque as the level (square root of the
+    activation / the scale of :func:`map_scale`). ``None`` when no map was computed."""
+    ids = reader.ranking(layer, rank_by)[fmt.IMAGE_ID][channel]
     ids = ids[ids >= 0]
     maps = [ctx.maps.get((layer, channel, int(i))) for i in ids]
     shape = next((m.shape for m in maps if m is not None), None)
     if shape is None:
         return None
-    vmax = float(np.nan_to_num(g[fmt.TOPK_ACTIVATION][channel][0], nan=0.0))
+    sign, vmax = map_scale(reader, layer, channel, rank_by)
     tiles = []
     for m in maps:
-        level = np.zeros(shape) if m is None or vmax <= 0 else np.sqrt(np.clip(m / vmax, 0, 1))
-        rgba = colormaps["inferno"](level)
+        level = np.zeros(shape) if m is None or vmax <= 0 else np.sqrt(np.clip(sign * m / vmax, 0, 1))
+        rgba = inferno(level)
         rgba[..., 3] = 0.75 * level
         tiles.append((rgba * 255).round().astype(np.uint8))
     return np.concatenate(tiles, axis=1)

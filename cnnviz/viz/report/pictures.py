@@ -7,6 +7,8 @@ where the field went on, so that a deep layer's corner unit is not three quarter
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from PIL import Image
 
@@ -16,7 +18,14 @@ HATCH = ((238, 238, 238), (224, 224, 224))  # the margin where a field passed th
 
 
 def hatch(height: int, width: int) -> np.ndarray:
-    """Light grey diagonal stripes, uint8 ``(height, width, 3)``."""
+    """Light grey diagonal stripes, uint8 ``(height, width, 3)`` (a new array: the caller may
+    draw on it)."""
+    return _hatch(height, width).copy()
+
+
+@functools.lru_cache(maxsize=16)
+def _hatch(height: int, width: int) -> np.ndarray:
+    # every tile of a layer has one size: drawn once
     y, x = np.indices((height, width))
     stripes = ((x + y) // 4) % 2
     return np.where(stripes[..., None] == 0, np.array(HATCH[0], np.uint8), np.array(HATCH[1], np.uint8))

@@ -9,12 +9,18 @@ Layout of the output folder::
                           patch from it at the photo's own resolution, and enlarge it on a click
     <layer>/index.html    one layer: every reported channel with its best patch
     <layer>/by-<order>.html  the same, ordered by selectivity, fire rate or strength
-    <layer>/c<N>.html     one channel: patches, the photos they come from, statistics,
-                          distribution, attributions, optimized image, neighbouring channels
+    <layer>/c<N>.html     one channel: each of its rankings (by max, by mean, most negative...)
+                          with its patches and the photos they come from, statistics,
+                          distribution, top classes, similar channels, attributions, optimized
+                          image, neighbouring channels
     <layer>/c<N>.png      the channel's stored top-k patches side by side (one image, used as
-                          sprite: thumbnails, and the patches when the photos are not shown)
-    <layer>/c<N>-context.jpg  each patch's whole photo, box drawn, activation map overlaid
+                          sprite: thumbnails, and the patches when the photos are not shown);
+                          also written for a similar channel that is not shown (its thumbnail)
+    <layer>/c<N>-context.jpg  each patch's whole photo, box drawn, activation map overlaid, mask
+                          outlined
     <layer>/c<N>-maps.png the activation maps alone, laid over an enlarged photo
+    <layer>/c<N>-masks.png mask outlines over the patches (runs with quantiles)
+    <layer>/c<N>-mean.png, c<N>-mean-context.jpg...  the same for each other ranking (.views)
     <layer>/c<N>-attr.png its attributions, when computed
     explain/index.html    where chosen images stand against the run (``explain=[...]``)
 
@@ -44,15 +50,17 @@ from .collect import (
     LayerInfo,
     RunInfo,
     channels_of,
+    class_charts,
+    hidden_statistics,
     layer_info,
     layer_stats,
     run_info,
+    similar_of,
     stat_rows,
 )
 from .folders import writing_to
 from .pictures import histogram_svg, patch_strip
-
-PAGE_TILE = 150  # side of a patch on a channel page, pixels
+from .views import PAGE_TILE, View, layer_masks, write_views
 
 __all__ = ["write_report"]
 
@@ -218,21 +226,15 @@ def _write_layer(env, reader: RunReader, plan: _Plan, layer: LayerInfo, folder: 
     folder.mkdir(exist_ok=True)
     wanted = set(attributions.get(layer.name, []))
     bar = tqdm(total=len(layer.shown), desc=f"report {layer.name}", disable=not progress, leave=False)
+    extra = _Extra(class_charts(reader, layer), similar_of(reader, layer))
+    masker = layer_masks(reader, layer, plan.ctx)
     for pos, ch in enumerate(channels_of(reader, layer, plan.stats[layer.name])):
         attribution = ch.channel in wanted and _write_attribution(plan, reader.path, ch, layer, folder)
-        maps = False
-        if plan.ctx is not None:
-            from .context import context_strip, map_strip
-
-            _save_photo(Image.fromarray(context_strip(plan.ctx, reader, layer.name, ch.channel)),
-                        folder / f"c{ch.channel}-context.jpg")
-            strip = map_strip(plan.ctx, reader, layer.name, ch.channel)
-            if strip is not None:
-                save_png(Image.fromarray(strip, "RGBA"), folder / f"c{ch.channel}-maps.png")
-                maps = True
-        _write_channel(env, plan.info, layer, ch, pos, folder, attribution, plan.ctx, maps)
+        views = write_views(plan.ctx, reader, layer, ch, folder, masker)
+        _write_channel(env, plan.info, layer, ch, pos, folder, attribution, plan.ctx, views, extra)
         bar.update()
     bar.close()
+    _write_unshown_strips(reader, layer, extra.similar, folder)
     _render(env, "layer.html", folder / "index.html", root="../", layer=layer, order=None,
             channels=layer.shown)
     for order in layer.orders:
@@ -321,41 +323,17 @@ def _write_text(path: Path, text: str) -> None:
 
 
 @dataclass
-class _Card:
-    """One top-k entry on a channel page."""
+class _Extra:
+    """A layer's tables beside the rankings: per channel its top classes and its similar
+    channels, or one line saying why the run has none."""
 
-    rank: int
-    activation: float
-    name: str
-    label: str | None
-    error: str
-    photo: str | None = None  # ../photos/<id>.jpg, when the photo is shown
-    patch: dict | None = None  # the patch cut from that photo (context.patch_view)
-    enlarged: dict | None = None  # its click-to-enlarge view (context.enlarged)
-
-
-def _cards(layer: LayerInfo, ch: ChannelInfo, ctx) -> list[_Card]:
-    from .context import enlarged, patch_view
-
-    cards = []
-    for r in range(ch.k):
-        card = _Card(r, float(ch.activations[r]), ch.image_names[r], ch.labels[r] if ch.labels else None,
-                     ch.patch_errors[r])
-        photo = ctx.photos.get(int(ch.image_ids[r])) if ctx is not None else None
-        if photo is not None and photo.view_size != (0, 0):
-            card.photo = f"../photos/{int(ch.image_ids[r])}.jpg"
-            card.patch = patch_view(photo, ch.orig_boxes[r], ch.patch_boxes[r], layer.crop, PAGE_TILE)
-            card.enlarged = enlarged(photo, ch.orig_boxes[r] if layer.unit == "map" else None)
-        cards.append(card)
-    return cards
+    classes: dict | str
+    similar: dict | str
 
 
 def _write_channel(env, info: RunInfo, layer: LayerInfo, ch: ChannelInfo, pos: int, folder: Path,
-                   attribution: bool, ctx, maps: bool) -> None:
+                   attribution: bool, ctx, views: list[View], extra: _Extra) -> None:
     c = ch.channel
-    size = (layer.tile_h, layer.tile_w)
-    strip = patch_strip(ch.patches, ch.patch_boxes, layer.crop, layer.patch_factor, size)
-    save_png(strip, folder / f"c{c}.png")
     if ch.optimized is not None:
         save_png(Image.fromarray(ch.optimized), folder / f"c{c}-optimized.png")
     prev_c = layer.shown[pos - 1] if pos else None
@@ -364,10 +342,31 @@ def _write_channel(env, info: RunInfo, layer: LayerInfo, ch: ChannelInfo, pos: i
 
     _render(env, "channel.html", folder / f"c{c}.html", root="../", run=info, layer=layer, ch=ch,
             prev=prev_c, next=next_c, stats=stat_rows(ch.stats, layer), attribution=attribution,
-            cards=_cards(layer, ch, ctx), page_tile=PAGE_TILE, maps=maps,
+            views=views, cards=views[0].cards, page_tile=PAGE_TILE,
             context=None if ctx is None else {"tile": TILE, "maps": ctx.with_maps},
+            mask_level=None if layer.mask_levels is None else float(layer.mask_levels[c]),
+            outlined=any(v.outlined for v in views),
+            classes=extra.classes if isinstance(extra.classes, str) else extra.classes.get(c, []),
+            similar=extra.similar if isinstance(extra.similar, str) else extra.similar.get(c, []),
+            shown=set(layer.shown), fire_rate="fire_rate" not in hidden_statistics(layer.unit, layer.logits),
             histogram=Markup(histogram_svg(ch.maxima, ch.activations) if ch.maxima is not None
                              else "<p>not kept in this run (scanned without per-image maxima)</p>"))
+
+
+def _write_unshown_strips(reader: RunReader, layer: LayerInfo, similar: dict | str, folder: Path) -> None:
+    """The patch strips of the similar channels the report does not show (their thumbnails)."""
+    from ...run import format as fmt
+
+    if isinstance(similar, str):
+        return
+    shown = set(layer.shown)
+    wanted = sorted({s.channel for rows in similar.values() for s in rows} - shown)
+    g = reader.layer(layer.name)
+    for c in wanted:
+        k = int((g[fmt.TOPK_IMAGE_ID][c] >= 0).sum())
+        strip = patch_strip(g[fmt.TOPK_PATCHES][c][:k], g[fmt.TOPK_PATCH_BOX][c][:k], layer.crop,
+                            layer.patch_factor, (layer.tile_h, layer.tile_w))
+        save_png(strip, folder / f"c{c}.png")
 
 
 def _write_attribution(plan: _Plan, run: Path, ch: ChannelInfo, layer: LayerInfo, folder: Path) -> bool:
@@ -386,7 +385,7 @@ def save_png(image: Image.Image, path: Path) -> None:
         image.save(path, format="PNG", compress_level=1)
 
 
-def _save_photo(image: Image.Image, path: Path) -> None:
+def save_photo(image: Image.Image, path: Path) -> None:
     """Downscaled photos with an overlay: JPEG (quality 90, no chroma subsampling, so that the
     drawn box and the tint stay sharp) is over 20x faster to write than PNG and under a third of its size."""
     with _whole(path):
