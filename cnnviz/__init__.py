@@ -7,7 +7,9 @@ Dataset examples at scale (:func:`scan`), tables and pictures of the results
 
 The stages are packages: ``model`` (loading, preprocessing, taps, receptive fields), ``images``
 (libraries, decoding, patches), ``scanner`` (the scan), ``run`` (the run file: schema, reader,
-tables), ``viz`` (figures, feature maps, attributions, the HTML report), ``optim`` and ``cli``.
+tables), ``analysis`` (a run's model asked again: explanations, attributions, relevance,
+comparisons), ``viz`` (figures, feature maps, Jupyter), ``report`` (the HTML report), ``optim``
+and ``cli``.
 The names below load their package on first use (PEP 562), so ``import cnnviz`` is instant and
 reading a run file never imports torch.
 """
@@ -36,10 +38,10 @@ _NAMES = {
     "RunReader": "run", "top_patches": "run", "channel_stats": "run", "channel_maxima": "run",
     "failures": "run", "class_table": "run", "channel_quantiles": "run", "channel_histogram": "run",
     "similar_channels": "run",
-    "write_report": "viz", "feature_map_grid": "viz", "layer_activation": "viz",
+    "write_report": "report", "feature_map_grid": "viz", "layer_activation": "viz",
     "show": "viz.notebook", "explain": "analysis", "compare_runs": "analysis",
 }
-_MODULES = {"figures": "viz.figures", "attribution": "viz.attribution", "report": "viz.report",
+_MODULES = {"figures": "viz.figures", "attribution": "analysis.attribution", "report": "report",
             "optim": "optim", "model": "model", "images": "images", "scanner": "scanner",
             "run": "run", "viz": "viz", "analysis": "analysis"}
 

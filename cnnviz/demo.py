@@ -28,7 +28,9 @@ def demo_manifest() -> list[dict[str, str]]:
     return [dict(zip(keys, line.split("\t"), strict=True)) for line in lines[1:] if line]
 
 
-def _package_folder(package: str) -> Path | None:
+def package_folder(package: str) -> Path | None:
+    """Where the installed ``package`` (``matplotlib`` or ``skimage``, the manifest's column)
+    keeps its sample photos; ``None`` when it is not installed."""
     if package == "matplotlib":
         import matplotlib
 
@@ -50,7 +52,7 @@ def demo_photos(folder: str | Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     sources: list[Path] = []
     for entry in demo_manifest():
-        where = _package_folder(entry["package"])
+        where = package_folder(entry["package"])
         if where is not None and (where / entry["file"]).is_file():
             sources.append(where / entry["file"])
     if not sources:
@@ -79,10 +81,10 @@ def run_demo(out_dir: str | Path = "cnnviz-demo", model_name: str = "efficientne
 
     from .images.decoding import load_rgb
     from .model import default_layers, load_model
+    from .report import write_report
     from .run.tables import top_patches
     from .scanner import scan
     from .viz.featuremaps import feature_map_grid, layer_activation
-    from .viz.report import write_report
 
     out_dir = Path(out_dir)
     photos = demo_photos(out_dir / "photos")

@@ -206,9 +206,9 @@ def analysis_paths(device: str, tmp: Path, n: int) -> None:
     import numpy as np
 
     import cnnviz
+    from cnnviz.analysis.attribution import neuron_attributions
+    from cnnviz.report.context import gather_context
     from cnnviz.run.reader import RunReader
-    from cnnviz.viz.attribution import neuron_attributions
-    from cnnviz.viz.report.context import gather_context
 
     run = tmp / "cpu.h5"
     if not run.exists():

@@ -164,10 +164,10 @@ def test_the_callers_module_is_untouched(photo_dir, tmp_path):
     explain --why leave the module a user handed over as it was: mode, gradients, device,
     weights, hooks, in-place flags."""
     from cnnviz import Preprocessing, from_module, scan
+    from cnnviz.analysis.attribution import neuron_attributions
     from cnnviz.analysis.relevance import explain_prediction
     from cnnviz.optim import cs231n_class_visualization, render
     from cnnviz.optim import objectives as obj
-    from cnnviz.viz.attribution import neuron_attributions
 
     mine = tiny_cnn(seed=4).train()
     before = _snapshot(mine)

@@ -21,7 +21,7 @@ from PIL import Image
 import cnnviz
 from cnnviz import load_model, scan
 from cnnviz.errors import CnnvizWarning, RunFileError
-from cnnviz.viz.report import write_report
+from cnnviz.report import write_report
 
 from .test_faults import KW, _one_line_error
 

@@ -69,14 +69,14 @@ def test_classes_named_as_people_name_them():
 
 
 def test_demo_manifest_names_photos_that_exist():
-    from cnnviz.demo import _package_folder, demo_manifest
+    from cnnviz.demo import package_folder, demo_manifest
 
     entries = demo_manifest()
     assert {e["file"] for e in entries} >= {"chelsea.png", "grace_hopper.jpg"}
     for e in entries:
         assert e["licence"]
         assert e["label"] == "" or label_name(e["label"]) is not None, e
-        folder = _package_folder(e["package"])
+        folder = package_folder(e["package"])
         assert folder is None or (folder / e["file"]).is_file(), e
 
 
@@ -92,7 +92,7 @@ def test_a_wheel_carries_the_data_and_every_package(tmp_path):
     for package in packages | {"cnnviz/data"}:
         assert f"{package}/__init__.py" in names, f"{package} is missing from the wheel (pyproject packages)"
     assert {"cnnviz/data/imagenet_classes.tsv", "cnnviz/data/demo_photos.tsv",
-            "cnnviz/viz/report/templates/index.html"} <= names
+            "cnnviz/report/templates/index.html"} <= names
     # installed on its own (away from the repository), it reads its data
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),

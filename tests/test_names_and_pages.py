@@ -122,7 +122,7 @@ def test_class_names_in_the_terminal_table_montages_and_tooltips(labelled, squee
 
 
 def test_file_names_break_between_words_not_inside_them(labelled, tmp_path):
-    from cnnviz.viz.report.render import breakable
+    from cnnviz.report.templating import breakable
 
     assert str(breakable("n04317175_8152_stethoscope.jpg")) == "n04317175_<wbr>8152_<wbr>stethoscope.<wbr>jpg"
     assert str(breakable("<b>_x")) == "&lt;b&gt;_<wbr>x"  # escaped first
@@ -181,7 +181,7 @@ def test_explain_and_compare_pages_are_replaced_whole(labelled, photo_dir, tmp_p
 
 
 def test_compare_page_lists_layers_in_network_order_with_readable_columns(labelled, tmp_path):
-    from cnnviz.viz.report.analysis_pages import write_compare_page
+    from cnnviz.report.analysis_pages import write_compare_page
 
     table = cnnviz.analysis.compare_runs(labelled, labelled)
     table = table.sort_values("layer", ascending=False)  # classifier.3 first, as "most changed" could put it

@@ -212,7 +212,7 @@ def test_a_module_carrying_stateful_hooks_can_be_rendered_scanned_and_attributed
     a module. cnnviz's copies share the caller's hook functions instead: they keep firing, and
     the caller's hook tables are left as they were."""
     from cnnviz import scan
-    from cnnviz.viz.attribution import neuron_attributions
+    from cnnviz.analysis.attribution import neuron_attributions
 
     model = colour_net()
     kept = {}

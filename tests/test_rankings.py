@@ -103,7 +103,7 @@ def test_selectivity_is_undefined_for_negative_responses(planted):
 def test_explain_ties_silence_logits_and_the_prediction(planted, tmp_path):
     """A red photo of the library: ties counted as mid-ranks, no channel where it does not respond
     among its top channels, the logits in the model's order, and the model's prediction first."""
-    from cnnviz.viz.report.analysis_pages import write_explain_page
+    from cnnviz.report.analysis_pages import write_explain_page
 
     run, model, root = planted
     image = root / "red" / "red0.png"

@@ -227,7 +227,7 @@ def test_explain_why_on_the_command_line_and_its_page(photo_dir, tmp_path, cli):
     assert "is not a layer of the model resnet18" in text
     assert set(want.examples_by) == {"relevance"} and (want.groupby("layer").size() == 2).all()
     from cnnviz.analysis.relevance import explain_predictions
-    from cnnviz.viz.report.analysis_pages import write_why_page
+    from cnnviz.report.analysis_pages import write_why_page
 
     result = explain_predictions([image], run, layers=LAYERS, top=2, model=model)
     index = write_why_page(result, run, tmp_path / "why", top=2)

@@ -142,8 +142,8 @@ def test_mask_outlines_lie_on_the_threshold_masks_boundary(views):
     """Each outlined pixel of a patch tile is where ``threshold_mask`` (of the channel's map from
     a forward pass, at its top-0.5 % level) changes; photos of images whose map stays under the
     level get none."""
-    from cnnviz.viz.report.views import PAGE_TILE
-    from cnnviz.viz.unitmaps import unit_maps
+    from cnnviz.analysis.unitmaps import unit_maps
+    from cnnviz.report.views import PAGE_TILE
 
     run, site = views
     model = _tiny()
@@ -191,8 +191,8 @@ def test_mask_outlines_lie_on_the_threshold_masks_boundary(views):
 
 
 def test_the_batched_masks_equal_threshold_mask(views):
-    from cnnviz.viz.report.outlines import LayerMasks
-    from cnnviz.viz.unitmaps import unit_maps
+    from cnnviz.analysis.unitmaps import unit_maps
+    from cnnviz.report.outlines import LayerMasks
 
     run, _ = views
     for layer in ("0", "3"):
@@ -260,7 +260,7 @@ def test_classes_and_similar_channels_say_why_a_run_has_none(photo_dir, tmp_path
 
 
 def test_similar_channels_equal_similar_channels(views):
-    from cnnviz.viz.report.collect import similar_of
+    from cnnviz.report.collect import similar_of
 
     run, site = views
     for layer, channel in (("0", 1), ("3", 2), ("9", 4)):
@@ -274,7 +274,7 @@ def test_similar_channels_equal_similar_channels(views):
             assert f'href="c{c}.html"' in section and (site / layer / f"c{c}.png").is_file()
     # all shown channels at once, to rounding
     with cnnviz.RunReader(run) as r:
-        from cnnviz.viz.report.collect import layer_info, layer_stats
+        from cnnviz.report.collect import layer_info, layer_stats
 
         layer = layer_info(r, "3", None, 2, layer_stats(r, "3"))
         every = similar_of(r, layer, n=5)
@@ -321,7 +321,7 @@ def test_older_runs_render_as_before(views, tmp_path):
 def test_the_maps_colours_are_matplotlibs_inferno():
     from matplotlib import colormaps
 
-    from cnnviz.viz.report.context import inferno
+    from cnnviz.report.context import inferno
 
     levels = np.concatenate([np.linspace(0, 1, 10001), np.random.default_rng(0).random(1000)])
     for values in (levels, levels.astype(np.float32)):

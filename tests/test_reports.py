@@ -17,7 +17,7 @@ from PIL import Image
 
 import cnnviz
 from cnnviz import figures, load_model, scan, write_report
-from cnnviz.viz.attribution import neuron_attribution_maps, neuron_attributions
+from cnnviz.analysis.attribution import neuron_attribution_maps, neuron_attributions
 
 LAYERS = "layer1.1,layer3.0"
 
@@ -267,8 +267,8 @@ def test_synthetic_runs_have_the_format_of_real_ones(run, model, tmp_path):
 @pytest.mark.slow
 def test_a_photo_changed_since_the_scan_is_not_shown_in_context(photo_dir, tmp_path):
     """Its box and map would describe another picture: the tile says why instead."""
+    from cnnviz.report.context import TILE, context_strip, context_tile, gather_context
     from cnnviz.run.reader import RunReader
-    from cnnviz.viz.report.context import TILE, context_strip, context_tile, gather_context
 
     lib = tmp_path / "lib"
     shutil.copytree(photo_dir, lib)
@@ -292,8 +292,8 @@ def test_context_box_is_the_orig_box_and_the_map_is_a_forward_pass(run, model):
     the photo where the channel's recomputed map (equal to a forward pass of that photo) is high;
     each photo of either ranking (by max, by mean) goes through the network once (photos decoded
     by a worker process, batches of 3)."""
+    from cnnviz.report.context import TILE, context_tile, gather_context
     from cnnviz.run.reader import RunReader
-    from cnnviz.viz.report.context import TILE, context_tile, gather_context
 
     calls = []
     handle = model.module.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
@@ -359,7 +359,7 @@ def test_index_orders_follow_the_statistics(run, tmp_path):
 
 def test_attribution_tiles_are_contrast_normalised():
     """One outlier pixel must not leave the rest of the tile grey (as scaling by the maximum did)."""
-    from cnnviz.viz.attribution import attribution_image
+    from cnnviz.analysis.attribution import attribution_image
 
     rng = np.random.default_rng(0)
     attr = rng.normal(size=(1, 32, 32, 3)).astype(np.float32)

@@ -73,7 +73,7 @@ def run_explain(args) -> int:
                 best = shown.groupby("layer", sort=False).head(args.top)
                 print(best[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"), end="\n\n")
     if args.out:
-        from ..viz.report.analysis_pages import write_explain_page
+        from ..report.analysis_pages import write_explain_page
 
         index = write_explain_page(result, args.run, args.out, top=args.top)
         print(f"explain page: {index.resolve()}", file=sys.stderr if args.csv else sys.stdout)
@@ -105,7 +105,7 @@ def _why(args, layers, model) -> int:
                       f"most, with their first dataset example (by {first.examples_by})")
                 print(rows[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"), end="\n\n")
     if args.out:
-        from ..viz.report.analysis_pages import write_why_page
+        from ..report.analysis_pages import write_why_page
 
         index = write_why_page(result, args.run, args.out, top=args.top)
         print(f"why page: {index.resolve()}", file=sys.stderr if args.csv else sys.stdout)
@@ -139,7 +139,7 @@ def run_compare(args) -> int:
         with pd.option_context("display.width", 200):
             print(table.head(args.top)[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     if args.out:
-        from ..viz.report.analysis_pages import write_compare_page
+        from ..report.analysis_pages import write_compare_page
 
         index = write_compare_page(table, args.run_a, args.run_b, args.out, top=args.top)
         print(f"compare page: {index.resolve()}", file=sys.stderr if args.csv else sys.stdout)

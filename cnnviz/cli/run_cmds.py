@@ -135,7 +135,7 @@ def _parse_attributions(spec: str | None) -> dict:
 
 
 def run_report(args) -> int:
-    from ..viz.report import write_report
+    from ..report import write_report
 
     attributions = _parse_attributions(args.attributions)
     model = None

@@ -265,6 +265,17 @@ class Capture:
         except _StopForward:
             return None
 
+    def forward_crops(self, crops: torch.Tensor, preprocessing) -> dict:
+        """The one forward path of the package for images (the scan, ``reduce_images``, the
+        report's maps, ``unit_maps``): uint8 ``(N, H, W, 3)`` network-input crops, on the
+        module's device, normalised by ``preprocessing``, in the channels_last layout (the
+        fastest on CPUs and GPUs alike), without gradients. Returns :attr:`outputs`; runs in
+        the precision of the enclosing :func:`~cnnviz.model.precision.precision_scope`."""
+        x = preprocessing.normalize(crops).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            self.forward(x)
+        return self.outputs
+
 
 def _clone(name: str, output: torch.Tensor) -> torch.Tensor:
     return output.clone()

@@ -403,10 +403,7 @@ def _forward(cap, preprocessing, crops: torch.Tensor, errors: list[str], device:
     batch = crops.to(device, non_blocking=True)
     if not ok.all():
         batch = batch.index_select(0, torch.from_numpy(np.flatnonzero(ok)).to(device))
-    x = preprocessing.normalize(batch).contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        cap.forward(x)
-    return cap.outputs
+    return cap.forward_crops(batch, preprocessing)
 
 
 class _InterruptFlag:

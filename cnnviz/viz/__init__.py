@@ -1,14 +1,13 @@
-"""Pictures of a run and of a network: figures (matplotlib), feature-map grids (Captum's
-LayerActivation), neuron attributions (Captum) and the static HTML report. Only the report and
-figures load eagerly: neither needs torch."""
+"""Pictures a person looks at: figures of a run (matplotlib: montages, distributions),
+feature-map grids (Captum's LayerActivation) and patches inline in Jupyter (:mod:`.notebook`).
+The HTML report is its own package, :mod:`cnnviz.report`; attributions and recomputed maps are
+in :mod:`cnnviz.analysis`. Only the figures load eagerly: they do not need torch."""
 
 from __future__ import annotations
 
 import importlib
 
-from .report import write_report
-
-__all__ = ["write_report", "feature_map_grid", "layer_activation"]
+__all__ = ["feature_map_grid", "layer_activation"]
 
 
 def __getattr__(name: str):

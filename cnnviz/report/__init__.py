@@ -1,5 +1,5 @@
 """The static HTML report: :mod:`.collect` reads what to show, :mod:`.render` writes it."""
 
-from .render import write_report
+from .pages import write_report
 
 __all__ = ["write_report"]

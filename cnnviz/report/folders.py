@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ...errors import OutputError, UsageError
+from ..errors import OutputError, UsageError
 
 __all__ = ["writing_to", "check_replaceable"]
 

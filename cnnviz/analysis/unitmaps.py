@@ -39,11 +39,8 @@ def unit_maps(run: str | Path, layer: str, image_ids, model=None, device: str = 
     device = torch.device(device)
     module = inference_copy(model.module, device)
     x = torch.from_numpy(np.stack([c for _, c in shown])).to(device)
-    x = model.preprocessing.normalize(x).contiguous(memory_format=torch.channels_last)
-    with precision_scope(precision, device), capture(module, [layer], stop_early=True) as cap, \
-            torch.no_grad():
-        cap.forward(x)
-    act = cap.outputs[layer].float()
+    with precision_scope(precision, device), capture(module, [layer], stop_early=True) as cap:
+        act = cap.forward_crops(x, model.preprocessing)[layer].float()
     if act.dim() == 2:  # a whole-image unit: a 1x1 map
         act = act[:, :, None, None]
     for row, (i, _) in enumerate(shown):

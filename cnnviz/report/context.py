@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ...images.decoding import decode_file
-from ...run import format as fmt
-from ...run.reader import RunReader
+from ..images.decoding import decode_file
+from ..run import format as fmt
+from ..run.reader import RunReader
 
 __all__ = ["Context", "gather_context", "context_tile", "context_strip", "map_strip", "map_scale",
            "patch_view", "enlarged", "TILE", "VIEW", "BOX_COLOUR"]
@@ -70,11 +70,11 @@ def gather_context(reader: RunReader, wanted: dict[str, list[int]], model=None, 
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from ...images.dataset import LibraryDataset
-    from ...model.copying import inference_copy
-    from ...model.precision import precision_scope
-    from ...model.taps import capture
-    from ...scanner.config import default_workers
+    from ..images.dataset import LibraryDataset
+    from ..model.copying import inference_copy
+    from ..model.precision import precision_scope
+    from ..model.taps import capture
+    from ..scanner.config import default_workers
 
     need = _needed(reader, wanted)
     ctx = Context(with_maps=model is not None)
@@ -101,10 +101,8 @@ def gather_context(reader: RunReader, wanted: dict[str, list[int]], model=None, 
         shown = [(i, crop) for i, photo, crop, _, _ in items if photo is not None and crop is not None]
         if module is not None and shown:
             x = torch.from_numpy(np.stack([crop for _, crop in shown])).to(device)
-            x = model.preprocessing.normalize(x).contiguous(memory_format=torch.channels_last)
-            with precision_scope(reader.precision, device), capture(module, layers) as cap, \
-                    torch.no_grad():
-                cap.forward(x)
+            with precision_scope(reader.precision, device), capture(module, layers, stop_early=True) as cap:
+                cap.forward_crops(x, model.preprocessing)
             for row, (i, _) in enumerate(shown):
                 for layer, c in need[i]:
                     out = cap.outputs[layer]

@@ -32,19 +32,17 @@ markup. No script, font or stylesheet is loaded from the network; the pages need
 
 from __future__ import annotations
 
-import contextlib
-import re
 import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from markupsafe import Markup, escape
+from markupsafe import Markup
 from PIL import Image
 
-from ...errors import CnnvizWarning, UsageError
-from ...run.reader import RunReader
+from ..errors import CnnvizWarning, UsageError
+from ..run.reader import RunReader
 from .collect import (
     ChannelInfo,
     LayerInfo,
@@ -60,25 +58,10 @@ from .collect import (
 )
 from .folders import writing_to
 from .pictures import histogram_svg, patch_strip
+from .templating import environment, render_page, save_png, write_text
 from .views import PAGE_TILE, View, layer_masks, write_views
 
 __all__ = ["write_report"]
-
-
-def _environment():
-    import jinja2
-
-    env = jinja2.Environment(loader=jinja2.PackageLoader("cnnviz.viz.report", "templates"),
-                             autoescape=True, trim_blocks=True, lstrip_blocks=True,
-                             undefined=jinja2.StrictUndefined)
-    env.filters["breakable"] = breakable
-    return env
-
-
-def breakable(text) -> Markup:
-    """``text`` escaped, with a line-break opportunity after each ``_ - . /``: a long file name
-    wraps between its words (``n04317175_8152_ / stethoscope.jpg``), not inside one."""
-    return Markup(re.sub(r"([_\-./])", r"\1<wbr>", str(escape(str(text)))))
 
 
 def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=None,
@@ -122,7 +105,7 @@ def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=Non
     """
     out = Path(out_dir)
     if str(device) != "cpu":
-        from ...model.device import check_device
+        from ..model.device import check_device
 
         check_device(device)
     with writing_to(out) as folder:
@@ -133,7 +116,7 @@ def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=Non
 
 def _write_report(run, out: Path, layers, channels, attributions: dict, model, scale: int, progress: bool,
                   context: bool, explain, library, device: str) -> Path:
-    env = _environment()
+    env = environment()
     with RunReader(run) as reader:
         # 1. everything that can refuse, before any page is written
         attributions = _resolved(reader, attributions)
@@ -150,15 +133,15 @@ def _write_report(run, out: Path, layers, channels, attributions: dict, model, s
         explain_link = "explain/index.html"
     info = plan.info
     if info.n_failed:
-        from ...run.tables import failure_kinds, failures
+        from ..run.tables import failure_kinds, failures
 
         table = failures(run)
         kinds = failure_kinds(table)
-        _render(env, "failures.html", out / "failures.html", root="", run=info, kinds=list(kinds.items()),
+        render_page(env, "failures.html", out / "failures.html", root="", run=info, kinds=list(kinds.items()),
                 rows=list(table.itertuples()))
-    _write_text(out / "style.css", resources.files(__package__).joinpath("style.css").read_text("utf-8"))
+    write_text(out / "style.css", resources.files(__package__).joinpath("style.css").read_text("utf-8"))
     index = out / "index.html"
-    _render(env, "index.html", index, root="", run=info, layers=plan.shown, explain=explain_link,
+    render_page(env, "index.html", index, root="", run=info, layers=plan.shown, explain=explain_link,
             failures=bool(info.n_failed))
     return index
 
@@ -206,7 +189,7 @@ def _plan(reader: RunReader, layers, channels, attributions: dict, model, scale:
     # explained first: an image it cannot read stops the report before any page is written
     explained = None
     if explain:
-        from ...analysis.explanation import explain_images
+        from ..analysis.explanation import explain_images
 
         explained = explain_images(explain, reader.path, info.layers, model=model, device=device,
                                    param="explain")
@@ -235,10 +218,10 @@ def _write_layer(env, reader: RunReader, plan: _Plan, layer: LayerInfo, folder: 
         bar.update()
     bar.close()
     _write_unshown_strips(reader, layer, extra.similar, folder)
-    _render(env, "layer.html", folder / "index.html", root="../", layer=layer, order=None,
+    render_page(env, "layer.html", folder / "index.html", root="../", layer=layer, order=None,
             channels=layer.shown)
     for order in layer.orders:
-        _render(env, "layer.html", folder / f"{order.stem}.html", root="../", layer=layer, order=order,
+        render_page(env, "layer.html", folder / f"{order.stem}.html", root="../", layer=layer, order=order,
                 channels=order.channels)
 
 
@@ -276,8 +259,8 @@ def _photos_available(reader: RunReader, library) -> bool:
 def _model_or_none(run: Path, needed: bool, device: str):
     """The run's model reloaded, or ``None`` (with a note) when it cannot be (a user module,
     weights not available here); ``needed``: raise instead."""
-    from ...errors import CnnvizError
-    from ..attribution import model_of_run
+    from ..analysis.attribution import model_of_run
+    from ..errors import CnnvizError
 
     try:
         return model_of_run(run, device=device)
@@ -291,7 +274,7 @@ def _model_or_none(run: Path, needed: bool, device: str):
 def _fitting_model(model, reader: RunReader, layers: list[str], needed: bool):
     """``model``, once it is known to have the run's layers; else (not ``needed``: only for
     activation maps) ``None`` with a note."""
-    from ..attribution import check_model_fits
+    from ..analysis.attribution import check_model_fits
 
     try:
         check_model_fits(model, reader, layers)
@@ -301,25 +284,6 @@ def _fitting_model(model, reader: RunReader, layers: list[str], needed: bool):
         warnings.warn(f"the report shows photos without activation maps: {exc}", CnnvizWarning, stacklevel=4)
         return None
     return model
-
-
-def _render(env, template: str, path: Path, **context) -> None:
-    _write_text(path, env.get_template(template).render(**context))
-
-
-@contextlib.contextmanager
-def _whole(path: Path):
-    """A file is written whole or not at all (a full disk leaves no 0-byte page or image)."""
-    try:
-        yield
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-
-
-def _write_text(path: Path, text: str) -> None:
-    with _whole(path):
-        path.write_text(text, encoding="utf-8")
 
 
 @dataclass
@@ -340,7 +304,7 @@ def _write_channel(env, info: RunInfo, layer: LayerInfo, ch: ChannelInfo, pos: i
     next_c = layer.shown[pos + 1] if pos + 1 < len(layer.shown) else None
     from .context import TILE
 
-    _render(env, "channel.html", folder / f"c{c}.html", root="../", run=info, layer=layer, ch=ch,
+    render_page(env, "channel.html", folder / f"c{c}.html", root="../", run=info, layer=layer, ch=ch,
             prev=prev_c, next=next_c, stats=stat_rows(ch.stats, layer), attribution=attribution,
             views=views, cards=views[0].cards, page_tile=PAGE_TILE,
             context=None if ctx is None else {"tile": TILE, "maps": ctx.with_maps},
@@ -355,7 +319,7 @@ def _write_channel(env, info: RunInfo, layer: LayerInfo, ch: ChannelInfo, pos: i
 
 def _write_unshown_strips(reader: RunReader, layer: LayerInfo, similar: dict | str, folder: Path) -> None:
     """The patch strips of the similar channels the report does not show (their thumbnails)."""
-    from ...run import format as fmt
+    from ..run import format as fmt
 
     if isinstance(similar, str):
         return
@@ -370,26 +334,12 @@ def _write_unshown_strips(reader: RunReader, layer: LayerInfo, similar: dict | s
 
 
 def _write_attribution(plan: _Plan, run: Path, ch: ChannelInfo, layer: LayerInfo, folder: Path) -> bool:
-    from ..attribution import attribution_image, neuron_attributions
+    from ..analysis.attribution import attribution_image, neuron_attributions
 
     maps = neuron_attributions(plan.model, run, ch.layer, ch.channel, library_root=plan.library)
     attr = attribution_image(maps)[: ch.k]
     save_png(_strip((attr * 255).round().astype(np.uint8), layer.scale), folder / f"c{ch.channel}-attr.png")
     return True
-
-
-def save_png(image: Image.Image, path: Path) -> None:
-    """Lossless, at zlib level 1: the report writes thousands of strips, and Pillow's default
-    level (6) spent 70 % of a report's time compressing them for files only ~12 % smaller."""
-    with _whole(path):
-        image.save(path, format="PNG", compress_level=1)
-
-
-def save_photo(image: Image.Image, path: Path) -> None:
-    """Downscaled photos with an overlay: JPEG (quality 90, no chroma subsampling, so that the
-    drawn box and the tint stay sharp) is over 20x faster to write than PNG and under a third of its size."""
-    with _whole(path):
-        image.save(path, format="JPEG", quality=90, subsampling=0)
 
 
 def _strip(patches: np.ndarray, scale: int) -> Image.Image:

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ...errors import UsageError
-from ...run import format as fmt
-from ...run.reader import RunReader
-from ...run.tables import SILENT_SHARE, channel_stats
+from ..errors import UsageError
+from ..run import format as fmt
+from ..run.reader import RunReader
+from ..run.tables import SILENT_SHARE, channel_stats
 
 __all__ = ["RunInfo", "LayerInfo", "ChannelInfo", "Ranking", "Order", "ORDERS", "STATISTICS", "RANKINGS",
            "IMAGE_RANKINGS", "run_info", "layer_info", "layer_stats", "channels_of", "stat_rows", "safe_name",
@@ -244,11 +244,11 @@ class ChannelInfo:
 
 
 def run_info(reader: RunReader, layers: Sequence[str] | None) -> RunInfo:
-    a = reader.attrs
+    h = reader.header
     chosen = reader.layers if layers is None else [reader.resolve_layer(n, "layers") for n in layers]
     chosen = list(dict.fromkeys(chosen))  # `logits` and its module's name are one layer
-    return RunInfo(reader.path.name, str(a["model"]), str(a["weights_origin"]), int(a["n_images"]),
-                   int(a["n_failed"]), int(a["top_k"]), str(a["library"]), chosen, reader.precision)
+    return RunInfo(reader.path.name, h.model, h.weights_origin, h.n_images, h.n_failed, h.top_k, h.library,
+                   chosen, reader.precision)
 
 
 def _chosen(channels, n_channels: int, layer: str) -> list[int]:
@@ -269,21 +269,20 @@ def _chosen(channels, n_channels: int, layer: str) -> list[int]:
 def layer_info(reader: RunReader, layer: str, channels, min_scale: int, stats: pd.DataFrame) -> LayerInfo:
     """``stats``: the layer's :func:`channel_stats` (for the index orders)."""
     g = reader.layer(layer)
-    n_ch = int(g.attrs["channels"])
-    patch_shape = tuple(int(v) for v in g.attrs["patch_shape"])
+    meta = reader.layer_meta(layer)
+    n_ch, patch_shape = meta.channels, meta.patch_shape
     # small patches (early layers) are magnified to at least 64 px on screen
     scale = min(16, max(min_scale, math.ceil(64 / max(patch_shape))))
     shown = _chosen(channels, n_ch, layer)
     names = reader.channel_names(layer)
-    logits = bool(g.attrs.get(fmt.LAYER_LOGITS, False))
+    logits = meta.logits
     hidden = hidden_statistics(reader.unit(layer), logits)
     filled = (g[fmt.TOPK_IMAGE_ID][()] >= 0).sum(axis=1)
-    return LayerInfo(layer, n_ch, shown, tuple(int(v) for v in g.attrs["rf_size"]),
-                     tuple(int(v) for v in g.attrs["rf_stride"]), patch_shape, scale, reader.unit(layer),
+    return LayerInfo(layer, n_ch, shown, meta.rf_size, meta.rf_stride, patch_shape, scale, reader.unit(layer),
                      None if names is None else [str(n) for n in names],
                      _orders(stats.drop(columns=[c for c in hidden if c in stats]), shown),
                      _top_classes(stats, list(range(n_ch)), filled), _silent(stats), logits,
-                     tuple(int(v) for v in reader.preprocessing["crop"]), int(g.attrs.get("patch_factor", 1)),
+                     tuple(int(v) for v in reader.preprocessing["crop"]), meta.patch_factor,
                      shown_rankings(reader, layer),
                      reader.mask_levels(layer) if reader.has_quantiles(layer) else None)
 
@@ -354,7 +353,7 @@ def channels_of(reader: RunReader, layer: LayerInfo, stats: pd.DataFrame) -> Ite
             layer.name, c, layer.channel_names[c] if layer.channel_names else "",
             [_ranking(key, grp, c, images) for key, grp in groups], stats.loc[c],
             None if maxima is None else maxima[:, j], optimized,
-            str(g[fmt.OPTIMIZED].attrs.get("recipe", "?")) if optimized is not None else None)
+            str(g[fmt.OPTIMIZED].attrs.get(fmt.OPTIMIZED_RECIPE, "?")) if optimized is not None else None)
 
 
 def _ranking(key: str, grp, c: int, images: tuple) -> Ranking:
@@ -449,7 +448,7 @@ class ClassBar:
 def class_charts(reader: RunReader, layer: LayerInfo, n: int = 10) -> dict[int, list[ClassBar]] | str:
     """Per shown channel, its ``n`` best classes (:func:`class_table`: the mean of its per-image
     maxima over each class's images), or one line saying why the run has none."""
-    from ...run.tables import class_table
+    from ..run.tables import class_table
 
     if reader.labels is None or not (reader.labels.astype(str) != "").any():
         return "the library has no labels (no class folders or label column): no classes to show"

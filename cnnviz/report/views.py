@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ...run.geometry import LayerGeometry
-from ...run.reader import RunReader
+from ..run.geometry import LayerGeometry
+from ..run.reader import RunReader
 from .collect import ChannelInfo, LayerInfo, Ranking
 from .pictures import patch_strip
 
@@ -76,7 +76,7 @@ def layer_masks(reader: RunReader, layer: LayerInfo, ctx):
     from .outlines import LayerMasks
 
     g = reader.layer(layer.name)
-    return LayerMasks(LayerGeometry(g.attrs, layer.crop, int(reader.attrs["patch_size"])))
+    return LayerMasks(LayerGeometry(g.attrs, layer.crop, reader.header.patch_size))
 
 
 def write_views(ctx, reader: RunReader, layer: LayerInfo, ch: ChannelInfo, folder: Path,
@@ -97,7 +97,7 @@ def _channel_masks(ctx, layer: LayerInfo, ch: ChannelInfo, masker) -> _Masks | N
 
 def _write_view(ctx, reader: RunReader, layer: LayerInfo, c: int, rk: Ranking, folder: Path,
                 masks: _Masks | None) -> View:
-    from .render import save_png
+    from .pages import save_png
 
     name = f"c{c}{rk.suffix}"
     size = (layer.tile_h, layer.tile_w)
@@ -107,7 +107,7 @@ def _write_view(ctx, reader: RunReader, layer: LayerInfo, c: int, rk: Ranking, f
     if ctx is None:
         return view
     from .context import context_strip, map_strip
-    from .render import save_photo
+    from .templating import save_photo
 
     ids = {int(i) for i in rk.image_ids}
     shown = {} if masks is None else {i: f > masks.level for i, f in masks.fields.items() if i in ids}

@@ -23,12 +23,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ...run import format as fmt
-from ...run.reader import RunReader
+from ..run import format as fmt
+from ..run.reader import RunReader
 from .collect import safe_name
 from .folders import writing_to
 from .pictures import patch_strip
-from .render import _environment, _render, save_png
+from .templating import environment, render_page, save_png
 
 __all__ = ["write_explain_page", "write_compare_page", "write_why_page"]
 
@@ -61,12 +61,11 @@ def _examples(reader: RunReader, layer: str, channel: int, out: Path, name: str,
               rank_by: str = "max") -> str:
     """The channel's dataset examples (its stored top-k patches of the ``rank_by`` ranking, the
     part inside the network's input) as one strip; written once per page."""
-    g = reader.layer(layer)
     grp = reader.ranking(layer, rank_by)
     k = int((grp[fmt.IMAGE_ID][channel] >= 0).sum())
     patches = grp[fmt.PATCHES][channel][:k]
     if not (out / name).exists():
-        save_png(patch_strip(patches, grp[fmt.PATCH_BOX][channel][:k], _crop(reader), _factor(g),
+        save_png(patch_strip(patches, grp[fmt.PATCH_BOX][channel][:k], _crop(reader), _factor(reader, layer),
                              _tile_size(patches.shape[1:3])), out / name)
     return name
 
@@ -75,8 +74,8 @@ def _crop(reader: RunReader) -> tuple[int, int]:
     return tuple(int(v) for v in reader.preprocessing["crop"])
 
 
-def _factor(group) -> int:
-    return int(group.attrs.get("patch_factor", 1))
+def _factor(reader: RunReader, layer: str) -> int:
+    return reader.layer_meta(layer).patch_factor
 
 
 def write_explain_page(explained, run: str | Path, out_dir: str | Path, top: int = 5,
@@ -102,15 +101,15 @@ def write_explain_page(explained, run: str | Path, out_dir: str | Path, top: int
                 fig = _explain_figure(folder, path, prediction, sections)
                 fig.savefig(folder / f"explain-{i}.png", dpi=90)
                 plt.close(fig)
-            run_name, n_images = reader.path.name, int(reader.attrs["n_images"])
-        _render(_environment(), "explain.html", folder / "index.html", root="", run_name=run_name,
-                n_images=n_images, images=images, top=top, back=back)
+            run_name, n_images = reader.path.name, reader.header.n_images
+        render_page(environment(), "explain.html", folder / "index.html", root="", run_name=run_name,
+                    n_images=n_images, images=images, top=top, back=back)
     return out / "index.html"
 
 
 def _sections(reader: RunReader, explained, i: int, top: int, out: Path) -> list:
     """Per layer of image ``i``: ``(layer, logits, shown channels)``, their strips written."""
-    from ...analysis.explanation import own_box, own_patch
+    from ..analysis.explanation import own_box, own_patch
 
     rows = explained.table[explained.table.image == str(explained.paths[i])]
     crop = explained.crops[i]
@@ -127,7 +126,7 @@ def _sections(reader: RunReader, explained, i: int, top: int, out: Path) -> list
             patch = own_patch(reader, layer, crop, y, x)
             own = f"img{i}-{_safe(layer)}-c{c}.png"
             box = np.array([own_box(reader, layer, crop.shape, y, x)])
-            save_png(patch_strip(patch[None], box, _crop(reader), _factor(reader.layer(layer)),
+            save_png(patch_strip(patch[None], box, _crop(reader), _factor(reader, layer),
                                  _tile_size(patch.shape[:2])), out / own)
             strip = _examples(reader, layer, c, out, f"{_safe(layer)}-c{c}.png")
             shown.append(_Shown(layer, c, row.channel_name, _standing(row, logits), strip, own))
@@ -190,13 +189,13 @@ def write_why_page(explained, run: str | Path, out_dir: str | Path, top: int = 5
                 images.append((path, f"img{i}.png", explained.predictions[i], target,
                                _why_sections(reader, explained, i, rows, top, folder)))
             run_name = reader.path.name
-        _render(_environment(), "why.html", folder / "index.html", root="", run_name=run_name, images=images,
-                top=top)
+        render_page(environment(), "why.html", folder / "index.html", root="", run_name=run_name,
+                    images=images, top=top)
     return out / "index.html"
 
 
 def _why_sections(reader: RunReader, explained, i: int, rows: pd.DataFrame, top: int, out: Path) -> list:
-    from ...analysis.explanation import own_box
+    from ..analysis.explanation import own_box
 
     crop = explained.crops[i]
     sections = []
@@ -264,9 +263,9 @@ def write_compare_page(table: pd.DataFrame, run_a: str | Path, run_b: str | Path
                                     _examples(b, row.layer, int(row.channel), folder, "b-" + key)))
             names = (a.path.name, b.path.name)
             network_order = a.layers
-        _render(_environment(), "compare.html", folder / "index.html", root="", names=names, shown=shown,
-                columns=SUMMARY, summary=_summary(table, network_order),
-                shared=int(table["shared_images"].iloc[0]) if len(table) else 0)
+        render_page(environment(), "compare.html", folder / "index.html", root="", names=names, shown=shown,
+                    columns=SUMMARY, summary=_summary(table, network_order),
+                    shared=int(table["shared_images"].iloc[0]) if len(table) else 0)
     return out / "index.html"
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from ...run.geometry import LayerGeometry
-from ...run.masks import map_on_pixels
+from ..run.geometry import LayerGeometry
+from ..run.masks import map_on_pixels
 
 __all__ = ["MASK_COLOUR", "LayerMasks", "outline", "resized", "patch_outlines"]
 
