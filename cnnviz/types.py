@@ -11,8 +11,11 @@ from typing import TYPE_CHECKING, Literal, Union
 if TYPE_CHECKING:
     import torch
 
-#: A run file's path.
-RunSpec = str | os.PathLike
+    from .run.reader import RunReader
+
+#: A run file: its path, or a :class:`~cnnviz.run.reader.RunReader` already open (used as it
+#: is and left open: a notebook or a report reads one file through one reader).
+RunSpec = Union[str, os.PathLike, "RunReader"]  # noqa: UP007 - a forward reference
 #: Layers: names (``layer3.1``, ``features[12]``, ``logits``) as a list or comma-separated;
 #: ``None`` for the default (the block outputs of a scan, every layer of a run).
 LayerSpec = str | Sequence[str] | None

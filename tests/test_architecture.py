@@ -74,6 +74,37 @@ def test_no_import_cycle_between_the_stages():
     assert not cycles, sorted(set(cycles))[:5]
 
 
+def test_every_import_of_the_package_names_a_module_that_exists():
+    """Lazy imports inside functions too: a module moved without its callers fails here, not in
+    the one code path that runs it."""
+    import importlib.util
+
+    missing = []
+    for path, tree in _sources(PACKAGE):
+        rel = path.relative_to(PACKAGE.parent).with_suffix("")
+        package = list(rel.parts[:-1])
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package[: len(package) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+                names = [] if node.module else [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cnnviz"):
+                target, names = node.module, []
+            else:
+                continue
+            for name in [target, *(f"{target}.{n}" for n in names)]:
+                if importlib.util.find_spec(name) is None and not _attribute_of(target, name):
+                    missing.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {name}")
+    assert missing == []
+
+
+def _attribute_of(package: str, name: str) -> bool:
+    """``from . import x`` may import a name of the package rather than a module."""
+    import importlib
+
+    return name != package and hasattr(importlib.import_module(package), name.rsplit(".", 1)[-1])
+
+
 def test_library_code_never_prints_to_stderr():
     offenders = []
     for path, tree in _sources(PACKAGE):

@@ -69,7 +69,7 @@ def test_classes_named_as_people_name_them():
 
 
 def test_demo_manifest_names_photos_that_exist():
-    from cnnviz.demo import package_folder, demo_manifest
+    from cnnviz.demo import demo_manifest, package_folder
 
     entries = demo_manifest()
     assert {e["file"] for e in entries} >= {"chelsea.png", "grace_hopper.jpg"}

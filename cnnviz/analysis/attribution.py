@@ -22,7 +22,7 @@ from ..model.copying import without_inplace
 from ..model.loading import check_model_fits, model_of_run  # noqa: F401 - also imported from here
 from ..model.precision import precision_scope
 from ..run import format as fmt
-from ..run.reader import RunReader
+from ..run.reader import RunReader, reading
 
 __all__ = ["neuron_attributions", "attribution_image", "model_of_run", "check_model_fits", "METHODS"]
 
@@ -41,7 +41,7 @@ def neuron_attributions(model, run: str | Path, layer: str, channel: int,
         patch box, at the stored patch size; zeros for empty slots.
     """
     maps = neuron_attribution_maps(model, run, layer, channel, method, library_root, batch_size)
-    with RunReader(run) as r:
+    with reading(run) as r:
         g = r.layer(layer)
         boxes = g[fmt.TOPK_PATCH_BOX][channel]
         ph, pw = (int(v) for v in g.attrs[fmt.LAYER_PATCH_SHAPE])
@@ -71,7 +71,7 @@ def neuron_attribution_maps(model, run: str | Path, layer: str, channel: int,
     """
     if method not in METHODS:
         raise UsageError(f"`method` {method!r}: choose one of {', '.join(METHODS)}")
-    with RunReader(run) as r:
+    with reading(run) as r:
         r.check_channels(layer, channel)
         g = r.layer(layer)
         ids = g[fmt.TOPK_IMAGE_ID][channel]

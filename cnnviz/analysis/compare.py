@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..errors import UsageError
 from ..run import format as fmt
-from ..run.reader import RunReader
+from ..run.reader import RunReader, reading
 
 __all__ = ["compare_runs", "STATS"]
 
@@ -39,7 +39,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path, layers: Sequence[str] | N
         one of them), ``shared_images`` (images both runs read) and ``change`` (``1 - rank_corr``
         where known, else ``1 - topk_overlap``: 0 for no change, up to 2).
     """
-    with RunReader(run_a) as a, RunReader(run_b) as b:
+    with reading(run_a) as a, reading(run_b) as b:
         names = _layers(a, b, layers)
         keys_a, keys_b = _image_keys(a), _image_keys(b)
         rows_a, rows_b = _shared(keys_a, keys_b, a, b)

@@ -20,7 +20,7 @@ from ..images.decoding import decode_file
 from ..images.patches import cut_patch, patch_box
 from ..model.receptive_field import AxisField, ReceptiveField
 from ..run import format as fmt
-from ..run.reader import RunReader
+from ..run.reader import RunReader, reading
 from ..types import DeviceSpec, ImageSpec, LayerSpec, RunSpec
 
 __all__ = ["explain", "ExplainedImages", "explain_images", "layer_field"]
@@ -87,13 +87,13 @@ def explain_images(images, run, layers=None, model=None, device: str = "cpu",
     if not paths:
         raise UsageError(f"`{param}`: give at least one image file")
     check_device(device)
-    with RunReader(run) as reader:
+    with reading(run) as reader:
         if isinstance(layers, str):
             layers = [n for n in layers.split(",") if n.strip()]
         names = reader.layers if layers is None else [reader.resolve_layer(n, "layers") for n in layers]
         names = list(dict.fromkeys(names))
         if model is None:
-            model = model_of_run(run, device=device)
+            model = model_of_run(reader, device=device)
         check_model_fits(model, reader, names)
         decoded = [_crop(p, model.preprocessing, param) for p in paths]
         crops = np.stack([c for c, _ in decoded])

@@ -28,7 +28,7 @@ from ..model.copying import without_inplace
 from ..model.precision import precision_scope
 from ..model.relevance import relevance_pass
 from ..run import format as fmt
-from ..run.reader import RunReader
+from ..run.reader import RunReader, reading
 from ..types import ClassSpec, DeviceSpec, ImageSpec, LayerSpec, RunSpec
 
 __all__ = ["Relevance", "layer_relevance", "explain_prediction", "explain_predictions",
@@ -126,12 +126,12 @@ def explain_predictions(images: ImageSpec, run: RunSpec, target: ClassSpec | Non
 
     check_device(device)
     paths = [Path(images)] if isinstance(images, (str, Path)) else [Path(p) for p in images]
-    with RunReader(run) as reader:
+    with reading(run) as reader:
         if isinstance(layers, str):
             layers = [n for n in layers.split(",") if n.strip()]
         names = [n for n in reader.layers if reader.unit(n) == "map"] if not layers else \
             [reader.resolve_layer(n, "layers") for n in layers]
-        model = model or model_of_run(run, device=device)
+        model = model or model_of_run(reader, device=device)
         check_model_fits(model, reader, names)
         t = _target(target, model)
         crops, frames, predictions, maps = [], [], [], {}

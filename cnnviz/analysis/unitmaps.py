@@ -12,8 +12,8 @@ import torch
 from ..images.decoding import decode_file
 from ..model.copying import inference_copy
 from ..model.precision import precision_scope
-from ..model.taps import capture
-from ..run.reader import RunReader
+from ..model.taps import capture, forward_crops
+from ..run.reader import RunReader, reading
 
 __all__ = ["unit_maps"]
 
@@ -26,9 +26,9 @@ def unit_maps(run: str | Path, layer: str, image_ids, model=None, device: str = 
     (the run vouches for the bytes it scanned only)."""
     from ..model.loading import check_model_fits, model_of_run
 
-    with RunReader(run) as reader:
+    with reading(run) as reader:
         reader.check_layer(layer)
-        model = model if model is not None else model_of_run(run, device)
+        model = model if model is not None else model_of_run(reader, device)
         check_model_fits(model, reader, [layer])
         precision = reader.precision
         crops = {int(i): _crop(reader, int(i), model.preprocessing, library) for i in image_ids}
@@ -40,7 +40,7 @@ def unit_maps(run: str | Path, layer: str, image_ids, model=None, device: str = 
     module = inference_copy(model.module, device)
     x = torch.from_numpy(np.stack([c for _, c in shown])).to(device)
     with precision_scope(precision, device), capture(module, [layer], stop_early=True) as cap:
-        act = cap.forward_crops(x, model.preprocessing)[layer].float()
+        act = forward_crops(cap, x, model.preprocessing)[layer].float()
     if act.dim() == 2:  # a whole-image unit: a 1x1 map
         act = act[:, :, None, None]
     for row, (i, _) in enumerate(shown):

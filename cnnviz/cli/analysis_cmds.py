@@ -32,9 +32,6 @@ def add_explain(sub) -> None:
 
 
 def run_explain(args) -> int:
-    import pandas as pd
-
-    from ..analysis.explanation import explain_images
     from ..errors import UsageError
 
     if args.top < 1:
@@ -49,11 +46,20 @@ def run_explain(args) -> int:
 
         model = load(args)
     layers = args.layers.split(",") if args.layers else None
-    if args.why:
-        return _why(args, layers, model)
-    if args.target is not None:
+    if args.target is not None and not args.why:
         raise UsageError("`target` goes with `why`: the class whose decision is explained")
-    result = explain_images(args.images, args.run, layers, model=model, device=args.device)
+    from ..run.reader import RunReader
+
+    with RunReader(args.run) as run:  # opened once: the tables and the page read this reader
+        return (_why if args.why else _explain)(args, run, layers, model)
+
+
+def _explain(args, run, layers, model) -> int:
+    import pandas as pd
+
+    from ..analysis.explanation import explain_images
+
+    result = explain_images(args.images, run, layers, model=model, device=args.device)
     table = result.table
     if args.csv:
         table.to_csv(sys.stdout, index=False)
@@ -75,17 +81,17 @@ def run_explain(args) -> int:
     if args.out:
         from ..report.analysis_pages import write_explain_page
 
-        index = write_explain_page(result, args.run, args.out, top=args.top)
+        index = write_explain_page(result, run, args.out, top=args.top)
         print(f"explain page: {index.resolve()}", file=sys.stderr if args.csv else sys.stdout)
     return 0
 
 
-def _why(args, layers, model) -> int:
+def _why(args, run, layers, model) -> int:
     import pandas as pd
 
     from ..analysis.relevance import explain_predictions
 
-    result = explain_predictions(args.images, args.run, args.target, layers=layers, top=args.top, model=model,
+    result = explain_predictions(args.images, run, args.target, layers=layers, top=args.top, model=model,
                                  device=args.device)
     table = result.table
     if args.csv:
@@ -107,7 +113,7 @@ def _why(args, layers, model) -> int:
     if args.out:
         from ..report.analysis_pages import write_why_page
 
-        index = write_why_page(result, args.run, args.out, top=args.top)
+        index = write_why_page(result, run, args.out, top=args.top)
         print(f"why page: {index.resolve()}", file=sys.stderr if args.csv else sys.stdout)
     return 0
 

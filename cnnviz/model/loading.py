@@ -388,11 +388,12 @@ def weights_digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def model_of_run(run: str | Path, device: str = "cpu"):
-    """Reload the model a run was made with, from its ``model`` and ``weights_spec``."""
-    from ..run.reader import RunReader
+def model_of_run(run, device: str = "cpu"):
+    """Reload the model a run was made with, from its ``model`` and ``weights_spec``; ``run``: a
+    run file or an open :class:`~cnnviz.run.reader.RunReader`."""
+    from ..run.reader import reading
 
-    with RunReader(run) as r:
+    with reading(run) as r:
         name, origin, spec = r.header.model, r.header.weights_origin, r.weights_spec()
     return reload_model(name, spec, origin, device=device)
 

@@ -285,12 +285,13 @@ def trace_fields(model: torch.nn.Module, input_size: tuple[int, int]) -> dict[st
             storage[name] = (output.data_ptr(), output.numel())
         return hook
 
-    handles = [m.register_forward_hook(make_hook(n)) for n, m in model.named_modules() if n]
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     x = torch.zeros(1, 3, *input_size, device=device, dtype=dtype)
+    handles = []
     try:
+        handles += [m.register_forward_hook(make_hook(n)) for n, m in model.named_modules() if n]
         with torch.no_grad(), tracer:
             tracer.fields[x] = IDENTITY
             final = model(x)

@@ -32,7 +32,7 @@ from ..errors import CnnvizWarning, UsageError
 from .receptive_field import AxisField, ReceptiveField, trace_fields
 
 __all__ = ["LayerTap", "list_layers", "resolve_layer", "resolve_layers", "default_layers",
-           "capture", "Capture", "require_fields"]
+           "capture", "Capture", "forward_crops", "require_fields"]
 
 
 @dataclass(frozen=True)
@@ -265,16 +265,19 @@ class Capture:
         except _StopForward:
             return None
 
-    def forward_crops(self, crops: torch.Tensor, preprocessing) -> dict:
-        """The one forward path of the package for images (the scan, ``reduce_images``, the
-        report's maps, ``unit_maps``): uint8 ``(N, H, W, 3)`` network-input crops, on the
-        module's device, normalised by ``preprocessing``, in the channels_last layout (the
-        fastest on CPUs and GPUs alike), without gradients. Returns :attr:`outputs`; runs in
-        the precision of the enclosing :func:`~cnnviz.model.precision.precision_scope`."""
-        x = preprocessing.normalize(crops).contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():
-            self.forward(x)
-        return self.outputs
+
+def forward_crops(cap, crops: torch.Tensor, preprocessing) -> dict:
+    """The one forward path of the package for images (the scan, ``reduce_images``, the
+    report's maps, ``unit_maps``): uint8 ``(N, H, W, 3)`` network-input crops, on the module's
+    device, normalised by ``preprocessing``, in the channels_last layout (the fastest on CPUs
+    and GPUs alike), without gradients, through ``cap`` (a :class:`Capture`, or the scan's
+    compiled or relevance taps, which offer the same ``forward`` and ``outputs``). Returns its
+    ``outputs``; runs in the precision of the enclosing
+    :func:`~cnnviz.model.precision.precision_scope`."""
+    x = preprocessing.normalize(crops).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        cap.forward(x)
+    return cap.outputs
 
 
 def _clone(name: str, output: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ import pandas as pd
 from PIL import Image
 
 from ..run import format as fmt
-from ..run.reader import RunReader
+from ..run.reader import RunReader, reading
 from .collect import safe_name
 from .folders import writing_to
 from .pictures import patch_strip
@@ -92,7 +92,7 @@ def write_explain_page(explained, run: str | Path, out_dir: str | Path, top: int
     with writing_to(out) as folder:
         _style(folder)
         images = []
-        with RunReader(run) as reader:
+        with reading(run) as reader:
             for i, path in enumerate(explained.paths):
                 save_png(Image.fromarray(explained.crops[i]), folder / f"img{i}.png")
                 sections = _sections(reader, explained, i, top, folder)
@@ -180,7 +180,7 @@ def write_why_page(explained, run: str | Path, out_dir: str | Path, top: int = 5
     with writing_to(out) as folder:
         _style(folder)
         images = []
-        with RunReader(run) as reader:
+        with reading(run) as reader:
             for i, path in enumerate(explained.paths):
                 save_png(Image.fromarray(explained.crops[i]), folder / f"img{i}.png")
                 rows = explained.table[explained.table.image == str(path)]
@@ -254,7 +254,7 @@ def write_compare_page(table: pd.DataFrame, run_a: str | Path, run_b: str | Path
     out = Path(out_dir)
     with writing_to(out) as folder:
         _style(folder)
-        with RunReader(run_a) as a, RunReader(run_b) as b:
+        with reading(run_a) as a, reading(run_b) as b:
             shown = []
             for row in table.head(top).itertuples():
                 key = f"{_safe(row.layer)}-c{row.channel}.png"

@@ -425,7 +425,7 @@ def _named_labels(reader: RunReader) -> np.ndarray | None:
 
 def layer_stats(reader: RunReader, layer: str) -> pd.DataFrame:
     """The layer's :func:`channel_stats`, read once for its index orders and channel pages."""
-    return channel_stats(reader.path, layer)
+    return channel_stats(reader, layer)
 
 
 @dataclass

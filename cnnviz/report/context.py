@@ -73,7 +73,7 @@ def gather_context(reader: RunReader, wanted: dict[str, list[int]], model=None, 
     from ..images.dataset import LibraryDataset
     from ..model.copying import inference_copy
     from ..model.precision import precision_scope
-    from ..model.taps import capture
+    from ..model.taps import capture, forward_crops
     from ..scanner.config import default_workers
 
     need = _needed(reader, wanted)
@@ -102,7 +102,7 @@ def gather_context(reader: RunReader, wanted: dict[str, list[int]], model=None, 
         if module is not None and shown:
             x = torch.from_numpy(np.stack([crop for _, crop in shown])).to(device)
             with precision_scope(reader.precision, device), capture(module, layers, stop_early=True) as cap:
-                cap.forward_crops(x, model.preprocessing)
+                forward_crops(cap, x, model.preprocessing)
             for row, (i, _) in enumerate(shown):
                 for layer, c in need[i]:
                     out = cap.outputs[layer]

@@ -42,7 +42,7 @@ from markupsafe import Markup
 from PIL import Image
 
 from ..errors import CnnvizWarning, UsageError
-from ..run.reader import RunReader
+from ..run.reader import RunReader, reading
 from .collect import (
     ChannelInfo,
     LayerInfo,
@@ -117,7 +117,7 @@ def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=Non
 def _write_report(run, out: Path, layers, channels, attributions: dict, model, scale: int, progress: bool,
                   context: bool, explain, library, device: str) -> Path:
     env = environment()
-    with RunReader(run) as reader:
+    with reading(run) as reader:
         # 1. everything that can refuse, before any page is written
         attributions = _resolved(reader, attributions)
         plan = _plan(reader, layers, channels, attributions, model, scale, context, explain, library, device,
@@ -125,24 +125,23 @@ def _write_report(run, out: Path, layers, channels, attributions: dict, model, s
         # 2. the pages
         for layer in plan.shown:
             _write_layer(env, reader, plan, layer, out / layer.folder, attributions, progress)
-    explain_link = None
-    if plan.explained is not None:
-        from .analysis_pages import write_explain_page
+        explain_link = None
+        if plan.explained is not None:
+            from .analysis_pages import write_explain_page
 
-        write_explain_page(plan.explained, run, out / "explain", back="../index.html")
-        explain_link = "explain/index.html"
-    info = plan.info
-    if info.n_failed:
-        from ..run.tables import failure_kinds, failures
+            write_explain_page(plan.explained, reader, out / "explain", back="../index.html")
+            explain_link = "explain/index.html"
+        info = plan.info
+        if info.n_failed:
+            from ..run.tables import failure_kinds, failures
 
-        table = failures(run)
-        kinds = failure_kinds(table)
-        render_page(env, "failures.html", out / "failures.html", root="", run=info, kinds=list(kinds.items()),
-                rows=list(table.itertuples()))
+            table = failures(reader)
+            render_page(env, "failures.html", out / "failures.html", root="", run=info,
+                        kinds=list(failure_kinds(table).items()), rows=list(table.itertuples()))
     write_text(out / "style.css", resources.files(__package__).joinpath("style.css").read_text("utf-8"))
     index = out / "index.html"
     render_page(env, "index.html", index, root="", run=info, layers=plan.shown, explain=explain_link,
-            failures=bool(info.n_failed))
+                failures=bool(info.n_failed))
     return index
 
 
@@ -183,7 +182,7 @@ def _plan(reader: RunReader, layers, channels, attributions: dict, model, scale:
         context = _photos_available(reader, library)
     needed = bool(explain or attributions)
     if model is None and (context or needed):
-        model = _model_or_none(reader.path, needed, device)
+        model = _model_or_none(reader, needed, device)
     if model is not None:
         model = _fitting_model(model, reader, info.layers, needed)
     # explained first: an image it cannot read stops the report before any page is written
@@ -191,7 +190,7 @@ def _plan(reader: RunReader, layers, channels, attributions: dict, model, scale:
     if explain:
         from ..analysis.explanation import explain_images
 
-        explained = explain_images(explain, reader.path, info.layers, model=model, device=device,
+        explained = explain_images(explain, reader, info.layers, model=model, device=device,
                                    param="explain")
     ctx = None
     if context:
@@ -212,7 +211,7 @@ def _write_layer(env, reader: RunReader, plan: _Plan, layer: LayerInfo, folder: 
     extra = _Extra(class_charts(reader, layer), similar_of(reader, layer))
     masker = layer_masks(reader, layer, plan.ctx)
     for pos, ch in enumerate(channels_of(reader, layer, plan.stats[layer.name])):
-        attribution = ch.channel in wanted and _write_attribution(plan, reader.path, ch, layer, folder)
+        attribution = ch.channel in wanted and _write_attribution(plan, reader, ch, layer, folder)
         views = write_views(plan.ctx, reader, layer, ch, folder, masker)
         _write_channel(env, plan.info, layer, ch, pos, folder, attribution, plan.ctx, views, extra)
         bar.update()
@@ -256,14 +255,14 @@ def _photos_available(reader: RunReader, library) -> bool:
     return True
 
 
-def _model_or_none(run: Path, needed: bool, device: str):
+def _model_or_none(reader: RunReader, needed: bool, device: str):
     """The run's model reloaded, or ``None`` (with a note) when it cannot be (a user module,
     weights not available here); ``needed``: raise instead."""
     from ..analysis.attribution import model_of_run
     from ..errors import CnnvizError
 
     try:
-        return model_of_run(run, device=device)
+        return model_of_run(reader, device=device)
     except CnnvizError as exc:
         if needed:
             raise
@@ -333,10 +332,11 @@ def _write_unshown_strips(reader: RunReader, layer: LayerInfo, similar: dict | s
         save_png(strip, folder / f"c{c}.png")
 
 
-def _write_attribution(plan: _Plan, run: Path, ch: ChannelInfo, layer: LayerInfo, folder: Path) -> bool:
+def _write_attribution(plan: _Plan, reader: RunReader, ch: ChannelInfo, layer: LayerInfo,
+                       folder: Path) -> bool:
     from ..analysis.attribution import attribution_image, neuron_attributions
 
-    maps = neuron_attributions(plan.model, run, ch.layer, ch.channel, library_root=plan.library)
+    maps = neuron_attributions(plan.model, reader, ch.layer, ch.channel, library_root=plan.library)
     attr = attribution_image(maps)[: ch.k]
     save_png(_strip((attr * 255).round().astype(np.uint8), layer.scale), folder / f"c{ch.channel}-attr.png")
     return True

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from . import format as fmt
-from .reader import RunReader
+from .reader import reading
 from .update import update_run
 
 __all__ = ["store_optimized"]
@@ -24,7 +24,7 @@ def store_optimized(run: str | Path, layer: str, channels: Sequence[int], images
     The run file is never damaged: the images are written into a copy (by a separate process)
     that replaces it once complete (:func:`cnnviz.run.update.update_run`); a full disk leaves it
     as it was."""
-    with RunReader(run) as r:  # format and version check
+    with reading(run) as r:  # format and version check
         layer = r.resolve_layer(layer)
         r.check_channels(layer, list(channels), "channels")
     arr = np.asarray(images, dtype=np.uint8)

@@ -13,6 +13,7 @@ import json
 import os
 import re
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from ..errors import RunFileError, UsageError
 from . import format as fmt
 from .validate import validate_run
 
-__all__ = ["open_run", "RunReader", "RunHeader", "LayerMeta"]
+__all__ = ["open_run", "RunReader", "RunHeader", "LayerMeta", "reading"]
 
 _INDEX = re.compile(r"\[(\w+)\]")  # layer2[0].conv3 -> layer2.0.conv3, as the scan's taps read it
 
@@ -470,3 +471,16 @@ class RunReader:
         """``(images, len(channels))`` float64 maxima (or means), read once in row blocks."""
         blocks = list(self.maxima_blocks(layer, channels, means=means))
         return np.concatenate(blocks) if blocks else np.zeros((0, len(channels)))
+
+
+@contextmanager
+def reading(run: str | os.PathLike | RunReader) -> Iterator[RunReader]:
+    """``run`` open for reading: a :class:`RunReader` is used as it is and left open (a report
+    or an explanation opens the file once and hands the reader on), a path is opened and closed.
+    """
+    if isinstance(run, RunReader):
+        yield run
+        return
+    with RunReader(run) as reader:
+        yield reader
+

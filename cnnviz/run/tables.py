@@ -19,7 +19,7 @@ from ..types import RunSpec
 from . import format as fmt
 from .geometry import LayerGeometry
 from .quantiles import BucketScale, quantiles_from_histogram
-from .reader import RunReader
+from .reader import RunReader, reading
 
 __all__ = ["top_patches", "channel_maxima", "channel_stats", "run_layers", "read_patches", "failures",
            "failure_kinds", "nearly_silent", "SILENT_SHARE", "class_table", "channel_quantiles",
@@ -28,7 +28,7 @@ __all__ = ["top_patches", "channel_maxima", "channel_stats", "run_layers", "read
 
 def run_layers(run: str | Path) -> list[str]:
     """Names of the layers a run scanned, in order."""
-    with RunReader(run) as r:
+    with reading(run) as r:
         return r.layers
 
 
@@ -66,7 +66,7 @@ def top_patches(run: RunSpec, layer: str | None = None, channel: int | None = No
     """
     criterion = "min" if bottom else rank_by
     frames = []
-    with RunReader(run) as r:
+    with reading(run) as r:
         members = None if label is None else _class_members(r, label)
         for name in r.check_layer(layer):
             if channel is not None:
@@ -194,7 +194,7 @@ def channel_maxima(run: str | Path, layer: str, positions: bool = False) -> pd.D
     Unreadable images are rows of NaN. With ``positions=True`` returns instead the ``y*W + x``
     position of each maximum.
     """
-    with RunReader(run) as r:
+    with reading(run) as r:
         data = r.maxima_dataset(layer, positions)[()]
         index = pd.Index(r.paths.astype(str), name="image_path")
     # copy=False: the array was just read and is ours; pandas would otherwise copy it transposed
@@ -223,7 +223,7 @@ def channel_stats(run: str | Path, layer: str | None = None) -> pd.DataFrame:
     Unlabelled images (label ``""``) count in no class.
     """
     frames = []
-    with RunReader(run) as r:
+    with reading(run) as r:
         labels = r.labels
         for name in r.check_layer(layer):
             g = r.layer(name)
@@ -333,7 +333,7 @@ def class_table(run: str | Path, layer: str, channel: int | None = None) -> pd.D
         >>> t = class_table("run.h5", "classifier.1", channel=281)      # doctest: +SKIP
         >>> t.head(5)  # the five classes that excite channel 281 most   # doctest: +SKIP
     """
-    with RunReader(run) as r:
+    with reading(run) as r:
         r.check_layer(layer)
         if channel is not None:
             r.check_channels(layer, channel)
@@ -380,7 +380,7 @@ def channel_quantiles(run: str | Path, layer: str, levels=None) -> pd.DataFrame:
     histogram). Each value is within 2**-(mantissa_bits + 1) (6.25 %) of the exact quantile of
     the counted positions (docs/run-file-format.md, *Quantiles*); NaN for a channel that counted
     nothing."""
-    with RunReader(run) as r:
+    with reading(run) as r:
         q = r.quantile_group(layer)
         g = r.layer(layer)
         if levels is None:
@@ -400,7 +400,7 @@ def channel_histogram(run: str | Path, layer: str, channel: int) -> pd.DataFrame
     """The counted distribution of one channel over positions: one row per bucket that counted
     anything, ascending, with its value range ``low, high`` and ``count`` (the bucket around 0
     spans +-2**min_exponent; overflow buckets reach +-inf)."""
-    with RunReader(run) as r:
+    with reading(run) as r:
         r.check_channels(layer, channel)
         q = r.quantile_group(layer)
         counts = r.layer(layer)[fmt.QUANTILE_HISTOGRAM][channel]
@@ -415,7 +415,7 @@ def similar_channels(run: str | Path, layer: str, channel: int, n: int = 10) -> 
     zeros after a ReLU need), over the images read. Columns ``layer, channel, channel_name,
     spearman``, most similar first; a dead channel (one value for every image) correlates with
     nothing and gets an empty table."""
-    with RunReader(run) as r:
+    with reading(run) as r:
         r.check_channels(layer, channel)
         if not isinstance(n, int) or n < 1:
             raise UsageError(f"`n` {n!r}: must be a whole number of at least 1")
@@ -450,7 +450,7 @@ def _spearman_with(maxima: np.ndarray, channel: int, block: int = 256) -> np.nda
 
 def read_patches(run: str | Path, layer: str, channel: int) -> np.ndarray:
     """The stored top-k patches of one channel: uint8 ``(k, h, w, 3)`` (empty slots are black)."""
-    with RunReader(run) as r:
+    with reading(run) as r:
         r.check_channels(layer, channel)
         return r.layer(layer)[fmt.TOPK_PATCHES][channel]
 
@@ -459,7 +459,7 @@ def failures(run: str | Path) -> pd.DataFrame:
     """The images the scan could not read, one row each: ``image_id``, ``path`` (relative to the
     library), ``kind`` (the exception type: ``UnidentifiedImageError``, ``FileNotFoundError``...)
     and ``reason`` (type and message). Empty when every image was read."""
-    with RunReader(run) as r:
+    with reading(run) as r:
         ids = r.file[fmt.FAILURE_ID][()] if fmt.FAILURE_ID in r.file else np.zeros(0, np.int64)
         paths = r.strings(fmt.FAILURE_PATH)
         reasons = r.strings(fmt.FAILURE_REASON)

@@ -20,7 +20,7 @@ import time
 import warnings
 
 from ..errors import CnnvizWarning, ScanError
-from .state import Rows, ScanState
+from .state import Rows, ScanState, set_segments
 from .workdir import SegmentWriter, WorkDir, is_disk_full
 
 __all__ = ["CheckpointWriter"]
@@ -126,18 +126,10 @@ class CheckpointWriter:
         if self._open is not None:  # a checkpoint: seal the rows, then the state that lists them
             self._segments.append(self._open.seal())
             self._open = None
-        item["segments"] = _segments_array(self._segments)
+        set_segments(item, self._segments)
         self.work.save_state(**item)
 
     def _abandon(self) -> None:
         if self._open is not None:
             self._open.abandon()
             self._open = None
-
-
-def _segments_array(segments: list[dict]):
-    import json
-
-    import numpy as np
-
-    return np.array(json.dumps(segments))

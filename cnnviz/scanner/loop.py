@@ -29,7 +29,7 @@ from ..images.library import ImageLibrary
 from ..model.copying import inference_copy
 from ..model.loading import weights_digest
 from ..model.precision import precision_scope
-from ..model.taps import LayerTap, capture, require_fields, resolve_layers
+from ..model.taps import LayerTap, capture, forward_crops, require_fields, resolve_layers
 from ..run.lock import OutputLock
 from ..types import LayerSpec, RunSpec
 from .assemble import assemble_run
@@ -403,7 +403,7 @@ def _forward(cap, preprocessing, crops: torch.Tensor, errors: list[str], device:
     batch = crops.to(device, non_blocking=True)
     if not ok.all():
         batch = batch.index_select(0, torch.from_numpy(np.flatnonzero(ok)).to(device))
-    return cap.forward_crops(batch, preprocessing)
+    return forward_crops(cap, batch, preprocessing)
 
 
 class _InterruptFlag:

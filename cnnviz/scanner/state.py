@@ -255,6 +255,11 @@ def segments_of(arrays: dict[str, np.ndarray]) -> list[dict]:
     return json.loads(str(arrays["segments"]))
 
 
+def set_segments(arrays: dict[str, np.ndarray], segments: list[dict]) -> None:
+    """Make ``arrays`` (a state's) list ``segments``, the only ones it counts."""
+    arrays["segments"] = np.array(json.dumps(segments))
+
+
 def progress_of(arrays: dict[str, np.ndarray], world: int, batch_size: int) -> int:
     """Images before which every row of this scan (or shard) is written: a segment ending past
     it was never counted by the state."""

@@ -215,14 +215,14 @@ class WorkDir:
     def keep_counted(self, state: dict | None, meta: dict) -> dict | None:
         """Drop what ``state`` does not count (segments it does not list, or past its progress:
         they would be counted twice), then read back every segment it lists."""
-        from .state import progress_of, segments_of
+        from .state import progress_of, segments_of, set_segments
 
         segments = []
         if state is not None:
             upto = progress_of(state, meta["shard"][1], meta["batch_size"])
             listed = segments_of(state)
             segments = [s for s in listed if s["end"] <= upto]
-            state["segments"] = np.array(json.dumps(segments))
+            set_segments(state, segments)
             if len(segments) < len(listed):  # the state on disk must not list what is removed below
                 self.save_state(**state)
         listed = {s["name"] for s in segments}

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..run import format as fmt
-from ..run.reader import RunReader
+from ..run.reader import RunReader, reading
 
 __all__ = ["patch_montage", "layer_overview", "maxima_distribution", "save_figure", "check_figure_path",
            "image_grid", "captioned_grid", "channel_title"]
@@ -48,7 +48,7 @@ def patch_montage(run: str | Path, layer: str, channel: int, columns: int | None
     """
     plt = _plt()
     criterion = "min" if bottom else rank_by
-    with RunReader(run) as r:
+    with reading(run) as r:
         layer = r.resolve_layer(layer)
         r.check_channels(layer, channel)
         grp = r.ranking(layer, criterion)
@@ -95,7 +95,7 @@ def _patch_masks(r: RunReader, run, layer: str, channel: int, grp, model, device
     the image cannot be read again)."""
     from ..run.geometry import LayerGeometry
     from ..run.masks import threshold_mask
-    from .unitmaps import unit_maps
+    from ..analysis.unitmaps import unit_maps
 
     level = float(r.mask_levels(layer)[channel])
     ids = grp[fmt.IMAGE_ID][channel]
@@ -112,7 +112,7 @@ def layer_overview(run: str | Path, layer: str, channels=None, per_channel: int 
     """An overview sheet: for each channel (default: all, at most 64) a 2x2 mosaic of its best
     patches, titled with the channel index."""
     plt = _plt()
-    with RunReader(run) as r:
+    with reading(run) as r:
         layer = r.resolve_layer(layer)
         g = r.layer(layer)
         n_ch = g.attrs[fmt.LAYER_CHANNELS]
@@ -198,7 +198,7 @@ def _mosaic(patches: np.ndarray) -> np.ndarray:
 def maxima_distribution(run: str | Path, layer: str, channel: int, bins: int = 50):
     """Histogram of a channel's per-image maxima with the top-k marked."""
     plt = _plt()
-    with RunReader(run) as r:
+    with reading(run) as r:
         layer = r.resolve_layer(layer)
         r.check_channels(layer, channel)
         values = r.maxima_columns(layer, [channel])[:, 0]

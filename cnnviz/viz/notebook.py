@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..errors import UsageError
 from ..run import format as fmt
-from ..run.reader import RunReader
+from ..run.reader import RunReader, reading
 
 __all__ = ["show", "PatchTable"]
 
@@ -75,7 +75,7 @@ def show(df: pd.DataFrame, run: str | Path | None = None, max_rows: int = 100, s
     # rows of a per-class table (or of a ranking by mean, or a bottom-k) say where their patch is
     rank_by = rows["rank_by"] if "rank_by" in rows else pd.Series("max", index=rows.index)
     where = rows["patch_rank"] if "patch_rank" in rows else rows["rank"]
-    with RunReader(run) as reader:
+    with reading(run) as reader:
         cells = [_patch_cell(reader, str(layer), int(channel), int(rank), size, str(by))
                  for layer, channel, rank, by in zip(rows["layer"], rows["channel"], where, rank_by,
                                                      strict=True)]
