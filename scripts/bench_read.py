@@ -36,7 +36,7 @@ import json, time, warnings
 warnings.simplefilter('ignore')
 import h5py
 import cnnviz
-import cnnviz.run, cnnviz.viz  # imports (pandas, jinja2) are not what is measured
+import cnnviz.run, cnnviz.report  # imports (pandas, jinja2) are not what is measured
 RUN, OUT = {str(run)!r}, {str(out)!r}
 t = time.perf_counter()
 {code}
