@@ -43,6 +43,7 @@ from PIL import Image
 
 from ..errors import CnnvizWarning, UsageError
 from ..run.reader import RunReader, reading
+from ..types import ChannelSpec, DeviceSpec, ImageSpec, LayerSpec, RunSpec
 from .collect import (
     ChannelInfo,
     LayerInfo,
@@ -64,14 +65,14 @@ from .views import PAGE_TILE, View, layer_masks, write_views
 __all__ = ["write_report"]
 
 
-def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=None,
+def write_report(run: RunSpec, out_dir: str | Path, *, layers: LayerSpec = None, channels: ChannelSpec = None,
                  attributions: dict | None = None, model=None, scale: int = 2,
-                 progress: bool = True, context: bool = True, explain=None,
-                 library: str | Path | None = None, device: str = "cpu") -> Path:
+                 progress: bool = True, context: bool = True, explain: ImageSpec | None = None,
+                 library: str | Path | None = None, device: DeviceSpec = "cpu") -> Path:
     """Write the HTML report of a run.
 
     Args:
-        run: the run file.
+        run: the run file (or a :class:`~cnnviz.run.reader.RunReader` open on it).
         out_dir: folder to write. It is written as a fresh folder beside it that replaces it when
             complete: an earlier report there goes whole (no stale pages), and a report that
             fails leaves it as it was. A folder holding anything but pages cnnviz wrote is
@@ -108,23 +109,38 @@ def write_report(run: str | Path, out_dir: str | Path, layers=None, channels=Non
         from ..model.device import check_device
 
         check_device(device)
+    asked = _Request(layers, channels, attributions or {}, model, scale, progress, context, explain, library,
+                     str(device))
     with writing_to(out) as folder:
-        _write_report(run, folder, layers, channels, attributions or {}, model, scale, progress, context,
-                      explain, library, str(device))
+        _write_report(run, folder, asked)
     return out / "index.html"
 
 
-def _write_report(run, out: Path, layers, channels, attributions: dict, model, scale: int, progress: bool,
-                  context: bool, explain, library, device: str) -> Path:
+@dataclass(frozen=True)
+class _Request:
+    """What :func:`write_report` was asked for (its arguments, as given)."""
+
+    layers: object
+    channels: object
+    attributions: dict
+    model: object
+    scale: int
+    progress: bool
+    context: bool
+    explain: object
+    library: str | Path | None
+    device: str
+
+
+def _write_report(run, out: Path, asked: _Request) -> Path:
     env = environment()
     with reading(run) as reader:
         # 1. everything that can refuse, before any page is written
-        attributions = _resolved(reader, attributions)
-        plan = _plan(reader, layers, channels, attributions, model, scale, context, explain, library, device,
-                     out / "photos")
+        attributions = _resolved(reader, asked.attributions)
+        plan = _plan(reader, asked, attributions, out / "photos")
         # 2. the pages
         for layer in plan.shown:
-            _write_layer(env, reader, plan, layer, out / layer.folder, attributions, progress)
+            _write_layer(env, reader, plan, layer, out / layer.folder, attributions, asked.progress)
         explain_link = None
         if plan.explained is not None:
             from .analysis_pages import write_explain_page
@@ -167,30 +183,30 @@ def _resolved(reader: RunReader, attributions: dict) -> dict:
     return out
 
 
-def _plan(reader: RunReader, layers, channels, attributions: dict, model, scale: int, context: bool,
-          explain, library, device: str, photo_dir: Path) -> _Plan:
+def _plan(reader: RunReader, asked: _Request, attributions: dict, photo_dir: Path) -> _Plan:
+    model, context, library, device = asked.model, asked.context, asked.library, asked.device
     for name, chans in attributions.items():
         reader.check_channels(name, chans, "attributions")
     if attributions and not reader.has_identity and library is None:
         raise UsageError(f"`attributions` need the photos of {reader.path.name}, which records no image "
                          "identities (it was written before cnnviz 0.2), so cnnviz opens them only in a "
                          "folder you name: give `library`")
-    info = run_info(reader, layers)
+    info = run_info(reader, asked.layers)
     stats = {name: _quiet_stats(reader, name) for name in info.layers}
-    shown = [layer_info(reader, name, channels, scale, stats[name]) for name in info.layers]
+    shown = [layer_info(reader, name, asked.channels, asked.scale, stats[name]) for name in info.layers]
     if context:
         context = _photos_available(reader, library)
-    needed = bool(explain or attributions)
+    needed = bool(asked.explain or attributions)
     if model is None and (context or needed):
         model = _model_or_none(reader, needed, device)
     if model is not None:
         model = _fitting_model(model, reader, info.layers, needed)
     # explained first: an image it cannot read stops the report before any page is written
     explained = None
-    if explain:
+    if asked.explain:
         from ..analysis.explanation import explain_images
 
-        explained = explain_images(explain, reader, info.layers, model=model, device=device,
+        explained = explain_images(asked.explain, reader, info.layers, model=model, device=device,
                                    param="explain")
     ctx = None
     if context:

@@ -93,9 +93,9 @@ MASK_COLOUR = "#00ffff"
 def _patch_masks(r: RunReader, run, layer: str, channel: int, grp, model, device: str) -> list:
     """Per filled slot of a ranking, the channel's threshold mask on its patch (``None`` where
     the image cannot be read again)."""
+    from ..analysis.unitmaps import unit_maps
     from ..run.geometry import LayerGeometry
     from ..run.masks import threshold_mask
-    from ..analysis.unitmaps import unit_maps
 
     level = float(r.mask_levels(layer)[channel])
     ids = grp[fmt.IMAGE_ID][channel]
