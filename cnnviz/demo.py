@@ -70,13 +70,15 @@ def demo_photos(folder: str | Path) -> list[Path]:
     return out
 
 
-def run_demo(out_dir: str | Path = "cnnviz-demo", model_name: str = "efficientnet_lite0",
+def run_demo(out_dir: str | Path = "cnnviz-demo", *, model_name: str = "efficientnet_lite0",
              weights: str | None = "DEFAULT", top_k: int = 4, progress: bool = True) -> dict:
     """Classify the bundled photos, draw a feature-map grid for each, scan them (the block
-    outputs and the class logits, labels from the manifest; every view: rankings by max and by
-    mean, the logits' most negative images, quantiles) into a run file and write its HTML
-    report (each channel's rankings, mask outlines, top classes and similar channels) with an
-    explain page for a photo left out of the scan. Returns the paths written."""
+    outputs and the class logits, labels from the manifest; every view: rankings by max, by
+    mean and by relevance, the logits' most negative images, quantiles) into a run file and
+    write its HTML report (each channel's rankings, mask outlines, top classes and similar
+    channels) with an explain page for a photo left out of the scan, and the page of why the
+    model classified that photo as it did (the channels its decision rests on, beside their
+    dataset examples). Returns the paths written."""
     import matplotlib.pyplot as plt
 
     from .images.decoding import load_rgb
@@ -109,8 +111,8 @@ def run_demo(out_dir: str | Path = "cnnviz-demo", model_name: str = "efficientne
     library, held_out = _library_file(out_dir, photos)
     # the logits are signed: their most negative images too (the report's "most negative" tab)
     run = scan(library, model, out_dir / "run.h5", layers=[t.name for t in layers] + ["logits"],
-               top_k=top_k, bottom_k=top_k, bottom_layers="logits", batch_size=8, workers=0, overwrite=True,
-               progress=progress)
+               top_k=top_k, bottom_k=top_k, bottom_layers="logits", rank_by=["max", "mean", "relevance"],
+               batch_size=8, workers=0, overwrite=True, progress=progress)
     print(f"run file: {run} (layout: docs/run-file-format.md)")
     top = top_patches(run)
     best = top[top["rank"] == 0].sort_values("activation", ascending=False).head(5)
@@ -123,10 +125,30 @@ def run_demo(out_dir: str | Path = "cnnviz-demo", model_name: str = "efficientne
                           model=model, progress=False, explain=[held_out, photos[0]])
     print(f"\nreport (16 channels per layer, the logits as whole-image units, an explain page for "
           f"{held_out.name}, which the scan left out; open in a browser): {report.resolve()}")
-    print("each channel page: its images by max, by mean (and the logits' most negative), the masks "
-          "where it passes its top-0.5 % level outlined, its top classes and its similar channels")
+    print("each channel page: its images by max, by mean, by relevance (and the logits' most negative), "
+          "the masks where it passes its top-0.5 % level outlined, its top classes and its similar channels")
+    why = _why(run, model, held_out, layers[-1].name, out_dir / "why")
     return {"photos": photos, "featuremaps": grids, "run": run, "report": report,
-            "explain": report.parent / "explain" / "index.html"}
+            "explain": report.parent / "explain" / "index.html", "why": why}
+
+
+def _why(run: Path, model, photo: Path, layer: str, out: Path) -> Path:
+    """Why the model classified ``photo`` as it did: the channels of ``layer`` its decision
+    rests on most, printed with their dataset examples, and the page of every layer's."""
+    from .analysis.relevance import explain_predictions
+    from .report.analysis_pages import write_why_page
+
+    explained = explain_predictions([photo], run, model=model, top=5)
+    rows = explained.table[explained.table.layer == layer]
+    seen = f"{rows.target_name.iloc[0]!r} ({rows.probability.iloc[0]:.1%})"
+    print(f"\nwhy {photo.name} is {seen}: the channels of {layer} that contributed most (relevance, share "
+          "of the layer's), beside their examples")
+    for r in rows.itertuples():
+        shown = ", ".join(Path(e).name for e in r.examples[:3])
+        print(f"   channel {r.channel:4d}  {r.relevance:8.3g}  {r.share:6.1%}   {shown}")
+    page = write_why_page(explained, run, out, top=5)
+    print(f"why page (every layer, the photo's relevance map per channel): {page.resolve()}")
+    return page
 
 
 def _library_file(out_dir: Path, photos: list[Path]) -> tuple[Path, Path]:

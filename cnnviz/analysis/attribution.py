@@ -29,7 +29,7 @@ __all__ = ["neuron_attributions", "attribution_image", "model_of_run", "check_mo
 METHODS = {"guided_backprop": NeuronGuidedBackprop, "deconvolution": NeuronDeconvolution}
 
 
-def neuron_attributions(model, run: str | Path, layer: str, channel: int,
+def neuron_attributions(model, run: str | Path, layer: str, channel: int, *,
                         method: str = "guided_backprop", library_root: str | Path | None = None,
                         batch_size: int = 8) -> np.ndarray:
     """Attributions of a channel's top-k units, cut to the patch boxes.
@@ -40,7 +40,8 @@ def neuron_attributions(model, run: str | Path, layer: str, channel: int,
         float32 ``(k, h, w, 3)``: the raw attribution (input-gradient-like, signed) in each
         patch box, at the stored patch size; zeros for empty slots.
     """
-    maps = neuron_attribution_maps(model, run, layer, channel, method, library_root, batch_size)
+    maps = neuron_attribution_maps(model, run, layer, channel, method=method, library_root=library_root,
+                                   batch_size=batch_size)
     with reading(run) as r:
         g = r.layer(layer)
         boxes = g[fmt.TOPK_PATCH_BOX][channel]
@@ -53,7 +54,7 @@ def neuron_attributions(model, run: str | Path, layer: str, channel: int,
     return out
 
 
-def neuron_attribution_maps(model, run: str | Path, layer: str, channel: int,
+def neuron_attribution_maps(model, run: str | Path, layer: str, channel: int, *,
                             method: str = "guided_backprop", library_root: str | Path | None = None,
                             batch_size: int = 8) -> list[np.ndarray | None]:
     """Whole-input attribution maps ``(H, W, 3)`` of a channel's top-k units (``None`` for

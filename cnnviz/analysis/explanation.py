@@ -72,10 +72,10 @@ def explain(images: ImageSpec, run: RunSpec, layers: LayerSpec = None, *, model=
         >>> df = explain(["cat.jpg"], "run.h5")                              # doctest: +SKIP
         >>> df[df.layer == "layer4.2"].head()                                # doctest: +SKIP
     """
-    return explain_images(images, run, layers, model, device, batch_size).table
+    return explain_images(images, run, layers, model=model, device=device, batch_size=batch_size).table
 
 
-def explain_images(images, run, layers=None, model=None, device: str = "cpu",
+def explain_images(images, run, layers=None, *, model=None, device: str = "cpu",
                    batch_size: int = 16, param: str = "images") -> ExplainedImages:
     """:func:`explain`, keeping the decoded crops (for patches and pages); ``param`` names the
     images' argument in errors (``explain`` when the report asks)."""

@@ -48,7 +48,7 @@ class Relevance:
 
 
 def layer_relevance(module: torch.nn.Module, x: torch.Tensor, layers: Sequence[str],
-                    targets: torch.Tensor | None = None, precision: str = "fp32",
+                    targets: torch.Tensor | None = None, *, precision: str = "fp32",
                     keep_maps: bool = False) -> Relevance:
     """Relevance of every channel of ``layers`` for the logits ``targets`` (default: each
     image's top-1 class), from one forward and one backward pass

@@ -18,7 +18,7 @@ from ..run.reader import RunReader, reading
 __all__ = ["unit_maps"]
 
 
-def unit_maps(run: str | Path, layer: str, image_ids, model=None, device: str = "cpu",
+def unit_maps(run: str | Path, layer: str, image_ids, model=None, *, device: str = "cpu",
               library: str | Path | None = None) -> dict[int, np.ndarray | None]:
     """Per image id, the layer's activation maps ``(C, H', W')`` float32 as the scan computed
     them (the run's preprocessing and precision, its model reloaded when ``model`` is

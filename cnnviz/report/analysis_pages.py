@@ -78,7 +78,7 @@ def _factor(reader: RunReader, layer: str) -> int:
     return reader.layer_meta(layer).patch_factor
 
 
-def write_explain_page(explained, run: str | Path, out_dir: str | Path, top: int = 5,
+def write_explain_page(explained, run: str | Path, out_dir: str | Path, *, top: int = 5,
                        back: str | None = None) -> Path:
     """Write the explain page of :func:`cnnviz.analysis.explanation.explain_images`'s result: per
     image, the model's top-5 classes, then per layer the ``top`` channels where the image stands
@@ -170,7 +170,7 @@ def _explain_figure(out: Path, path: Path, prediction, sections):
     return fig
 
 
-def write_why_page(explained, run: str | Path, out_dir: str | Path, top: int = 5) -> Path:
+def write_why_page(explained, run: str | Path, out_dir: str | Path, *, top: int = 5) -> Path:
     """Write the page of :func:`cnnviz.analysis.relevance.explain_predictions`'s result: per
     image, the model's top-5 classes and the class explained, then per layer the ``top``
     channels that contributed most (relevance and share), each with the image's relevance map
@@ -246,7 +246,7 @@ SUMMARY = (("channels", "channels", ""),
             "images of the channel's maximum in each)"))
 
 
-def write_compare_page(table: pd.DataFrame, run_a: str | Path, run_b: str | Path, out_dir: str | Path,
+def write_compare_page(table: pd.DataFrame, run_a: str | Path, run_b: str | Path, out_dir: str | Path, *,
                        top: int = 20) -> Path:
     """Write the compare page of :func:`cnnviz.analysis.compare_runs`'s table: a per-layer
     summary in network order, then the ``top`` most changed channels with both runs' dataset

@@ -147,6 +147,11 @@ RANKINGS = {
     "min": ("most negative", "min", "the images with the most negative unit (their spatial minimum), most "
             "negative first: what a signed unit (a logit, a map before its ReLU) speaks against; each "
             "patch is cut around that unit, and its photo shows where the map is negative"),
+    "relevance": ("by relevance", "relevance", "the images where the channel contributed most to the model's "
+                  "decision (activation x gradient of the explained class's logit, summed over the map; "
+                  "the class is the image's label, or the model's top-1 class: docs/relevance.md), most "
+                  "relevant first; each patch is cut where that image's relevance peaks, and its photo "
+                  "shows the activation map"),
 }
 
 
@@ -155,6 +160,9 @@ IMAGE_RANKINGS = {
     "max": ("by max", "max", "the images where the unit is highest, highest first"),
     "min": ("most negative", "min", "the images where the unit is most negative, most negative first: what "
             "it speaks against (a logit's counter-examples)"),
+    "relevance": ("by relevance", "relevance", "the images where the unit contributed most to the model's "
+                  "decision (its value x the gradient of the explained class's logit; for a logit: its "
+                  "value on the images explained as its class, 0 on the others), most relevant first"),
 }
 
 

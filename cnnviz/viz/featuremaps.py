@@ -39,6 +39,7 @@ def layer_activation(model, image: Image.Image | torch.Tensor, layer: str) -> to
 def feature_map_grid(
     activation: torch.Tensor,
     channels: Sequence[int] | None = None,
+    *,
     columns: int = 8,
     shared_scale: bool = False,
     cmap: str = "viridis",

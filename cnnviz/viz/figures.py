@@ -25,7 +25,7 @@ def _plt():
     return plt
 
 
-def patch_montage(run: str | Path, layer: str, channel: int, columns: int | None = None,
+def patch_montage(run: str | Path, layer: str, channel: int, *, columns: int | None = None,
                   extra: np.ndarray | None = None, extra_label: str = "attribution",
                   tile_inches: float = 1.35, rank_by: str = "max", bottom: bool = False,
                   mask: bool = False, model=None, device: str = "cpu"):
@@ -101,13 +101,13 @@ def _patch_masks(r: RunReader, run, layer: str, channel: int, grp, model, device
     ids = grp[fmt.IMAGE_ID][channel]
     boxes = grp[fmt.PATCH_BOX][channel]
     geometry = LayerGeometry(r.layer(layer).attrs, r.preprocessing["crop"], int(r.attrs[fmt.ATTR_PATCH_SIZE]))
-    maps = unit_maps(run, layer, [int(i) for i in ids[ids >= 0]], model, device)
+    maps = unit_maps(run, layer, [int(i) for i in ids[ids >= 0]], model, device=device)
     return [None if maps.get(int(i)) is None else
             threshold_mask(maps[int(i)][channel], level, geometry, boxes[j], geometry.patch_factor)
             for j, i in enumerate(ids[ids >= 0])]
 
 
-def layer_overview(run: str | Path, layer: str, channels=None, per_channel: int = 4,
+def layer_overview(run: str | Path, layer: str, channels=None, *, per_channel: int = 4,
                    columns: int = 8, tile_inches: float = 1.1):
     """An overview sheet: for each channel (default: all, at most 64) a 2x2 mosaic of its best
     patches, titled with the channel index."""

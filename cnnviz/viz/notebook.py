@@ -45,7 +45,7 @@ class PatchTable:
         return f"<PatchTable of {self.rows} rows: display it in Jupyter, or .save('page.html')>"
 
 
-def show(df: pd.DataFrame, run: str | Path | None = None, max_rows: int = 100, size: int = 96,
+def show(df: pd.DataFrame, run: str | Path | None = None, *, max_rows: int = 100, size: int = 96,
          columns: tuple[str, ...] | None = None) -> PatchTable:
     """The rows of a :func:`cnnviz.top_patches` table with their patches, for Jupyter.
 
