@@ -11,11 +11,14 @@ names a CLI flag, and the CLI never has to rewrite prose.
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from collections.abc import Callable
 
 __all__ = ["CnnvizError", "UsageError", "ScanError", "ScanInterrupted", "RunFileError", "OutputError",
-           "WeightsUnavailableError", "MissingDependencyError", "CnnvizWarning", "spell_options"]
+           "WeightsUnavailableError", "MissingDependencyError", "CnnvizWarning", "spell_options",
+           "user_level"]
 
 _OPTION = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)(=[^`]*)?`")
 
@@ -75,3 +78,19 @@ class CnnvizWarning(UserWarning):
     """Something a user should know that changes nothing they asked for (a layer named twice is
     tapped once; a list file names an image twice): ``warnings.warn`` it, never print it. The
     command line shows it as one ``note:`` line, options spelled as flags."""
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def user_level() -> int:
+    """The ``stacklevel`` for ``warnings.warn`` that attributes a note to the first caller
+    outside cnnviz (pandas' ``find_stack_level`` habit): a notebook shows the user's own line,
+    however deep inside the package the note was raised. Call it in the ``warn`` call itself."""
+    frame = sys._getframe(1)  # the function that warns: stacklevel 1
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back
+        level += 1
+    return level
+

@@ -31,7 +31,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CnnvizWarning, UsageError
+from ..errors import CnnvizWarning, UsageError, user_level
 
 __all__ = ["ImageLibrary", "IMAGE_EXTENSIONS"]
 
@@ -161,7 +161,7 @@ def read_list_file(list_file: Path) -> list[tuple[str, str]]:
         first, again, path = repeated[0]
         what = "an image" if len(repeated) == 1 else f"{len(repeated)} images"
         warnings.warn(f"{list_file} lists {what} more than once (e.g. {path} on lines "
-                      f"{first} and {again}); each is scanned once", CnnvizWarning, stacklevel=3)
+                      f"{first} and {again}); each is scanned once", CnnvizWarning, stacklevel=user_level())
     return [(path, label) for _, path, label in entries.values()]
 
 

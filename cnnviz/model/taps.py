@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import CnnvizWarning, UsageError
+from ..errors import CnnvizWarning, UsageError, user_level
 from .receptive_field import AxisField, ReceptiveField, trace_fields
 
 __all__ = ["LayerTap", "list_layers", "resolve_layer", "resolve_layers", "default_layers",
@@ -182,7 +182,7 @@ def resolve_layers(model, names: Sequence[str] | str | None) -> list[LayerTap]:
     for name, spellings in spelled.items():
         if len(spellings) > 1:
             warnings.warn(f"layer {name} is named {len(spellings)} times ({', '.join(spellings)}); it is "
-                          "tapped once", CnnvizWarning, stacklevel=2)
+                          "tapped once", CnnvizWarning, stacklevel=user_level())
     return list(taps.values())
 
 

@@ -41,7 +41,7 @@ import numpy as np
 from markupsafe import Markup
 from PIL import Image
 
-from ..errors import CnnvizWarning, UsageError
+from ..errors import CnnvizWarning, UsageError, user_level
 from ..run.reader import RunReader, reading
 from ..types import ChannelSpec, DeviceSpec, ImageSpec, LayerSpec, RunSpec
 from .collect import (
@@ -249,7 +249,7 @@ def _quiet_stats(reader: RunReader, layer: str):
     if not reader.has_maxima(layer):
         warnings.warn(f"{reader.path.name} kept no per-image maxima of {layer} (scanned with "
                       "`maxima_dtype=none` or other `maxima_layers`): its pages show no distributions "
-                      "or selectivity", CnnvizWarning, stacklevel=4)
+                      "or selectivity", CnnvizWarning, stacklevel=user_level())
     return stats
 
 
@@ -261,12 +261,12 @@ def _photos_available(reader: RunReader, library) -> bool:
         warnings.warn(f"the report shows no photos: {reader.path.name} records no image identities (it "
                       "was written before cnnviz 0.2), so its paths are not trusted to name the scanned "
                       "files; give `library` (the folder of its images) to show them", CnnvizWarning,
-                      stacklevel=4)
+                      stacklevel=user_level())
         return False
     if not root.is_dir():
         where = "`library`" if library is not None else "the library folder"
         warnings.warn(f"the report shows no photos: {where} {root} is not here (moved? the paths in the "
-                      "run file are relative to it: give `library`)", CnnvizWarning, stacklevel=4)
+                      "run file are relative to it: give `library`)", CnnvizWarning, stacklevel=user_level())
         return False
     return True
 
@@ -282,7 +282,8 @@ def _model_or_none(reader: RunReader, needed: bool, device: str):
     except CnnvizError as exc:
         if needed:
             raise
-        warnings.warn(f"the report shows photos without activation maps: {exc}", CnnvizWarning, stacklevel=4)
+        warnings.warn(f"the report shows photos without activation maps: {exc}", CnnvizWarning,
+                      stacklevel=user_level())
         return None
 
 
@@ -296,7 +297,8 @@ def _fitting_model(model, reader: RunReader, layers: list[str], needed: bool):
     except UsageError as exc:
         if needed:
             raise
-        warnings.warn(f"the report shows photos without activation maps: {exc}", CnnvizWarning, stacklevel=4)
+        warnings.warn(f"the report shows photos without activation maps: {exc}", CnnvizWarning,
+                      stacklevel=user_level())
         return None
     return model
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import UsageError
+from ..errors import CnnvizWarning, UsageError, user_level
 from ..images.patches import boxes_to_original
 from ..labels import label_names
 from ..types import RunSpec
@@ -279,7 +279,7 @@ def _label_columns(df: pd.DataFrame, labels: np.ndarray, topk_ids: np.ndarray, m
     df["top_label_share"] = share
     if maxima_blocks is None:
         warnings.warn(f"selectivity of {layer} is NaN: the run did not keep its per-image maxima",
-                      stacklevel=3)
+                      CnnvizWarning, stacklevel=user_level())
         df["selectivity"] = np.nan
         return
     codes, uniques = pd.factorize(pd.Series(labels))

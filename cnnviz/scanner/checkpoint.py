@@ -19,7 +19,7 @@ import threading
 import time
 import warnings
 
-from ..errors import CnnvizWarning, ScanError
+from ..errors import CnnvizWarning, ScanError, user_level
 from .state import Rows, ScanState, set_segments
 from .workdir import SegmentWriter, WorkDir, is_disk_full
 
@@ -70,7 +70,7 @@ class CheckpointWriter:
             done, total = self.notes[0] + self.scanned, self.notes[1]
             rate = self.scanned / max(self.last - self.session_start, 1e-9)
             warnings.warn(f"checkpoint: {done:,} of {total:,} images ({done / max(total, 1):.0%}), "
-                          f"{rate:.1f} img/s", CnnvizWarning, stacklevel=2)
+                          f"{rate:.1f} img/s", CnnvizWarning, stacklevel=user_level())
         if wait:
             self.flush()
 

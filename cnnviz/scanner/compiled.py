@@ -17,7 +17,7 @@ import warnings
 
 import torch
 
-from ..errors import CnnvizWarning, UsageError
+from ..errors import CnnvizWarning, UsageError, user_level
 from .reducers import TapReducer
 
 __all__ = ["CompiledTaps"]
@@ -44,7 +44,8 @@ class CompiledTaps:
         started = time.monotonic()
         self.forward(example)  # compile now, not inside the scan's timing
         self.compile_seconds = time.monotonic() - started
-        warnings.warn(f"compiled the network in {self.compile_seconds:.1f} s", CnnvizWarning, stacklevel=2)
+        warnings.warn(f"compiled the network in {self.compile_seconds:.1f} s", CnnvizWarning,
+                      stacklevel=user_level())
 
     def forward(self, x: torch.Tensor) -> None:
         n = x.shape[0]

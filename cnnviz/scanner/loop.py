@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..errors import CnnvizWarning, ScanError, ScanInterrupted, UsageError
+from ..errors import CnnvizWarning, ScanError, ScanInterrupted, UsageError, user_level
 from ..images.dataset import LibraryDataset, batch_ranges, collate
 from ..images.library import ImageLibrary
 from ..model.copying import inference_copy
@@ -189,7 +189,7 @@ def _bottom_layers(config: ScanConfig, taps: list[LayerTap], module, model, n_im
     if never:
         warnings.warn(f"no bottom-k for {', '.join(never)}: never negative (after a ReLU); the bottom-k "
                       f"is kept for {', '.join(n for n in asked if n not in never)}", CnnvizWarning,
-                      stacklevel=4)
+                      stacklevel=user_level())
     return {n for n in asked if n not in never}
 
 
@@ -247,7 +247,7 @@ def _library(library, work: WorkDir | None) -> ImageLibrary:
     if added or removed:
         warnings.warn(f"since this scan started, {added} images were added to and {removed} removed "
                       f"from {frozen.source}; it goes on with the {len(frozen)} images it started with",
-                      CnnvizWarning, stacklevel=4)
+                      CnnvizWarning, stacklevel=user_level())
     return frozen
 
 
@@ -425,7 +425,7 @@ class _InterruptFlag:
             raise KeyboardInterrupt
         self.requested = True
         warnings.warn("interrupt: finishing this batch and saving a checkpoint (Ctrl-C again to "
-                      "stop now)", CnnvizWarning, stacklevel=2)
+                      "stop now)", CnnvizWarning, stacklevel=user_level())
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CnnvizWarning, ScanError
+from ..errors import CnnvizWarning, ScanError, user_level
 
 __all__ = ["WorkDir", "work_path", "fsync_dir", "is_disk_full", "SegmentWriter", "WORK_FORMAT"]
 
@@ -195,7 +195,7 @@ class WorkDir:
             return self.keep_counted(self.load_state(), meta)
         if resume:
             warnings.warn(f"resume asked for, but {self.path} does not exist; starting a new scan",
-                          CnnvizWarning, stacklevel=3)
+                          CnnvizWarning, stacklevel=user_level())
         self.create(meta, library)
         return None
 
