@@ -30,7 +30,7 @@ from cnnviz.images.decoding import MAX_PIXELS, decode_file
 from cnnviz.images.library import ImageLibrary
 from cnnviz.scanner import scan_shard
 
-from .conftest import IMAGEN, needs_shared
+from ..conftest import IMAGEN, needs_shared
 from .test_scan import _big_library, _checkpointed, _cli, _wait_for, assert_same_file
 
 COMMON = ["--model", "resnet18", "--weights", "none", "--layers", "layer1.1,layer3.0", "--top-k", "3",

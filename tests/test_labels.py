@@ -7,13 +7,12 @@ import importlib.util
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import pytest
 
 from cnnviz.labels import imagenet_classes, label_name, label_names
 
-REPO = Path(__file__).resolve().parents[1]
+from .conftest import REPO
 
 
 def test_class_index_agrees_with_torchvision_and_wordnet_ids_are_unique():

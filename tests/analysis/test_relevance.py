@@ -17,7 +17,7 @@ from cnnviz.analysis.relevance import explain_prediction, layer_relevance
 from cnnviz.errors import UsageError
 from cnnviz.images.decoding import load_rgb
 
-from .conftest import tiny_cnn
+from ..conftest import tiny_cnn
 
 LAYERS = ["3", "6"]
 
@@ -129,7 +129,7 @@ def _brute_relevance(library, model, layers):
 
 
 def test_the_relevance_ranking_equals_a_full_sort_of_captums_relevance(photo_dir, tmp_path):
-    from .test_views import assert_ranking
+    from ..scanner.test_views import assert_ranking
 
     model = from_module(tiny_cnn(seed=2), Preprocessing(resize=72, crop=(64, 64)),
                         class_names=[f"c{i}" for i in range(10)], name="tiny")
@@ -158,7 +158,7 @@ def test_relevance_shards_merge_exactly_and_compile_is_refused(photo_dir, tmp_pa
     from cnnviz.scanner import merge, scan_shard
     from cnnviz.scanner.workdir import work_path
 
-    from .test_distributed import assert_equal_runs
+    from ..scanner.test_distributed import assert_equal_runs
 
     model = from_module(tiny_cnn(seed=2), Preprocessing(resize=72, crop=(64, 64)), name="tiny")
     kw = dict(layers=LAYERS, top_k=3, batch_size=2, workers=0, progress=False, rank_by="max,relevance")
@@ -191,7 +191,7 @@ class _StopsOnce(torch.nn.Module):
 def test_a_resumed_relevance_scan_equals_an_uninterrupted_one(photo_dir, tmp_path):
     from cnnviz.errors import ScanError
 
-    from .test_scan import assert_same_file
+    from ..scanner.test_scan import assert_same_file
 
     model = from_module(_StopsOnce(), Preprocessing(resize=72, crop=(64, 64)), name="stops")
     kw = dict(layers="net.3,net.6", top_k=3, batch_size=2, workers=0, progress=False,

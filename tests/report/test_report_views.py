@@ -21,7 +21,7 @@ from cnnviz.errors import CnnvizWarning
 from cnnviz.run.geometry import LayerGeometry
 from cnnviz.run.masks import threshold_mask
 
-from .conftest import tiny_cnn
+from ..conftest import tiny_cnn
 
 # a signed map (before an in-place ReLU: a bottom-k), a map after one, the logits (whole-image units)
 LAYERS = "0,3,9"

@@ -23,7 +23,7 @@ from cnnviz import load_model, scan
 from cnnviz.errors import CnnvizWarning, RunFileError
 from cnnviz.report import write_report
 
-from .test_faults import KW, _one_line_error
+from ..scanner.test_interruptions import KW, _one_line_error
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from cnnviz.scanner import merge, scan_shard
 from cnnviz.scanner.reducers import sample_positions
 from cnnviz.scanner.workdir import work_path
 
-from .conftest import tiny_cnn
+from ..conftest import tiny_cnn
 from .test_distributed import assert_equal_runs
 from .test_scan import assert_same_file
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import os
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -23,11 +22,8 @@ from cnnviz.scanner.reducers import TapReducer, TopK
 from cnnviz.scanner.standin import StandInTaps, host_only_scan
 from cnnviz.scanner.workdir import WorkDir
 
-from .conftest import tiny_cnn
+from ..conftest import REPO, tiny_cnn
 from .test_scan import _big_library, assert_same_file
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 # -- the top-k --------------------------------------------------------------------------------
 

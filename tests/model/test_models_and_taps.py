@@ -15,7 +15,7 @@ from cnnviz import load_model
 from cnnviz.errors import UsageError, WeightsUnavailableError
 from cnnviz.model.taps import capture, resolve_layer
 
-from .conftest import SQUEEZENET_WEIGHTS, needs_shared
+from ..conftest import SQUEEZENET_WEIGHTS, needs_shared
 
 
 def test_random_weights_are_seeded_and_carry_architecture_preprocessing():
