@@ -14,10 +14,10 @@ import torch
 
 from cnnviz.run import format as fmt
 
-from .conftest import tiny_cnn
+from .conftest import REPO, tiny_cnn
 
-PACKAGE = Path(__file__).resolve().parents[1] / "cnnviz"
-TESTS = Path(__file__).resolve().parent
+PACKAGE = REPO / "cnnviz"
+TESTS = REPO / "tests"
 
 
 def _sources(root: Path):
@@ -160,13 +160,16 @@ def test_no_function_of_the_package_is_over_60_lines():
 
 
 def test_the_tests_import_no_private_names():
-    offenders = []
+    """Every test file, those in the subpackages (tests/scanner/, tests/run/...) included."""
+    offenders, folders = [], set()
     for path, tree in _sources(TESTS):
+        folders.add(path.parent.relative_to(TESTS).as_posix())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cnnviz"):
-                offenders += [f"{path.name}:{node.lineno} {a.name}" for a in node.names
+                offenders += [f"{path.relative_to(TESTS)}:{node.lineno} {a.name}" for a in node.names
                               if a.name.startswith("_")]
     assert offenders == []
+    assert {".", "scanner", "run", "report"} <= folders, sorted(folders)
 
 
 # -- the caller's module ------------------------------------------------------------------------

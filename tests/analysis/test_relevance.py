@@ -17,7 +17,14 @@ from cnnviz.analysis.relevance import explain_prediction, layer_relevance
 from cnnviz.errors import UsageError
 from cnnviz.images.decoding import load_rgb
 
-from .conftest import tiny_cnn
+from ..conftest import (
+    StopsOnce,
+    assert_equal_runs,
+    assert_ranking,
+    assert_same_file,
+    make_tiny_model,
+    tiny_cnn,
+)
 
 LAYERS = ["3", "6"]
 
@@ -63,7 +70,7 @@ def test_a_tap_changed_in_place_afterwards_is_refused():
 
 def test_explain_prediction_ranks_the_channels_of_each_layer_by_their_relevance(photo_dir, tmp_path):
     pre = Preprocessing(resize=72, crop=(64, 64))
-    model = from_module(tiny_cnn(seed=1), pre, class_names=[f"c{i}" for i in range(10)], name="tiny")
+    model = make_tiny_model(seed=1)
     run = scan(photo_dir, model, tmp_path / "run.h5", layers=LAYERS, top_k=3, batch_size=4, workers=0,
                progress=False)
     image = photo_dir / "animals" / "chelsea.png"
@@ -129,10 +136,7 @@ def _brute_relevance(library, model, layers):
 
 
 def test_the_relevance_ranking_equals_a_full_sort_of_captums_relevance(photo_dir, tmp_path):
-    from .test_views import assert_ranking
-
-    model = from_module(tiny_cnn(seed=2), Preprocessing(resize=72, crop=(64, 64)),
-                        class_names=[f"c{i}" for i in range(10)], name="tiny")
+    model = make_tiny_model(seed=2)
     lst = _labelled_list(photo_dir, tmp_path)
     run = scan(lst, model, tmp_path / "run.h5", layers=LAYERS, top_k=3, batch_size=4, workers=0,
                progress=False, rank_by="max,relevance")
@@ -158,8 +162,6 @@ def test_relevance_shards_merge_exactly_and_compile_is_refused(photo_dir, tmp_pa
     from cnnviz.scanner import merge, scan_shard
     from cnnviz.scanner.workdir import work_path
 
-    from .test_distributed import assert_equal_runs
-
     model = from_module(tiny_cnn(seed=2), Preprocessing(resize=72, crop=(64, 64)), name="tiny")
     kw = dict(layers=LAYERS, top_k=3, batch_size=2, workers=0, progress=False, rank_by="max,relevance")
     single = scan(photo_dir, model, tmp_path / "single.h5", **kw)
@@ -172,37 +174,19 @@ def test_relevance_shards_merge_exactly_and_compile_is_refused(photo_dir, tmp_pa
         scan(photo_dir, model, tmp_path / "c.h5", compile=True, **kw)
 
 
-class _StopsOnce(torch.nn.Module):
-    """The tiny network, out of memory once at its third forward pass (counted across copies)."""
-
-    calls = 0
-
-    def __init__(self):
-        super().__init__()
-        self.net = tiny_cnn(seed=2)
-
-    def forward(self, x):
-        _StopsOnce.calls += 1
-        if _StopsOnce.calls == 3:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return self.net(x)
-
-
 def test_a_resumed_relevance_scan_equals_an_uninterrupted_one(photo_dir, tmp_path):
     from cnnviz.errors import ScanError
 
-    from .test_scan import assert_same_file
-
-    model = from_module(_StopsOnce(), Preprocessing(resize=72, crop=(64, 64)), name="stops")
+    model = from_module(StopsOnce(seed=2), Preprocessing(resize=72, crop=(64, 64)), name="stops")
     kw = dict(layers="net.3,net.6", top_k=3, batch_size=2, workers=0, progress=False,
               rank_by="max,relevance", checkpoint_images=2)
     cnnviz.list_layers(model)  # traced before the count starts
-    _StopsOnce.calls = 0
+    StopsOnce.calls = 0
     out = tmp_path / "run.h5"
     with pytest.raises(ScanError, match="ran out of memory"):
         scan(photo_dir, model, out, **kw)
     scan(photo_dir, model, out, resume=True, **kw)
-    _StopsOnce.calls = -10 ** 6
+    StopsOnce.calls = -10 ** 6
     assert_same_file(scan(photo_dir, model, tmp_path / "ref.h5", **kw), out)
 
 
@@ -211,8 +195,7 @@ def test_explain_why_on_the_command_line_and_its_page(photo_dir, tmp_path, cli):
 
     import pandas as pd
 
-    model = from_module(tiny_cnn(seed=1), Preprocessing(resize=72, crop=(64, 64)),
-                        class_names=[f"c{i}" for i in range(10)], name="tiny")
+    model = make_tiny_model(seed=1)
     run = scan(photo_dir, model, tmp_path / "run.h5", layers=LAYERS, top_k=3, batch_size=4, workers=0,
                progress=False, rank_by="max,relevance")
     image = photo_dir / "animals" / "chelsea.png"

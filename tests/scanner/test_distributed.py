@@ -16,29 +16,10 @@ from cnnviz.scanner import merge, scan_shard
 from cnnviz.scanner.reducers import ChannelStats, merge_topk
 from cnnviz.scanner.workdir import work_path
 
-from .test_scan import _contents
+from ..conftest import assert_equal_runs
 
 ARGS = ["--model", "resnet18", "--weights", "none", "--layers", "layer1.0,layer3.1", "--top-k", "3",
         "--batch-size", "3", "--workers", "0", "--no-progress"]
-
-
-def assert_equal_runs(a, b):
-    """Same top-k, maxima, positions, failures, images; statistics to float64 rounding (their
-    sums run in another order); bookkeeping attributes aside."""
-    ca, cb = _contents(a), _contents(b)
-    skip = {"@world_size"}
-    assert sorted(ca) == sorted(cb)
-    for k in ca:
-        if k in skip:
-            continue
-        x, y = np.asarray(ca[k]), np.asarray(cb[k])
-        assert x.shape == y.shape and x.dtype == y.dtype, k
-        if "/stats/" in k:
-            np.testing.assert_allclose(x, y, rtol=1e-12, err_msg=k)
-        elif x.dtype.kind == "f":
-            np.testing.assert_array_equal(x, y, err_msg=k)
-        else:
-            assert (x == y).all(), k
 
 
 @pytest.mark.slow

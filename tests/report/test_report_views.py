@@ -16,29 +16,19 @@ import pytest
 from PIL import Image
 
 import cnnviz
-from cnnviz import Preprocessing, from_module, scan, write_report
+from cnnviz import write_report
 from cnnviz.errors import CnnvizWarning
 from cnnviz.run.geometry import LayerGeometry
 from cnnviz.run.masks import threshold_mask
 
-from .conftest import tiny_cnn
+from ..conftest import make_tiny_model, scan_every_view
 
 # a signed map (before an in-place ReLU: a bottom-k), a map after one, the logits (whole-image units)
 LAYERS = "0,3,9"
 
 
-def _tiny():
-    return from_module(tiny_cnn(), Preprocessing(resize=72, crop=(64, 64)),
-                       class_names=[f"c{i}" for i in range(10)], name="tiny")
-
-
 def _scan(library, out, **kw):
-    options = dict(layers=LAYERS, top_k=3, batch_size=4, workers=0, progress=False, rank_by="max,mean",
-                   bottom_k=2, quantile_positions=0)
-    options.update(kw)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CnnvizWarning)  # "no bottom-k for 3"
-        return scan(library, _tiny(), out, **options)
+    return scan_every_view(library, out, **{"layers": LAYERS, "maxima_means": False, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +36,7 @@ def views(photo_dir, tmp_path_factory):
     """A run with every view, and its report with photos, maps and masks."""
     folder = tmp_path_factory.mktemp("report-views")
     run = _scan(photo_dir, folder / "run.h5")
-    index = write_report(run, folder / "site", model=_tiny(), progress=False)
+    index = write_report(run, folder / "site", model=make_tiny_model(), progress=False)
     return run, index.parent
 
 
@@ -146,7 +136,7 @@ def test_mask_outlines_lie_on_the_threshold_masks_boundary(views):
     from cnnviz.report.views import PAGE_TILE
 
     run, site = views
-    model = _tiny()
+    model = make_tiny_model()
     with cnnviz.RunReader(run) as r:
         levels = r.mask_levels("3")
         geo = LayerGeometry(r.layer("3").attrs, r.preprocessing["crop"], int(r.attrs["patch_size"]))
@@ -199,7 +189,7 @@ def test_the_batched_masks_equal_threshold_mask(views):
         with cnnviz.RunReader(run) as r:
             geo = LayerGeometry(r.layer(layer).attrs, r.preprocessing["crop"], int(r.attrs["patch_size"]))
             level = float(r.mask_levels(layer)[2])
-        maps = unit_maps(run, layer, list(range(6)), _tiny())
+        maps = unit_maps(run, layer, list(range(6)), make_tiny_model())
         channel = {i: m[2] for i, m in maps.items() if m is not None}
         fields = LayerMasks(geo).fields(channel, level)
         assert fields, layer
@@ -212,7 +202,7 @@ def test_the_batched_masks_equal_threshold_mask(views):
 
 def test_no_mask_outlines_without_quantiles(photo_dir, tmp_path):
     run = _scan(photo_dir, tmp_path / "run.h5", layers="3", bottom_k=0, quantiles=False)
-    index = write_report(run, tmp_path / "site", model=_tiny(), channels=3, progress=False)
+    index = write_report(run, tmp_path / "site", model=make_tiny_model(), channels=3, progress=False)
     assert not list(index.parent.rglob("*-masks.png"))
     page = (index.parent / "3" / "c0.html").read_text()
     assert "green outline" not in page and 'class="mask"' not in page
@@ -307,7 +297,7 @@ def test_older_runs_render_as_before(views, tmp_path):
             for sub in ("topk_mean", "bottomk", "quantiles"):
                 if sub in f[f"layers/{name}"]:
                     del f[f"layers/{name}/{sub}"]
-    index = write_report(path, tmp_path / "site", model=_tiny(), progress=False)
+    index = write_report(path, tmp_path / "site", model=make_tiny_model(), progress=False)
     site = index.parent
     page = (site / "0" / "c1.html").read_text()
     assert 'type="radio"' not in page and "green outline" not in page and 'class="mask"' not in page

@@ -4,9 +4,7 @@ the host-only benchmark's stand-in, and precision kept to the scan."""
 
 from __future__ import annotations
 
-import ast
 import os
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -23,11 +21,7 @@ from cnnviz.scanner.reducers import TapReducer, TopK
 from cnnviz.scanner.standin import StandInTaps, host_only_scan
 from cnnviz.scanner.workdir import WorkDir
 
-from .conftest import tiny_cnn
-from .test_scan import _big_library, assert_same_file
-
-REPO = Path(__file__).resolve().parents[1]
-
+from ..conftest import assert_same_file, big_library, tiny_cnn
 
 # -- the top-k --------------------------------------------------------------------------------
 
@@ -146,33 +140,6 @@ def test_files_without_a_precision_attribute_read_it_from_amp(photo_dir, tmp_pat
         assert r.precision == "fp32"
 
 
-def test_optimization_draws_its_random_numbers_in_one_place():
-    """Generators are made and used only in cnnviz/optim/seeding.py (always on the CPU, then
-    moved): no other module of the package creates a generator, passes one to torch, or
-    branches on CUDA for it."""
-    offenders = []
-    for path in (REPO / "cnnviz").rglob("*.py"):
-        if path.name in ("seeding.py", "standin.py"):  # standin: the benchmark's data, CPU only
-            continue
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "Generator":
-                offenders.append(f"{path.name}:{node.lineno} torch.Generator()")
-            if isinstance(node, ast.keyword) and node.arg == "generator":
-                offenders.append(f"{path.name}:{node.lineno} generator=")
-    assert offenders == []
-
-
-def test_the_same_seed_gives_the_same_images_whatever_the_device_argument():
-    from cnnviz.optim import objectives as obj
-    from cnnviz.optim import render
-
-    model = from_module(tiny_cnn(), Preprocessing(resize=72, crop=(64, 64)), name="tiny")
-    a = render(model, obj.channel("3", 1), steps=3, seed=5, progress=False, device="cpu")
-    b = render(model, obj.channel("3", 1), steps=3, seed=5, progress=False, device=torch.device("cpu"))
-    assert torch.equal(a.images, b.images)
-
-
 # -- streamed rows, checkpoints and resumes ----------------------------------------------------
 
 class _Hungry(torch.nn.Module):
@@ -232,7 +199,7 @@ def test_a_shard_resumes_only_with_its_batch_size(photo_dir, tmp_path):
 
 @pytest.mark.slow
 def test_a_resume_drops_rows_no_state_counts_and_names_a_damaged_segment(photo_dir, tmp_path):
-    lib = _big_library(photo_dir, tmp_path, copies=1)
+    lib = big_library(photo_dir, tmp_path, copies=1)
     model = load_model("resnet18", None)
     kw = dict(layers="layer1.0", top_k=2, batch_size=2, workers=0, progress=False, checkpoint_images=4)
     work = WorkDir(scan_shard(lib, model, tmp_path / "run.h5", (0, 1), **kw))

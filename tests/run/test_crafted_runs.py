@@ -19,16 +19,10 @@ import torch
 from PIL import Image
 
 import cnnviz
-from cnnviz import load_model, scan
 from cnnviz.errors import CnnvizWarning, RunFileError
 from cnnviz.report import write_report
 
-from .test_faults import KW, _one_line_error
-
-
-@pytest.fixture(scope="module")
-def resnet_run(photo_dir, tmp_path_factory) -> Path:
-    return scan(photo_dir, load_model("resnet18", None), tmp_path_factory.mktemp("run") / "run.h5", **KW)
+from ..conftest import Payload, one_line_error
 
 
 @pytest.fixture
@@ -135,7 +129,7 @@ def test_attributes_that_claim_huge_sizes_are_refused_before_allocating(crafted,
                           str(crafted.parent / "site"), "--no-context", "--no-progress"],
                          capture_output=True, text=True, timeout=300, preexec_fn=_limited_memory)
     assert res.returncode == 2, res.stderr
-    _one_line_error(res.stderr)
+    one_line_error(res.stderr)
     assert "is damaged or was not written by cnnviz" in res.stderr
 
 
@@ -181,18 +175,10 @@ def test_a_run_without_identities_shows_no_local_file_unless_given_its_library(c
     assert "records no image identities" in text and "--library" in text
 
 
-class _Payload:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
-
-
 def test_weights_a_run_names_are_never_unpickled(crafted, tmp_path, cli):
     marker = tmp_path / "the-payload-ran"
     payload = tmp_path / "weights.pt"
-    torch.save({"conv1.weight": torch.zeros(1), "x": _Payload(marker)}, payload)
+    torch.save({"conv1.weight": torch.zeros(1), "x": Payload(marker)}, payload)
     with h5py.File(crafted, "r+") as f:
         f.attrs["weights_spec"] = json.dumps({"weights": str(payload), "seed": 0})
     for cmd in (["report", str(crafted), "--out", str(tmp_path / "site"), "--attributions", "layer3.0:0",

@@ -18,7 +18,7 @@ from torch import nn
 
 from cnnviz.model.receptive_field import AxisField, ReceptiveField, trace_fields
 
-from .conftest import SQUEEZENET_WEIGHTS, needs_shared
+from ..conftest import SQUEEZENET_WEIGHTS, needs_shared
 
 MODELS = ["resnet50", "vgg16", "squeezenet1_1", "mobilenet_v2", "densenet121", "googlenet",
           "efficientnet_b0", "efficientnet_lite0"]

@@ -1,14 +1,10 @@
-"""The dataset scan against brute force, its run file, and its overnight-job behaviour."""
+"""The dataset scan against brute force: its top-k, maxima, patches, tables and statistics, for
+whole-image units, downsampled patches, amp, compiled scans and left-out maxima too; its
+determinism and its ties."""
 
 from __future__ import annotations
 
 import io
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -18,14 +14,14 @@ import torch
 
 import cnnviz
 from cnnviz import ImageLibrary, load_model, scan
-from cnnviz.errors import ScanError, UsageError
+from cnnviz.errors import UsageError
 from cnnviz.images import load_rgb
 from cnnviz.model.taps import capture
-from cnnviz.scanner import scan_shard
+
+from ..conftest import assert_same_file
 
 LAYERS = ["layer1.0", "layer2.1", "layer3.0.conv2", "layer4.1"]
 K = 5
-
 
 @pytest.fixture(scope="module")
 def resnet18():
@@ -162,32 +158,6 @@ def test_tables_and_failures(photo_dir, run_file):
         cnnviz.top_patches(run_file, layer="nope")
 
 
-def _contents(path: Path) -> dict:
-    out = {}
-    with h5py.File(path, "r") as f:
-        def keep(name, obj):
-            if isinstance(obj, h5py.Dataset):
-                out[name] = obj[()]
-
-        f.visititems(keep)
-        for k, v in f.attrs.items():
-            if k not in ("created", "finished") and not k.endswith("_seconds"):  # timings
-                out[f"@{k}"] = v
-    return out
-
-
-def assert_same_file(a: Path, b: Path) -> None:
-    ca, cb = _contents(a), _contents(b)
-    assert sorted(ca) == sorted(cb)
-    for k in ca:
-        x, y = np.asarray(ca[k]), np.asarray(cb[k])
-        assert x.shape == y.shape and x.dtype == y.dtype, k
-        if x.dtype.kind == "f":
-            np.testing.assert_array_equal(x, y, err_msg=k)  # NaNs compare equal here
-        else:
-            assert (x == y).all(), k
-
-
 @pytest.mark.slow
 def test_same_inputs_and_seed_give_the_same_file(photo_dir, tmp_path):
     """Determinism: two scans (different worker counts) write identical contents."""
@@ -214,172 +184,6 @@ def test_ties_go_to_the_smaller_image_id(photo_dir, tmp_path):
     with h5py.File(run, "r") as f:
         assert f["layers/0/topk/image_id"][()].tolist() == [readable[:4]] * 2
         assert (f["layers/0/topk/y"][()] == 0).all() and (f["layers/0/topk/x"][()] == 0).all()
-
-
-def test_existing_output_is_never_overwritten_silently(photo_dir, tiny_model, tmp_path):
-    out = tmp_path / "run.h5"
-    scan(photo_dir, tiny_model, out, top_k=2, workers=0, progress=False)
-    before = out.stat().st_mtime_ns
-    with pytest.raises(ScanError, match="overwrite=True"):
-        scan(photo_dir, tiny_model, out, top_k=2, workers=0, progress=False)
-    assert out.stat().st_mtime_ns == before
-    scan(photo_dir, tiny_model, out, top_k=3, workers=0, progress=False, overwrite=True)
-    with h5py.File(out, "r") as f:
-        assert f.attrs["top_k"] == 3
-
-
-def test_float16_maxima_and_list_file_library(photo_dir, tiny_model, tmp_path):
-    lst = tmp_path / "list.csv"
-    rows = ["path,label"] + [f"{photo_dir}/animals/chelsea.png,cat",
-                             f"{photo_dir}/things/coffee.png,cup",
-                             f"{photo_dir}/things/missing.png,ghost"]
-    lst.write_text("\n".join(rows) + "\n")
-    lib = ImageLibrary.open(lst)
-    assert len(lib) == 3 and lib.labels == ["cat", "cup", "ghost"]
-    run = scan(lst, tiny_model, tmp_path / "r.h5", top_k=2, workers=0, progress=False,
-               maxima_dtype="float16")
-    with h5py.File(run, "r") as f:
-        assert f["layers/3/maxima"].dtype == np.float16
-        assert "FileNotFoundError" in f["failures/reason"][0].decode()
-    df = cnnviz.top_patches(run, layer="3")
-    assert set(df.label) <= {"cat", "cup"}
-
-
-def test_unlabelled_images_count_in_no_class(photo_dir, tiny_model, tmp_path):
-    """A list file may label some lines only: the unlabelled images are no class of their own in
-    the top label, its share (of the whole top-k) or the selectivity (pandas over the matrix)."""
-    files = sorted(p for p in photo_dir.rglob("*") if p.is_file() and p.name != "corrupt.jpg")
-    labels = [p.parent.name if p.parent.name == "animals" or n % 2 else "" for n, p in enumerate(files)]
-    lst = tmp_path / "list.txt"
-    lst.write_text("".join(f"{p},{lab}\n" if lab else f"{p}\n" for p, lab in zip(files, labels, strict=True)))
-    run = scan(lst, tiny_model, tmp_path / "r.h5", top_k=4, workers=0, progress=False)
-    with cnnviz.RunReader(run) as reader:
-        layer = reader.layers[-1]
-        assert list(reader.labels) == labels  # the list file's labels, in its order
-    stats = cnnviz.channel_stats(run, layer).set_index("channel")
-    maxima = cnnviz.channel_maxima(run, layer)
-    label_of = pd.Series(labels, index=maxima.index)
-    named = maxima[label_of != ""]
-    per_label = named.groupby(label_of[label_of != ""]).mean()
-    best, rest = per_label.max(), (per_label.sum() - per_label.max()) / (len(per_label) - 1)
-    np.testing.assert_allclose(stats["selectivity"], ((best - rest) / (best + rest)).to_numpy(), rtol=1e-6)
-    top = cnnviz.top_patches(run, layer=layer)
-    assert (top.label == "").any()
-    for c in stats.index:
-        counts = top[(top.channel == c) & (top.label != "")].label.value_counts()
-        if counts.empty:
-            assert stats.loc[c, "top_label"] == "" and np.isnan(stats.loc[c, "top_label_share"])
-            continue
-        assert counts[stats.loc[c, "top_label"]] == counts.iloc[0]
-        assert stats.loc[c, "top_label_share"] == counts.iloc[0] / 4
-
-
-def _cli(*args, **kw):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "cnnviz", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
-
-
-def _wait_for(predicate, timeout: float = 300, what: str = "") -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _checkpointed(work: Path, batches: int):
-    """Whether the scan in ``work`` has checkpointed ``batches`` batches (a state being replaced
-    or half read counts as not yet)."""
-    def done() -> bool:
-        try:
-            with np.load(work / "state.npz") as z:
-                return int(z["next_batch"]) >= batches
-        except (OSError, ValueError, KeyError, EOFError):
-            return False
-    return done
-
-
-def _big_library(photo_dir: Path, root: Path, copies: int = 4) -> Path:
-    lib = root / "lib"
-    for c in range(copies):
-        for p in sorted(photo_dir.rglob("*")):
-            if p.is_file():
-                dst = lib / f"copy{c}" / p.relative_to(photo_dir)
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                dst.write_bytes(p.read_bytes())
-    return lib
-
-
-@pytest.mark.slow
-def test_sigkill_then_resume_gives_the_uninterrupted_file(photo_dir, tmp_path):
-    lib = _big_library(photo_dir, tmp_path)
-    common = ["--model", "resnet18", "--weights", "none", "--layers", "layer1.1,layer3.0",
-              "--top-k", "4", "--batch-size", "2", "--workers", "0", "--no-progress"]
-    ref = _cli("scan", str(lib), *common, "--out", str(tmp_path / "ref.h5"))
-    assert ref.wait(timeout=600) == 0, ref.stdout.read()
-
-    out = tmp_path / "run.h5"
-    state = tmp_path / "run.h5.work" / "state.npz"
-    proc = _cli("scan", str(lib), *common, "--out", str(out), "--checkpoint-images", "2")
-    _wait_for(_checkpointed(state.parent, 5), what="5 batches checkpointed")
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
-    assert not out.exists(), "the scan finished before it could be killed"
-
-    again = _cli("scan", str(lib), *common, "--out", str(out))
-    assert again.wait(timeout=120) == 2  # refuses: an interrupted scan is there
-    assert "--resume" in again.stdout.read()
-    resumed = _cli("scan", str(lib), *common, "--out", str(out), "--resume")
-    assert resumed.wait(timeout=600) == 0, resumed.stdout.read()
-    assert not (tmp_path / "run.h5.work").exists()
-    assert_same_file(tmp_path / "ref.h5", out)
-
-
-@pytest.mark.slow
-def test_ctrl_c_checkpoints_and_resumes(photo_dir, tmp_path):
-    """Ctrl-C as a terminal sends it: SIGINT to the whole process group, decoding workers
-    included, without a progress bar. One message, and the count it reports is the count the
-    checkpoint holds."""
-    lib = _big_library(photo_dir, tmp_path)
-    common = ["--model", "resnet18", "--weights", "none", "--layers", "layer2.0", "--top-k", "3",
-              "--batch-size", "2", "--workers", "2", "--no-progress"]
-    out = tmp_path / "run.h5"
-    proc = _cli("scan", str(lib), *common, "--out", str(out), "--checkpoint-images", "4",
-                start_new_session=True)
-    work = tmp_path / "run.h5.work"
-    _wait_for(_checkpointed(work, 4), what="4 batches checkpointed")
-    os.killpg(proc.pid, signal.SIGINT)
-    text = proc.stdout.read()
-    assert proc.wait() == 130, text
-    assert "--resume" in text and "Traceback" not in text
-    assert text.count("interrupt: finishing this batch") == 1, text
-    with np.load(work / "state.npz") as z:
-        next_batch = int(z["next_batch"])
-    n_images = len(ImageLibrary.open(lib))
-    assert 4 <= next_batch < n_images // 2  # checkpointed at the interrupt, not at the end
-    assert f"after {next_batch * 2} of {n_images} images" in text, text
-    resumed = _cli("scan", str(lib), *common, "--out", str(out), "--resume", "--checkpoint-images", "4")
-    assert resumed.wait(timeout=600) == 0, resumed.stdout.read()
-    ref = scan(lib, load_model("resnet18", None), tmp_path / "ref.h5", layers="layer2.0", top_k=3,
-               batch_size=2, workers=0, progress=False)
-    assert_same_file(ref, out)
-
-
-def test_a_layer_without_receptive_field_is_refused_before_any_work(photo_dir, tmp_path):
-    """An adaptive pool to a size that does not divide its input has no single field: refused at
-    the start, leaving nothing behind, instead of failing when the run file is written."""
-    from cnnviz import Preprocessing, from_module
-
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(5), torch.nn.Flatten(),
-                              torch.nn.Linear(100, 3))
-    model = from_module(net, Preprocessing(resize=64, crop=(64, 64)), name="odd")
-    out = tmp_path / "run.h5"
-    with pytest.raises(UsageError, match=r"1 \(AdaptiveAvgPool2d, 5x5\) has no receptive field"):
-        scan(photo_dir, model, out, layers="0,1", top_k=2, workers=0, progress=False)
-    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow
@@ -425,52 +229,6 @@ def test_whole_image_units_rank_images_like_brute_force_logits(photo_dir, resnet
     np.testing.assert_allclose(stats["max_max"], np.stack(logits).max(0), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("shard", [(0, 1), (1, 2)])
-def test_an_existing_run_file_is_refused_before_any_shard_scans(photo_dir, tiny_model, tmp_path, shard):
-    """A sharded (or torchrun) scan checks the output like a plain one, before scanning."""
-    from cnnviz.scanner import scan_shard
-
-    out = tmp_path / "run.h5"
-    out.write_bytes(b"a finished run")
-    with pytest.raises(ScanError, match="overwrite=True"):
-        scan_shard(photo_dir, tiny_model, out, shard, top_k=2, workers=0, progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.h5"]
-    assert out.read_bytes() == b"a finished run"
-
-
-def test_bad_options_are_refused_before_any_work(photo_dir, tiny_model, tmp_path):
-    out = tmp_path / "run.h5"
-    for options, match in [({"top_k": 0}, "`top_k` 0"), ({"patch_size": -5}, "`patch_size` -5"),
-                           ({"workers": -3}, "`workers` -3"), ({"device": "cuda:7"}, "`device`"),
-                           ({"maxima_dtype": "int8"}, "`maxima_dtype`"),
-                           ({"topk": 3}, "unknown scan option")]:
-        with pytest.raises(UsageError, match=match):
-            scan(photo_dir, tiny_model, out, progress=False, **options)
-    (tmp_path / "dir.h5").mkdir()
-    with pytest.raises(UsageError, match="is a directory"):
-        scan(photo_dir, tiny_model, tmp_path / "dir.h5", progress=False, overwrite=True)
-    for shard in ((0, 1), (1, 2)):  # named before a lock file is made beside the run file
-        with pytest.raises(UsageError, match=f"folder {tmp_path / 'nope'} does not exist"):
-            scan_shard(photo_dir, tiny_model, tmp_path / "nope" / "run.h5", shard, progress=False)
-    with pytest.raises(UsageError, match=f"folder {tmp_path / 'nope'} does not exist"):
-        scan(photo_dir, tiny_model, tmp_path / "nope" / "run.h5", progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.h5"]
-
-
-@pytest.mark.slow
-def test_the_callers_model_is_left_as_it_was(photo_dir, tmp_path):
-    """The scan runs the caller's module where it already is, and changes none of it."""
-    model = load_model("resnet18", None)
-    before = {k: v.clone() for k, v in model.module.state_dict().items()}
-    hooks_before = sum(len(m._forward_hooks) for m in model.module.modules())
-    scan(photo_dir, model, tmp_path / "r.h5", layers="layer2.0", top_k=2, workers=0, progress=False)
-    after = model.module.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    assert all(p.is_contiguous() for p in model.module.parameters())
-    assert sum(len(m._forward_hooks) for m in model.module.modules()) == hooks_before == 0
-    assert not model.module.training and torch.is_grad_enabled()
-
-
 @pytest.mark.slow
 def test_downsampled_patches_are_block_means_of_the_grown_box(photo_dir, resnet18, tmp_path):
     """patch_size 40: resnet18's layer2.1 field (99 px) is cut at 3 x 33 = 99 px and averaged in
@@ -495,36 +253,6 @@ def test_downsampled_patches_are_block_means_of_the_grown_box(photo_dir, resnet1
                 means = cut.reshape(side, factor, side, factor, 3).mean(axis=(1, 3))
                 expected = np.floor(means + 0.5).astype(np.uint8)
                 np.testing.assert_array_equal(g["topk/patches"][row.channel, row["rank"]], expected)
-
-
-@pytest.mark.slow
-def test_resume_discards_a_segment_written_without_its_state(photo_dir, tmp_path):
-    """A crash between a segment and the state that counts it leaves an orphan segment: resume
-    must redo those images, not trust the orphan (here filled with garbage to make it visible)."""
-    from cnnviz.scanner import scan_shard
-    from cnnviz.scanner.workdir import work_path
-
-    model = load_model("resnet18", None)
-    kw = dict(layers="layer2.0", top_k=3, batch_size=4, workers=0, progress=False)
-    ref = scan(photo_dir, model, tmp_path / "ref.h5", **kw)
-    # the checkpoint of a scan that has done batch 0 only: that of a scan of the first 4 images
-    first4 = ImageLibrary.open(photo_dir)
-    first4.relpaths = first4.relpaths[:4]
-    w4 = scan_shard(first4, model, tmp_path / "first4.h5", (0, 1), **kw)
-    out = tmp_path / "run.h5"
-    work = scan_shard(photo_dir, model, out, (0, 1), checkpoint_images=4, **kw)
-    assert work == work_path(out)
-    (w4 / "state.npz").replace(work / "state.npz")
-    for seg in work.glob("seg-*.npz"):
-        if int(seg.name.split("-")[1]) >= 4:
-            seg.unlink()
-    np.savez(work / "seg-0000000004-0000000012.npz", ids=np.arange(4, 12),
-             geometry=np.zeros((8, 6), np.int64), l0_max=np.full((8, 128), 1e9, np.float32),
-             l0_pos=np.zeros((8, 128), np.uint16))
-    # resumed checkpoints every batch: seg 4-8 sorts before the orphan 4-12, so an orphan left
-    # in place would overwrite images 4..8
-    scan(photo_dir, model, out, resume=True, checkpoint_images=4, **kw)
-    assert_same_file(ref, out)
 
 
 @pytest.mark.slow
