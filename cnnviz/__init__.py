@@ -20,6 +20,7 @@ import importlib
 
 from .errors import (
     CnnvizError,
+    CnnvizWarning,
     OutputError,
     RunFileError,
     ScanError,
@@ -45,9 +46,9 @@ _MODULES = {"figures": "viz.figures", "attribution": "analysis.attribution", "re
             "optim": "optim", "model": "model", "images": "images", "scanner": "scanner",
             "run": "run", "viz": "viz", "analysis": "analysis"}
 
-__all__ = ["__version__", "CnnvizError", "UsageError", "ScanError", "ScanInterrupted", "RunFileError",
-           "OutputError", "WeightsUnavailableError", *_NAMES, "figures", "attribution", "report", "optim",
-           "analysis"]
+__all__ = ["__version__", "CnnvizError", "CnnvizWarning", "UsageError", "ScanError", "ScanInterrupted",
+           "RunFileError", "OutputError", "WeightsUnavailableError", *_NAMES, "figures", "attribution",
+           "report", "optim", "analysis"]
 
 
 def __getattr__(name: str):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import WEIGHTS_HELP
+from .common import RUN_WEIGHTS_HELP, run_model
 
 
 def add_explain(sub) -> None:
@@ -19,7 +19,7 @@ def add_explain(sub) -> None:
     p.add_argument("--csv", action="store_true", help="every row (image x layer x channel) as CSV "
                    "to stdout")
     p.add_argument("--model", default=None, help="the run's model (default: reloaded from the run file)")
-    p.add_argument("--weights", default="DEFAULT", help=WEIGHTS_HELP)
+    p.add_argument("--weights", default=None, help=RUN_WEIGHTS_HELP)
     p.add_argument("--device", default="cpu", help="device for the forward pass (default: cpu)")
     p.add_argument("--why", action="store_true",
                    help="instead: the channels of each layer that contributed most to the model's "
@@ -40,11 +40,7 @@ def run_explain(args) -> int:
         from .common import check_out
 
         check_out(args.out, file=False)  # before the forward passes
-    model = None
-    if args.model:
-        from .common import load
-
-        model = load(args)
+    model = run_model(args)
     layers = args.layers.split(",") if args.layers else None
     if args.target is not None and not args.why:
         raise UsageError("`target` goes with `why`: the class whose decision is explained")

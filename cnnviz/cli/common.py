@@ -26,10 +26,26 @@ def add_progress_arg(p: argparse.ArgumentParser, help: str = "no progress bar") 
     p.add_argument("--no-progress", action="store_true", help=help)
 
 
+RUN_WEIGHTS_HELP = "with --model: " + WEIGHTS_HELP
+
+
 def load(args):
     from ..model.loading import load_model
 
-    return load_model(args.model, args.weights, device=getattr(args, "device", "cpu"))
+    return load_model(args.model, args.weights or "DEFAULT", device=getattr(args, "device", "cpu"))
+
+
+def run_model(args):
+    """The model ``--model`` and ``--weights`` name for a command that reads a run, or ``None``
+    (the run's own, reloaded when needed). ``--weights`` alone would be ignored: refused."""
+    from ..errors import UsageError
+
+    if args.model:
+        return load(args)
+    if args.weights is not None:
+        raise UsageError("`weights` goes with `model`: name the run's model too (--model NAME --weights "
+                         "FILE), or leave both out to reload the run's own")
+    return None
 
 
 def channel_list(spec: str, what: str = "channels", n_channels: int = 1 << 17) -> list[int]:

@@ -29,8 +29,27 @@ def _write_images(images, out: str, names: list[str], columns: int = 8,
             raise
         print(f"wrote {path} ({len(names)} images)")
     else:
-        save_png(images, [path / f"{n}.png" for n in names])
+        _write_all_or_none(images, path, names, save_png)
         print(f"wrote {len(names)} PNGs to {path}/")
+
+
+def _write_all_or_none(images, folder: Path, names: list[str], save_png) -> None:
+    """One PNG per image into ``folder``; a failure (a full disk) removes what this call wrote,
+    and the folder when this call made it: no half set of images is left to be taken for a
+    result."""
+    import shutil
+
+    made = not folder.exists()
+    written: list[Path] = []
+    try:
+        for i, name in enumerate(names):
+            written += save_png(images[i: i + 1], [folder / f"{name}.png"])
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        if made:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def add_threads_arg(p) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import WEIGHTS_HELP, add_progress_arg, channel_list, check_out, use_agg
+from .common import RUN_WEIGHTS_HELP, add_progress_arg, channel_list, check_out, run_model, use_agg
 
 
 def add_top(sub) -> None:
@@ -109,7 +109,7 @@ def add_report(sub) -> None:
     p.add_argument("--model", default=None,
                    help="the run's model, for activation maps, attributions and --explain "
                         "(default: reloaded from the run file)")
-    p.add_argument("--weights", default="DEFAULT", help=WEIGHTS_HELP)
+    p.add_argument("--weights", default=None, help=RUN_WEIGHTS_HELP)
     p.add_argument("--device", default="cpu", help="device for the model (default: cpu)")
     p.add_argument("--library", default=None, metavar="FOLDER",
                    help="where the run's images are now, if they moved since the scan; a run written "
@@ -138,11 +138,7 @@ def run_report(args) -> int:
     from ..report import write_report
 
     attributions = _parse_attributions(args.attributions)
-    model = None
-    if args.model:
-        from .common import load
-
-        model = load(args)
+    model = run_model(args)
     channels = None
     if args.channels:
         channels = int(args.channels) if args.channels.isdigit() else channel_list(args.channels)

@@ -80,8 +80,10 @@ def _why(exc: Exception) -> str:
                 "instead")
     if not text.strip():
         return f"{type(exc).__name__}: empty or cut short?"
-    first = text.strip().splitlines()[0]
-    return f"{type(exc).__name__}: {first[:200]}; is the file complete?"
+    first = text.strip().splitlines()[0].split(". ")[0].rstrip(".")  # torch's first sentence
+    if len(first) > 200:
+        first = first[:200].rsplit(" ", 1)[0] + "…"
+    return f"{type(exc).__name__}: {first}; is the file complete?"
 
 
 def fit_state_dict(state: dict[str, torch.Tensor], module: nn.Module, path: Path, name: str,

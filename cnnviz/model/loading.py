@@ -260,6 +260,8 @@ def _weights_kind(weights) -> tuple[str, str | Path | None]:
         return "random", None
     if _is_file_spec(spec):
         path = Path(spec).expanduser()
+        if path.is_dir():
+            raise UsageError(f"`weights` {spec}: a folder, not a weights file; name the file in it")
         if not path.is_file():
             raise UsageError(f"`weights` {spec}: no such file")
         return "file", path

@@ -138,3 +138,23 @@ def test_refused_and_full_disk_commands_leave_nothing_behind(resnet_run, small_d
         "--steps", "1", "--out", small_disk / "ch", "--no-progress", code=2)
     assert all(p.stat().st_size > 0 for p in small_disk.rglob("*.png"))
     assert not list(small_disk.rglob("*.lock"))
+    assert not (small_disk / "ch").exists()  # the folder this command made goes with its images
+    # room for some images but not all: none is left (a half set looks like a result)
+    filler.unlink()
+    filler = fill_disk(small_disk, leave=250_000)
+    targets = ",".join(map(str, range(12)))
+    cli("class-vis", "--model", "squeezenet1_1", "--weights", "none", "--target", targets, "--steps", "1",
+        "--out", small_disk / "classes", "--no-progress", code=2)
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "kept"]
+
+
+def test_weights_without_model_are_refused_where_the_run_names_its_model(resnet_run, photo_dir, cli,
+                                                                         tmp_path):
+    """report and explain reload the run's own model; --weights alone was silently ignored."""
+    text = cli("report", resnet_run, "--weights", "none", "--out", tmp_path / "site", code=2)
+    assert "--weights goes with --model" in text
+    text = cli("explain", photo_dir / "animals" / "chelsea.png", "--run", resnet_run, "--weights", "none",
+               code=2)
+    assert "--weights goes with --model" in text
+    assert not (tmp_path / "site").exists()
+

@@ -51,6 +51,7 @@ def test_weights_that_cannot_be_used_are_refused_in_one_line(tmp_path, capsys):
     for name, obj in files.items():
         torch.save(obj, tmp_path / name)
     (tmp_path / "cut.pt").write_bytes((tmp_path / "resnet18.pt").read_bytes()[:100_000])
+    (tmp_path / "a-folder.pt").mkdir()
     expected = {
         ("resnet34", "resnet18.pt"): ["does not fit the 'resnet34' architecture: 80 keys missing (layer1.2.",
                                       "It fits resnet18: use --model resnet18."],
@@ -62,6 +63,7 @@ def test_weights_that_cannot_be_used_are_refused_in_one_line(tmp_path, capsys):
                                          "torch.save(model.state_dict(), FILE)"],
         ("resnet18", "payload.pt"): ["it holds a pickled io.open"],
         ("resnet18", "cut.pt"): ["cut.pt: cannot read it as a PyTorch state_dict", "is the file complete?"],
+        ("resnet18", "a-folder.pt"): ["a-folder.pt: a folder, not a weights file"],
     }
     for (model, name), parts in expected.items():
         assert main(["layers", "--model", model, "--weights", str(tmp_path / name)]) == 2
@@ -70,4 +72,5 @@ def test_weights_that_cannot_be_used_are_refused_in_one_line(tmp_path, capsys):
         assert "\x1b[" not in text and "--weights" in text, text
         for part in parts:
             assert part in text, (name, text)
+        assert "is; " not in text and "the; " not in text, text  # torch's words end on a sentence
     assert not marker.exists()
