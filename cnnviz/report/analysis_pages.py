@@ -88,22 +88,31 @@ def write_explain_page(explained, run: str | Path, out_dir: str | Path, *, top: 
     ``index.html``."""
     import matplotlib.pyplot as plt
 
+    def entry(reader: RunReader, i: int, path: Path, folder: Path) -> tuple:
+        sections = _sections(reader, explained, i, top, folder)
+        prediction = explained.predictions[i] if explained.predictions is not None else None
+        fig = _explain_figure(folder, path, prediction, sections)
+        fig.savefig(folder / f"explain-{i}.png", dpi=90)
+        plt.close(fig)
+        return path, f"img{i}.png", prediction, sections
+
+    with reading(run) as reader:
+        return _image_page(explained, reader, out_dir, "explain.html", entry, top=top, back=back,
+                           n_images=reader.header.n_images)
+
+
+def _image_page(explained, reader: RunReader, out_dir: str | Path, template: str, entry, **context) -> Path:
+    """A page with one section per image of ``explained`` (``entry(reader, i, path, folder)``
+    its template values, after its crop is written as ``img<i>.png``), written afresh."""
     out = Path(out_dir)
     with writing_to(out) as folder:
         _style(folder)
         images = []
-        with reading(run) as reader:
-            for i, path in enumerate(explained.paths):
-                save_png(Image.fromarray(explained.crops[i]), folder / f"img{i}.png")
-                sections = _sections(reader, explained, i, top, folder)
-                prediction = explained.predictions[i] if explained.predictions is not None else None
-                images.append((path, f"img{i}.png", prediction, sections))
-                fig = _explain_figure(folder, path, prediction, sections)
-                fig.savefig(folder / f"explain-{i}.png", dpi=90)
-                plt.close(fig)
-            run_name, n_images = reader.path.name, reader.header.n_images
-        render_page(environment(), "explain.html", folder / "index.html", root="", run_name=run_name,
-                    n_images=n_images, images=images, top=top, back=back)
+        for i, path in enumerate(explained.paths):
+            save_png(Image.fromarray(explained.crops[i]), folder / f"img{i}.png")
+            images.append(entry(reader, i, path, folder))
+        render_page(environment(), template, folder / "index.html", root="", run_name=reader.path.name,
+                    images=images, **context)
     return out / "index.html"
 
 
@@ -176,22 +185,15 @@ def write_why_page(explained, run: str | Path, out_dir: str | Path, *, top: int 
     channels that contributed most (relevance and share), each with the image's relevance map
     for it (the box: the patch where it peaks) beside the channel's dataset examples (ranked by
     relevance when the run kept that ranking). Written afresh; returns ``index.html``."""
-    out = Path(out_dir)
-    with writing_to(out) as folder:
-        _style(folder)
-        images = []
-        with reading(run) as reader:
-            for i, path in enumerate(explained.paths):
-                save_png(Image.fromarray(explained.crops[i]), folder / f"img{i}.png")
-                rows = explained.table[explained.table.image == str(path)]
-                first = rows.iloc[0]
-                target = (int(first.target), str(first.target_name), float(first.probability))
-                images.append((path, f"img{i}.png", explained.predictions[i], target,
-                               _why_sections(reader, explained, i, rows, top, folder)))
-            run_name = reader.path.name
-        render_page(environment(), "why.html", folder / "index.html", root="", run_name=run_name,
-                    images=images, top=top)
-    return out / "index.html"
+    def entry(reader: RunReader, i: int, path: Path, folder: Path) -> tuple:
+        rows = explained.table[explained.table.image == str(path)]
+        first = rows.iloc[0]
+        target = (int(first.target), str(first.target_name), float(first.probability))
+        return (path, f"img{i}.png", explained.predictions[i], target,
+                _why_sections(reader, explained, i, rows, top, folder))
+
+    with reading(run) as reader:
+        return _image_page(explained, reader, out_dir, "why.html", entry, top=top)
 
 
 def _why_sections(reader: RunReader, explained, i: int, rows: pd.DataFrame, top: int, out: Path) -> list:

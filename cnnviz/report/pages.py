@@ -280,11 +280,7 @@ def _model_or_none(reader: RunReader, needed: bool, device: str):
     try:
         return model_of_run(reader, device=device)
     except CnnvizError as exc:
-        if needed:
-            raise
-        warnings.warn(f"the report shows photos without activation maps: {exc}", CnnvizWarning,
-                      stacklevel=user_level())
-        return None
+        return _without_maps(exc, needed)
 
 
 def _fitting_model(model, reader: RunReader, layers: list[str], needed: bool):
@@ -295,12 +291,17 @@ def _fitting_model(model, reader: RunReader, layers: list[str], needed: bool):
     try:
         check_model_fits(model, reader, layers)
     except UsageError as exc:
-        if needed:
-            raise
-        warnings.warn(f"the report shows photos without activation maps: {exc}", CnnvizWarning,
-                      stacklevel=user_level())
-        return None
+        return _without_maps(exc, needed)
     return model
+
+
+def _without_maps(exc: Exception, needed: bool) -> None:
+    """A model the report cannot use: raised when ``needed`` (explain, attributions), else a
+    note, and the photos go without activation maps."""
+    if needed:
+        raise exc
+    warnings.warn(f"the report shows photos without activation maps: {exc}", CnnvizWarning,
+                  stacklevel=user_level())
 
 
 @dataclass
