@@ -100,26 +100,29 @@ def test_each_ranking_shows_its_images_in_order(views):
 
 
 def test_a_ranking_the_report_does_not_know_gets_its_tab(views, tmp_path, monkeypatch):
-    """A newer scan's ranking (here a copy of the max ranking stored as ``topk_relevance``) is
-    named from its key, with its images, without changes to the report."""
+    """A newer scan's ranking (here a copy of the max ranking stored as ``topk_sharpness``) is
+    named from its key, with its images, without changes to the report; a known one (relevance)
+    gets its own definition."""
     from cnnviz.run import format as fmt
 
     run, _ = views
     path = tmp_path / "newer.h5"
     shutil.copy(run, path)
     with h5py.File(path, "r+") as f:
+        f.copy(f["layers/3/topk"], f["layers/3"], name="topk_sharpness")
         f.copy(f["layers/3/topk"], f["layers/3"], name="topk_relevance")
-    monkeypatch.setitem(fmt.RANKING_GROUPS, "relevance", "topk_relevance")
+    monkeypatch.setitem(fmt.RANKING_GROUPS, "sharpness", "topk_sharpness")
     index = write_report(path, tmp_path / "site", layers=["3"], channels=2, context=False, progress=False)
     page = (index.parent / "3" / "c1.html").read_text()
-    assert re.findall(r'<label for="[\w.-]+ranking"[^>]*>([^<]+) <span', page) == ["by max", "by mean",
-                                                                                   "by relevance"]
-    assert ("<b>by relevance</b>: the images ranked by their relevance as the scan kept them, highest first"
+    tabs = re.findall(r'<label for="[\w.-]+ranking"[^>]*>([^<]+) <span', page)
+    assert sorted(tabs) == ["by max", "by mean", "by relevance", "by sharpness"] and tabs[0] == "by max"
+    assert ("<b>by sharpness</b>: the images ranked by their sharpness as the scan kept them, highest first"
             in page)
-    want = cnnviz.top_patches(path, "3", 1, rank_by="relevance")
-    assert 'id="relevance-panel"' in page and (index.parent / "3" / "c1-relevance.png").is_file()
-    body = page.split('id="relevance-panel"')[1]
-    values = re.findall(r"#\d+ · relevance <b>([^<]+)</b>", body)
+    assert "<b>by relevance</b>: the images where the channel contributed most to the model" in page
+    want = cnnviz.top_patches(path, "3", 1, rank_by="sharpness")
+    assert 'id="sharpness-panel"' in page and (index.parent / "3" / "c1-sharpness.png").is_file()
+    body = page.split('id="sharpness-panel"')[1]
+    values = re.findall(r"#\d+ · sharpness <b>([^<]+)</b>", body)
     assert values == [f"{v:.3g}" for v in want.activation]
 
 
