@@ -31,4 +31,4 @@ bench: $(BIN)/cnnviz
 	$(BIN)/python scripts/bench_scan.py
 
 clean:
-	rm -rf $(VENV) cnnviz-demo .pytest_cache
+	rm -rf $(VENV) cnnviz-demo .pytest_cache build *.egg-info

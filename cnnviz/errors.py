@@ -84,13 +84,17 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def user_level() -> int:
-    """The ``stacklevel`` for ``warnings.warn`` that attributes a note to the first caller
-    outside cnnviz (pandas' ``find_stack_level`` habit): a notebook shows the user's own line,
-    however deep inside the package the note was raised. Call it in the ``warn`` call itself."""
+    """The ``stacklevel`` for ``warnings.warn`` that attributes a note to the caller of the
+    outermost cnnviz frame (pandas' ``find_stack_level`` habit): a notebook shows the user's own
+    line, however deep inside the package the note was raised, and through whatever library
+    sits between (a signal handler's note raised inside torch's code). Call it in the ``warn``
+    call itself."""
     frame = sys._getframe(1)  # the function that warns: stacklevel 1
-    level = 1
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+    level, outermost = 1, 1
+    while frame is not None:
+        if frame.f_code.co_filename.startswith(_PACKAGE):
+            outermost = level
         frame = frame.f_back
         level += 1
-    return level
+    return outermost + 1
 

@@ -217,3 +217,43 @@ def test_the_callers_module_is_untouched(photo_dir, tmp_path):
     _same(before, _snapshot(mine))
     assert mine.training and model.module is not mine and not model.module.training
     _same(_snapshot(copy.deepcopy(mine)), _snapshot(mine))
+
+
+def test_a_note_names_the_users_line_through_other_libraries(tmp_path):
+    """``user_level`` skips every frame up to the outermost cnnviz one, a library between two
+    cnnviz frames included (a signal handler's note raised while torch's code runs)."""
+    import os
+    import warnings
+
+    import cnnviz.errors as errors
+
+    inside = os.path.dirname(errors.__file__)
+    space: dict = {}
+    exec(compile("def call(f):\n    return f()\n", os.path.join(inside, "_outer_for_test.py"), "exec"), space)
+    exec(compile("import warnings\nfrom cnnviz.errors import CnnvizWarning, user_level\n"
+                 "def warn():\n    warnings.warn('x', CnnvizWarning, stacklevel=user_level())\n",
+                 os.path.join(inside, "_inner_for_test.py"), "exec"), space)
+    exec(compile("def between(f):\n    return f()\n", str(tmp_path / "otherlib.py"), "exec"), space)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        space["call"](lambda: space["between"](space["warn"]))  # cnnviz -> other library -> cnnviz
+    assert [w.filename for w in caught] == [__file__]
+
+
+def test_every_submodule_named_in_the_docs_resolves_from_import_cnnviz():
+    """``cnnviz.analysis.attribution.neuron_attributions(...)`` as the README writes it works
+    after ``import cnnviz`` alone (subpackages load their modules on first use)."""
+    import re
+    import subprocess
+    import sys
+
+    docs = [REPO / "README.md", *(REPO / "docs").glob("*.md")]
+    text = "\n".join(p.read_text(encoding="utf-8") for p in docs)
+    # cnnviz.data holds files only (the class index, the demo manifest)
+    names = sorted({m for m in re.findall(r"`(cnnviz(?:\.[a-z_]\w*)+)", text)} - {"cnnviz.data"})
+    code = ("import cnnviz, functools, sys\nbad = []\nfor n in sys.argv[1:]:\n    try:\n"
+            "        functools.reduce(getattr, n.split('.')[1:], cnnviz)\n    except AttributeError:\n"
+            "        bad.append(n)\nprint(bad)")
+    out = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+

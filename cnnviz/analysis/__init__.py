@@ -13,7 +13,12 @@ from .compare import compare_runs
 __all__ = ["explain", "compare_runs"]
 
 
+_SUBMODULES = ("attribution", "compare", "explanation", "relevance", "unitmaps")
+
+
 def __getattr__(name: str):
     if name == "explain":
         return importlib.import_module(".explanation", __name__).explain
+    if name in _SUBMODULES:  # cnnviz.analysis.attribution.neuron_attributions(...) without an import
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .common import add_device_arg, add_model_args, add_progress_arg, channel_list, check_out, load
@@ -34,22 +35,26 @@ def _write_images(images, out: str, names: list[str], columns: int = 8,
 
 
 def _write_all_or_none(images, folder: Path, names: list[str], save_png) -> None:
-    """One PNG per image into ``folder``; a failure (a full disk) removes what this call wrote,
-    and the folder when this call made it: no half set of images is left to be taken for a
-    result."""
+    """One PNG per image into ``folder``, all or none: written into a fresh folder inside it,
+    then renamed into place (no space needed) once every image is written. A failure (a full
+    disk) leaves ``folder`` as it was, older images of the same names included, and removes it
+    when this call made it: no half set is left to be taken for a result."""
     import shutil
+    import tempfile
 
     made = not folder.exists()
-    written: list[Path] = []
+    folder.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(prefix=".cnnviz-tmp-", dir=folder))
     try:
-        for i, name in enumerate(names):
-            written += save_png(images[i: i + 1], [folder / f"{name}.png"])
+        save_png(images, [fresh / f"{name}.png" for name in names])
+        for name in names:
+            os.replace(fresh / f"{name}.png", folder / f"{name}.png")
     except BaseException:
-        for p in written:
-            p.unlink(missing_ok=True)
         if made:
             shutil.rmtree(folder, ignore_errors=True)
         raise
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
 
 
 def add_threads_arg(p) -> None:

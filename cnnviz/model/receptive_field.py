@@ -291,7 +291,9 @@ def trace_fields(model: torch.nn.Module, input_size: tuple[int, int]) -> dict[st
     x = torch.zeros(1, 3, *input_size, device=device, dtype=dtype)
     handles = []
     try:
-        handles += [m.register_forward_hook(make_hook(n)) for n, m in model.named_modules() if n]
+        for n, m in model.named_modules():
+            if n:
+                handles.append(m.register_forward_hook(make_hook(n)))
         with torch.no_grad(), tracer:
             tracer.fields[x] = IDENTITY
             final = model(x)

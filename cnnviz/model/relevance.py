@@ -37,8 +37,10 @@ def relevance_pass(net: torch.nn.Module, x: torch.Tensor, layers: Sequence[str],
             would not be the output's): tap the enclosing block instead.
     """
     outputs: dict[str, tuple[torch.Tensor, int]] = {}
-    handles = [net.get_submodule(name).register_forward_hook(_keeper(outputs, name)) for name in layers]
+    handles = []
     try:
+        for name in layers:
+            handles.append(net.get_submodule(name).register_forward_hook(_keeper(outputs, name)))
         with torch.enable_grad():
             logits = net(x.detach().requires_grad_(True))  # the model's weights are frozen
             _check_unchanged(outputs)

@@ -462,7 +462,7 @@ def class_charts(reader: RunReader, layer: LayerInfo, n: int = 10) -> dict[int, 
         return "the library has no labels (no class folders or label column): no classes to show"
     if not reader.has_maxima(layer.name):
         return "not kept in this run (scanned without per-image maxima): no classes to show"
-    table = class_table(reader.path, layer.name)
+    table = class_table(reader, layer.name)
     table = table[table["channel"].isin(layer.shown)]
     names = layer.channel_names
     out: dict[int, list[ClassBar]] = {c: [] for c in layer.shown}

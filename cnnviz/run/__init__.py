@@ -18,3 +18,13 @@ from .tables import (
 __all__ = ["RunReader", "open_run", "top_patches", "channel_maxima", "channel_stats", "run_layers",
            "read_patches", "failures", "class_table", "channel_quantiles", "channel_histogram",
            "similar_channels"]
+
+
+def __getattr__(name: str):
+    """Modules the docs name (``cnnviz.run.masks``) load on first use, without an import."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -67,6 +67,7 @@ def top_patches(run: RunSpec, layer: str | None = None, channel: int | None = No
     criterion = "min" if bottom else rank_by
     frames = []
     with reading(run) as r:
+        where = str(r.path.resolve())
         members = None if label is None else _class_members(r, label)
         for name in r.check_layer(layer):
             if channel is not None:
@@ -81,7 +82,7 @@ def top_patches(run: RunSpec, layer: str | None = None, channel: int | None = No
     for col in ("layer", "image_path", "label", "label_name", "channel_name", "unit", "patch_error",
                 "rank_by"):
         out[col] = out[col].astype(str)
-    out.attrs["run"] = str(Path(run).resolve())  # for cnnviz.show(df): where the patches are
+    out.attrs["run"] = where  # for cnnviz.show(df): where the patches are
     return out
 
 

@@ -31,7 +31,7 @@ from ..model.loading import weights_digest
 from ..model.precision import precision_scope
 from ..model.taps import LayerTap, capture, forward_crops, require_fields, resolve_layers
 from ..run.lock import OutputLock
-from ..types import LayerSpec, RunSpec
+from ..types import LayerSpec
 from .assemble import assemble_run
 from .checkpoint import CheckpointWriter
 from .config import ScanConfig, check_folder, check_output
@@ -44,7 +44,7 @@ from .workdir import WORK_FORMAT, WorkDir, work_path
 __all__ = ["scan", "scan_shard", "ScanConfig", "reduce_images"]
 
 
-def scan(library: str | Path | ImageLibrary, model, out: RunSpec, layers: LayerSpec = None, *,
+def scan(library: str | Path | ImageLibrary, model, out: str | Path, layers: LayerSpec = None, *,
          config: ScanConfig | None = None, **options) -> Path:
     """Scan a library and write the run file ``out``.
 
@@ -76,7 +76,7 @@ def scan(library: str | Path | ImageLibrary, model, out: RunSpec, layers: LayerS
                 "Run the same scan again with `resume=True` to write the run file.") from None
 
 
-def scan_shard(library: str | Path | ImageLibrary, model, out: RunSpec, shard: tuple[int, int],
+def scan_shard(library: str | Path | ImageLibrary, model, out: str | Path, shard: tuple[int, int],
                layers: LayerSpec = None, *, config: ScanConfig | None = None, **options) -> Path:
     """Scan one share ``(rank, world_size)`` of the library into its work folder (batch ``b``
     goes to rank ``b % world_size``); returns the folder. :func:`scan` is the one-share case;

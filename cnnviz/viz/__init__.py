@@ -1,7 +1,8 @@
 """Pictures a person looks at: figures of a run (matplotlib: montages, distributions),
 feature-map grids (Captum's LayerActivation) and patches inline in Jupyter (:mod:`.notebook`).
 The HTML report is its own package, :mod:`cnnviz.report`; attributions and recomputed maps are
-in :mod:`cnnviz.analysis`. Only the figures load eagerly: they do not need torch."""
+in :mod:`cnnviz.analysis`. Nothing loads on import; :mod:`.figures` and :mod:`.notebook` need no
+torch, the feature-map grids do."""
 
 from __future__ import annotations
 

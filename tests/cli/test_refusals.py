@@ -146,6 +146,14 @@ def test_refused_and_full_disk_commands_leave_nothing_behind(resnet_run, small_d
     cli("class-vis", "--model", "squeezenet1_1", "--weights", "none", "--target", targets, "--steps", "1",
         "--out", small_disk / "classes", "--no-progress", code=2)
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "kept"]
+    # into a folder holding an earlier set: that set stays whole, none of it half replaced
+    earlier = small_disk / "kept"
+    for i in range(3):
+        (earlier / f"class{i}.png").write_bytes(b"earlier %d" % i)
+    cli("class-vis", "--model", "squeezenet1_1", "--weights", "none", "--target", targets, "--steps", "1",
+        "--out", earlier, "--no-progress", code=2)
+    assert {p.name: p.read_bytes() for p in earlier.iterdir()} == {f"class{i}.png": b"earlier %d" % i
+                                                                  for i in range(3)}
 
 
 def test_weights_without_model_are_refused_where_the_run_names_its_model(resnet_run, photo_dir, cli,

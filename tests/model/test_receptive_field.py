@@ -177,3 +177,20 @@ def test_residual_union_and_global_gate():
 
     rec = trace_fields(Net(), (16, 16))
     assert rec["out"].field == ReceptiveField(AxisField(5, 1, -2), AxisField(5, 1, -2))
+
+
+def test_tracing_removes_its_hooks_when_registering_one_fails():
+    """A module whose hook cannot be registered stops the trace; the hooks already on the
+    others go with it (the caller's model keeps none)."""
+
+    class Unhookable(nn.Module):
+        def forward(self, x):
+            return x
+
+        def register_forward_hook(self, *args, **kwargs):
+            raise RuntimeError("no hooks here")
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), Unhookable())
+    with pytest.raises(RuntimeError, match="no hooks here"):
+        trace_fields(net, (16, 16))
+    assert not net[0]._forward_hooks

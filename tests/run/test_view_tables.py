@@ -216,3 +216,14 @@ def test_the_command_line_shows_each_view(photo_dir, views_run, tmp_path, capsys
                  "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "--bottom-k: none of the scanned layers can be negative" in err
+
+
+def test_tables_read_through_an_open_reader_and_leave_it_open(views_run):
+    """A notebook opens the run once and hands the reader to every table."""
+    from cnnviz.run.reader import RunReader
+
+    with RunReader(views_run) as reader:
+        for table in (cnnviz.top_patches, cnnviz.channel_stats, cnnviz.failures):
+            pd.testing.assert_frame_equal(table(reader), table(views_run))
+        assert cnnviz.top_patches(reader).attrs["run"] == str(views_run.resolve())
+        assert reader.file.id.valid  # still open for the next table
