@@ -6,19 +6,10 @@ between two runs? reads the two files only; no torch)."""
 
 from __future__ import annotations
 
-import importlib
-
+from ..lazy import submodules_on_first_use
 from .compare import compare_runs
 
 __all__ = ["explain", "compare_runs"]
 
 
-_SUBMODULES = ("attribution", "compare", "explanation", "relevance", "unitmaps")
-
-
-def __getattr__(name: str):
-    if name == "explain":
-        return importlib.import_module(".explanation", __name__).explain
-    if name in _SUBMODULES:  # cnnviz.analysis.attribution.neuron_attributions(...) without an import
-        return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = submodules_on_first_use(__name__, {"explain": (".explanation", "explain")})

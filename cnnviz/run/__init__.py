@@ -1,6 +1,7 @@
 """Reading run files: the schema (:mod:`.format`), format-checked access (:mod:`.reader`) and
 pandas tables (:mod:`.tables`). Nothing here imports torch."""
 
+from ..lazy import submodules_on_first_use
 from .reader import RunReader, open_run
 from .tables import (
     channel_histogram,
@@ -19,12 +20,4 @@ __all__ = ["RunReader", "open_run", "top_patches", "channel_maxima", "channel_st
            "read_patches", "failures", "class_table", "channel_quantiles", "channel_histogram",
            "similar_channels"]
 
-
-def __getattr__(name: str):
-    """Modules the docs name (``cnnviz.run.masks``) load on first use, without an import."""
-    import importlib
-    import importlib.util
-
-    if importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = submodules_on_first_use(__name__)  # cnnviz.run.<module> as the docs write it

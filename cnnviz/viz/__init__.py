@@ -6,12 +6,9 @@ torch, the feature-map grids do."""
 
 from __future__ import annotations
 
-import importlib
+from ..lazy import submodules_on_first_use
 
 __all__ = ["feature_map_grid", "layer_activation"]
 
-
-def __getattr__(name: str):
-    if name in ("feature_map_grid", "layer_activation"):
-        return getattr(importlib.import_module(".featuremaps", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = submodules_on_first_use(__name__, {"feature_map_grid": (".featuremaps", "feature_map_grid"),
+                                                 "layer_activation": (".featuremaps", "layer_activation")})
